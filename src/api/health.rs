@@ -1,0 +1,56 @@
+//! `/healthz` (the process is alive) and `/readyz` (it can serve: the store
+//! answers and it is not draining for shutdown).
+
+use std::sync::atomic::Ordering;
+
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::models::HealthDto;
+use super::ApiTags;
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub struct HealthApi;
+
+#[derive(ApiResponse)]
+pub enum HealthResponse {
+    #[oai(status = 200)]
+    Ok(Json<HealthDto>),
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Liveness
+    #[oai(path = "/healthz", method = "get")]
+    async fn healthz(&self) -> HealthResponse {
+        HealthResponse::Ok(Json(HealthDto {
+            status: "ok".to_owned(),
+        }))
+    }
+
+    /// Readiness
+    ///
+    /// 503 while the store is unreachable or while the process drains for shutdown.
+    #[oai(path = "/readyz", method = "get")]
+    async fn readyz(&self, state: Data<&AppState>) -> Result<HealthResponse, ApiError> {
+        if state.draining.load(Ordering::SeqCst) {
+            return Err(ApiError::Unavailable {
+                code: "draining",
+                detail: "this node is shutting down; send requests to another node".to_owned(),
+            });
+        }
+        if let Err(e) = state.store.ping().await {
+            tracing::warn!(error = %e, "readiness check: store unreachable");
+            return Err(ApiError::Unavailable {
+                code: "store_unavailable",
+                detail: "the database does not answer; this node cannot serve until it does"
+                    .to_owned(),
+            });
+        }
+        Ok(HealthResponse::Ok(Json(HealthDto {
+            status: "ready".to_owned(),
+        })))
+    }
+}

@@ -1,0 +1,216 @@
+//! `/v1/jobs`: submit, list, get, cancel. Handlers translate between HTTP and
+//! the domain; the rules live in `domain` and the store.
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use uuid::Uuid;
+
+use super::body::JsonBody;
+use super::models::{JobDto, JobListDto, JobStatusDto, SubmitJobDto};
+use super::ApiTags;
+use crate::app::AppState;
+use crate::domain::{FieldError, JobId, Submission};
+use crate::error::ApiError;
+use crate::store::{CancelOutcome, ListQuery, Submitted};
+
+pub struct JobsApi;
+
+#[derive(ApiResponse)]
+pub enum SubmitResponse {
+    /// Accepted: the job is queued.
+    #[oai(status = 202)]
+    Accepted(Json<JobDto>, #[oai(header = "Location")] String),
+    /// The same idempotency key was used before with the same request: that job.
+    #[oai(status = 200)]
+    Existing(Json<JobDto>, #[oai(header = "Location")] String),
+}
+
+#[derive(ApiResponse)]
+pub enum JobResponse {
+    #[oai(status = 200)]
+    Ok(Json<JobDto>),
+}
+
+#[derive(ApiResponse)]
+pub enum CancelResponse {
+    /// Cancelled (it was queued) or asked to stop (it is running).
+    #[oai(status = 202)]
+    Accepted(Json<JobDto>),
+}
+
+#[derive(ApiResponse)]
+pub enum ListResponse {
+    #[oai(status = 200)]
+    Ok(Json<JobListDto>),
+}
+
+// Tenants arrive with authentication; until then every job belongs to "".
+const TENANT: &str = "";
+
+fn location(id: JobId) -> String {
+    format!("/v1/jobs/{id}")
+}
+
+#[OpenApi(tag = "ApiTags::Jobs")]
+impl JobsApi {
+    /// Submit a job
+    ///
+    /// Queues a job of `kind` with `input`. Watch it with `GET /v1/jobs/{id}/events`
+    /// (Server-Sent Events) or poll `GET /v1/jobs/{id}`.
+    #[oai(path = "/v1/jobs", method = "post")]
+    async fn submit(
+        &self,
+        state: Data<&AppState>,
+        body: JsonBody<SubmitJobDto>,
+    ) -> Result<SubmitResponse, ApiError> {
+        let sub = Submission::parse(&body.value, state.config.default_max_attempts).map_err(
+            |errors| ApiError::Invalid {
+                code: "validation_failed",
+                detail: "the job submission is invalid; see `errors`".to_owned(),
+                errors,
+            },
+        )?;
+        let Some(kind) = state.kinds.get(&sub.kind) else {
+            let known: Vec<_> = state.kinds.names().collect();
+            return Err(ApiError::Invalid {
+                code: "unknown_kind",
+                detail: format!(
+                    "there is no job kind `{}`; known kinds: {}",
+                    sub.kind,
+                    known.join(", ")
+                ),
+                errors: vec![FieldError::new("/kind", "unknown job kind")],
+            });
+        };
+        kind.validate(&sub.input)
+            .map_err(|errors| ApiError::Invalid {
+                code: "validation_failed",
+                detail: format!("the input is invalid for kind `{}`; see `errors`", sub.kind),
+                errors: errors
+                    .into_iter()
+                    .map(|e| FieldError::new(format!("/input{}", e.pointer), e.detail))
+                    .collect(),
+            })?;
+        match state.store.submit(TENANT, &sub).await? {
+            Submitted::Created(job) => {
+                tracing::info!(job_id = %job.id, kind = %job.kind, "job submitted");
+                if let Err(e) = state.queue.push(job.id).await {
+                    // The job is stored, so it is not lost: the reconciler pushes
+                    // queued jobs that have no task.
+                    tracing::warn!(job_id = %job.id, error = %e, "queue push failed; the reconciler will retry it");
+                }
+                Ok(SubmitResponse::Accepted(Json((&job).into()), location(job.id)))
+            }
+            Submitted::Existing(job) => Ok(SubmitResponse::Existing(
+                Json((&job).into()),
+                location(job.id),
+            )),
+            Submitted::Conflict(job) => Err(ApiError::Conflict {
+                code: "idempotency_conflict",
+                detail: format!(
+                    "idempotency key already used for job {} with a different kind, input, max_attempts or timeout_secs; use a new key for a new job",
+                    job.id
+                ),
+            }),
+        }
+    }
+
+    /// List jobs
+    ///
+    /// Newest first. Pass `next_cursor` back as `cursor` for the next page.
+    #[oai(path = "/v1/jobs", method = "get")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        /// Only jobs in this status.
+        status: Query<Option<JobStatusDto>>,
+        /// Only jobs of this kind.
+        kind: Query<Option<String>>,
+        /// Page size, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
+        limit: Query<Option<i64>>,
+        /// The previous page's `next_cursor`.
+        cursor: Query<Option<String>>,
+    ) -> Result<ListResponse, ApiError> {
+        let limit = limit.0.unwrap_or(50);
+        let before = match cursor.0.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(JobId(Uuid::try_parse(c).map_err(|_| ApiError::BadRequest {
+                code: "bad_cursor",
+                detail: "`cursor` is not a cursor from this API; pass a `next_cursor` exactly as returned, or omit it for the first page".to_owned(),
+            })?)),
+        };
+        let q = ListQuery {
+            tenant: TENANT.to_owned(),
+            status: status.0.map(Into::into),
+            kind: kind.0,
+            before,
+            // One more than asked shows whether another page exists.
+            limit: limit + 1,
+        };
+        let mut jobs = state.store.list(&q).await?;
+        let more = jobs.len() as i64 > limit;
+        jobs.truncate(limit as usize);
+        let next_cursor = if more {
+            jobs.last().map(|j| j.id.0.simple().to_string())
+        } else {
+            None
+        };
+        Ok(ListResponse::Ok(Json(JobListDto {
+            items: jobs.iter().map(Into::into).collect(),
+            next_cursor,
+        })))
+    }
+
+    /// Get a job
+    #[oai(path = "/v1/jobs/:id", method = "get")]
+    async fn get(&self, state: Data<&AppState>, id: Path<Uuid>) -> Result<JobResponse, ApiError> {
+        let id = JobId(id.0);
+        match state.store.get(id).await? {
+            Some(job) if job.tenant == TENANT => Ok(JobResponse::Ok(Json((&job).into()))),
+            _ => Err(ApiError::not_found_job(id)),
+        }
+    }
+
+    /// Cancel a job
+    ///
+    /// A queued job is cancelled at once; a running one is asked to stop
+    /// (`cancel_requested`) and ends `cancelled` unless it finishes first.
+    /// Asking again answers 202 again; a job that has ended answers 409.
+    #[oai(path = "/v1/jobs/:id/cancel", method = "post")]
+    async fn cancel(
+        &self,
+        state: Data<&AppState>,
+        id: Path<Uuid>,
+    ) -> Result<CancelResponse, ApiError> {
+        let id = JobId(id.0);
+        match state
+            .store
+            .request_cancel(id, "cancelled by request")
+            .await?
+        {
+            CancelOutcome::NotFound => Err(ApiError::not_found_job(id)),
+            CancelOutcome::CancelledNow(job) => {
+                state.hub.notify(id);
+                // It may sit in a retry pause on this node: wake that up too.
+                state.cancels.cancel(id);
+                tracing::info!(job_id = %id, "queued job cancelled");
+                Ok(CancelResponse::Accepted(Json((&job).into())))
+            }
+            CancelOutcome::Requested(job) => {
+                let here = state.cancels.cancel(id);
+                tracing::info!(job_id = %id, running_here = here, "cancel requested for a running job");
+                Ok(CancelResponse::Accepted(Json((&job).into())))
+            }
+            CancelOutcome::Terminal(job) => Err(ApiError::Conflict {
+                code: "job_terminal",
+                detail: format!(
+                    "job {id} has already ended ({}); there is nothing to cancel",
+                    job.status
+                ),
+            }),
+        }
+    }
+}

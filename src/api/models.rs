@@ -1,0 +1,162 @@
+//! Response and request DTOs, as the OpenAPI document shows them.
+
+use poem_openapi::{Enum, Object};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::domain::{JobRecord, JobStatus};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename = "JobStatus", rename_all = "lowercase")]
+pub enum JobStatusDto {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl From<JobStatus> for JobStatusDto {
+    fn from(s: JobStatus) -> Self {
+        match s {
+            JobStatus::Queued => JobStatusDto::Queued,
+            JobStatus::Running => JobStatusDto::Running,
+            JobStatus::Succeeded => JobStatusDto::Succeeded,
+            JobStatus::Failed => JobStatusDto::Failed,
+            JobStatus::Cancelled => JobStatusDto::Cancelled,
+        }
+    }
+}
+
+impl From<JobStatusDto> for JobStatus {
+    fn from(s: JobStatusDto) -> Self {
+        match s {
+            JobStatusDto::Queued => JobStatus::Queued,
+            JobStatusDto::Running => JobStatus::Running,
+            JobStatusDto::Succeeded => JobStatus::Succeeded,
+            JobStatusDto::Failed => JobStatus::Failed,
+            JobStatusDto::Cancelled => JobStatus::Cancelled,
+        }
+    }
+}
+
+/// A job submission.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "SubmitJob")]
+pub struct SubmitJobDto {
+    /// The job kind, e.g. `demo`.
+    pub kind: String,
+    /// The kind's input. `demo`: `{"steps": 1..=10000, "step_ms": 0..=60000, "fail_at"?: n}`.
+    pub input: Value,
+    /// Submitting again with the same key answers 200 with the same job (409 if
+    /// the kind, input, max_attempts or timeout_secs differ).
+    pub idempotency_key: Option<String>,
+    /// 1 to 20; default HERALD_DEFAULT_MAX_ATTEMPTS (3).
+    pub max_attempts: Option<i32>,
+    /// Limit for each attempt, in seconds; a timeout is a failed attempt with code `timeout`.
+    pub timeout_secs: Option<i64>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Progress")]
+pub struct ProgressDto {
+    /// 0 to 100, or null when the handler does not know.
+    pub percent: Option<f64>,
+    pub stage: Option<String>,
+    pub message: Option<String>,
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "JobError")]
+pub struct JobErrorDto {
+    /// Stable snake_case code, e.g. `timeout`, `demo_failure`, `result_too_large`.
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "JobLinks")]
+pub struct LinksDto {
+    #[oai(rename = "self")]
+    pub self_: String,
+    /// The job's Server-Sent Events stream.
+    pub events: String,
+}
+
+/// A job snapshot. Every field is always present; `null` when not known yet.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Job")]
+pub struct JobDto {
+    pub id: Uuid,
+    pub kind: String,
+    pub status: JobStatusDto,
+    pub input: Value,
+    /// The latest progress report; null until the first one.
+    pub progress: Option<ProgressDto>,
+    pub result: Option<Value>,
+    pub error: Option<JobErrorDto>,
+    /// The current (or last) attempt, from 1.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub timeout_secs: Option<i64>,
+    pub cancel_requested: bool,
+    /// RFC 3339, UTC, microseconds.
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// The id of the job's latest event: resume its stream from here.
+    pub last_event_id: i64,
+    pub links: LinksDto,
+}
+
+impl From<&JobRecord> for JobDto {
+    fn from(j: &JobRecord) -> Self {
+        let self_ = format!("/v1/jobs/{}", j.id);
+        JobDto {
+            id: j.id.0,
+            kind: j.kind.clone(),
+            status: j.status.into(),
+            input: j.input.clone(),
+            progress: j.progress.as_ref().map(|p| ProgressDto {
+                percent: p.percent,
+                stage: p.stage.clone(),
+                message: p.message.clone(),
+                data: p.data.clone(),
+            }),
+            result: j.result.clone(),
+            error: j.error.as_ref().map(|e| JobErrorDto {
+                code: e.code.clone(),
+                message: e.message.clone(),
+            }),
+            attempt: j.attempt,
+            max_attempts: j.max_attempts,
+            timeout_secs: j.timeout_secs,
+            cancel_requested: j.cancel_requested,
+            created_at: j.created_at.to_rfc3339(),
+            started_at: j.started_at.map(|t| t.to_rfc3339()),
+            finished_at: j.finished_at.map(|t| t.to_rfc3339()),
+            last_event_id: j.last_seq.0,
+            links: LinksDto {
+                events: format!("{self_}/events"),
+                self_,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "JobList")]
+pub struct JobListDto {
+    /// Newest first.
+    pub items: Vec<JobDto>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Health")]
+pub struct HealthDto {
+    /// `ok` or `ready`.
+    pub status: String,
+}

@@ -1,0 +1,137 @@
+//! Configuration: one typed struct; every field is a flag and an `HERALD_*`
+//! environment variable, and its doc comment is what `herald --help` shows.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Runs slow jobs from a durable queue and streams their progress and result over Server-Sent Events.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `herald` with no subcommand is `herald serve`.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API and run the workers (the default).
+    Serve(Config),
+    /// Print the OpenAPI document (JSON) to standard output.
+    Openapi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port (the log says which).
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Database URL: `sqlite://PATH` (created if missing).
+    #[arg(
+        long,
+        env = "HERALD_DATABASE_URL",
+        default_value = "sqlite://herald.db"
+    )]
+    pub database_url: String,
+
+    /// How many jobs this process runs at once.
+    #[arg(long, env = "HERALD_WORKER_CONCURRENCY", default_value_t = 32)]
+    pub worker_concurrency: usize,
+
+    /// Attempts a job gets when its submission does not say (1 to 20).
+    #[arg(long, env = "HERALD_DEFAULT_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(i32).range(1..=20))]
+    pub default_max_attempts: i32,
+
+    /// Pause before a job's second attempt; it doubles for each later one (at most 60 s).
+    #[arg(long, env = "HERALD_RETRY_BACKOFF_MS", default_value_t = 1000)]
+    pub retry_backoff_ms: u64,
+
+    /// At shutdown, how long running jobs may take to finish before they are
+    /// stopped and put back in the queue (same attempt) for the next start.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    /// How long a cancelled job's handler may go on before it is stopped.
+    #[arg(long, env = "HERALD_CANCEL_GRACE_SECS", default_value_t = 10)]
+    pub cancel_grace_secs: u64,
+
+    /// After SIGTERM, how long to keep serving with /readyz at 503 so a load
+    /// balancer can stop routing here.
+    #[arg(long, env = "HERALD_DRAIN_DELAY_SECS", default_value_t = 0)]
+    pub drain_delay_secs: u64,
+
+    /// Largest accepted request body, chunked or not (413 above it).
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest job result, as JSON; a bigger one fails the job with `result_too_large`.
+    #[arg(long, env = "HERALD_MAX_RESULT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_result_bytes: usize,
+
+    /// How often the reconciler looks for queued jobs that lost their queue task.
+    #[arg(long, env = "HERALD_RECONCILE_SECS", default_value_t = 10)]
+    pub reconcile_secs: u64,
+
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The defaults and `HERALD_*` variables, as if started with no flags.
+    pub fn from_env() -> Config {
+        Cli::parse_from(["herald"]).serve
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn cancel_grace(&self) -> Duration {
+        Duration::from_secs(self.cancel_grace_secs)
+    }
+
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_secs(self.drain_delay_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_and_subcommands() {
+        let cli = Cli::parse_from(["herald", "serve", "--listen", "127.0.0.1:0"]);
+        match cli.command {
+            Some(Command::Serve(c)) => assert_eq!(c.listen.port(), 0),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::parse_from(["herald", "--worker-concurrency", "4"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.worker_concurrency, 4);
+        assert!(Cli::try_parse_from(["herald", "--default-max-attempts", "21"]).is_err());
+    }
+}

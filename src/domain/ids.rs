@@ -1,0 +1,140 @@
+//! Identifiers and time: job ids, per-job event sequence numbers, timestamps.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use uuid::Uuid;
+
+/// A job's id: a UUIDv7, so ids sort by creation time (the list endpoint relies on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    pub fn new() -> Self {
+        JobId(Uuid::now_v7())
+    }
+
+    /// The apalis task id for this job. apalis requires ULIDs (a task with another
+    /// id is accepted on push and then kills the polling worker); a UUID and a ULID
+    /// are both 128 bits, so the conversion is lossless and pushing a job twice
+    /// names the same task.
+    pub fn task_id(self) -> ulid::Ulid {
+        ulid::Ulid::from(self.0.as_u128())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(JobId)
+    }
+}
+
+/// A job's event sequence number: 1, 2, 3 … gapless per job. `0` means "before the
+/// first event" (a stream that starts from the beginning resumes after 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventSeq(pub i64);
+
+impl EventSeq {
+    pub fn next(self) -> EventSeq {
+        EventSeq(self.0 + 1)
+    }
+}
+
+impl fmt::Display for EventSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("`{0}` is not an event id: expected a non-negative integer such as 0 or 42")]
+pub struct BadEventSeq(pub String);
+
+impl FromStr for EventSeq {
+    type Err = BadEventSeq;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        // Only plain digits: "+3", "-0" and "3.0" are refused rather than guessed at.
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(BadEventSeq(s.to_owned()));
+        }
+        t.parse::<i64>()
+            .map(EventSeq)
+            .map_err(|_| BadEventSeq(s.to_owned()))
+    }
+}
+
+/// A moment, stored as microseconds since the Unix epoch in both backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Timestamp(Utc::now().timestamp_micros())
+    }
+
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        Utc.timestamp_micros(self.0)
+            .single()
+            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+    }
+
+    /// RFC 3339, UTC, always with microseconds: `2026-11-21T10:00:00.123456Z`.
+    pub fn to_rfc3339(self) -> String {
+        self.to_datetime()
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_id_is_a_lossless_ulid_of_the_uuid() {
+        let id = JobId::new();
+        let ulid = id.task_id();
+        assert_eq!(ulid.0, id.0.as_u128());
+        assert_eq!(ulid.to_string().len(), 26);
+    }
+
+    #[test]
+    fn job_ids_sort_by_creation() {
+        let a = JobId::new();
+        let b = JobId::new();
+        assert!(a < b);
+        assert!(a.to_string() < b.to_string());
+    }
+
+    #[test]
+    fn event_seq_parses_only_non_negative_integers() {
+        assert_eq!("0".parse::<EventSeq>(), Ok(EventSeq(0)));
+        assert_eq!("42".parse::<EventSeq>(), Ok(EventSeq(42)));
+        for bad in ["", "-1", "+3", "3.0", "abc", "99999999999999999999999"] {
+            assert!(bad.parse::<EventSeq>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_have_microseconds_and_z() {
+        let t = Timestamp(1_795_000_000_123_456);
+        let s = t.to_rfc3339();
+        assert!(s.ends_with(".123456Z"), "{s}");
+        assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00.000000Z");
+    }
+}

@@ -1,0 +1,469 @@
+//! A job, what may happen to it, and the event each change appends.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{EventSeq, JobId, JobStatus, Timestamp};
+
+/// The names of the events in a job's stream. `error` is deliberately not one of
+/// them: browsers' EventSource uses that name for its own connection errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Status,
+    Progress,
+    Result,
+    Failed,
+    Cancelled,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Status => "status",
+            EventKind::Progress => "progress",
+            EventKind::Result => "result",
+            EventKind::Failed => "failed",
+            EventKind::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        [
+            EventKind::Status,
+            EventKind::Progress,
+            EventKind::Result,
+            EventKind::Failed,
+            EventKind::Cancelled,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    /// The terminal events: exactly one of them ends every job's stream.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            EventKind::Result | EventKind::Failed | EventKind::Cancelled
+        )
+    }
+}
+
+/// A progress report. `percent` is checked to lie in 0..=100 when it is built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub percent: Option<f64>,
+    pub stage: Option<String>,
+    pub message: Option<String>,
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("progress percent must be a number from 0 to 100, got {0}")]
+pub struct BadPercent(pub f64);
+
+impl Progress {
+    pub fn new(
+        percent: Option<f64>,
+        stage: Option<String>,
+        message: Option<String>,
+        data: Option<Value>,
+    ) -> Result<Progress, BadPercent> {
+        if let Some(p) = percent {
+            if !p.is_finite() || !(0.0..=100.0).contains(&p) {
+                return Err(BadPercent(p));
+            }
+        }
+        Ok(Progress {
+            percent,
+            stage,
+            message,
+            data,
+        })
+    }
+}
+
+/// Why a job (or one attempt of it) failed: a stable snake_case code and a sentence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+impl JobError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        JobError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A job as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub tenant: String,
+    pub kind: String,
+    pub status: JobStatus,
+    pub input: Value,
+    pub progress: Option<Progress>,
+    pub result: Option<Value>,
+    pub error: Option<JobError>,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub timeout_secs: Option<i64>,
+    pub cancel_requested: bool,
+    pub idempotency_key: Option<String>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub last_seq: EventSeq,
+}
+
+/// An event about to be appended: its name and its one-line JSON data (with `at`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub seq: EventSeq,
+    pub kind: EventKind,
+    pub data: String,
+    pub at: Timestamp,
+}
+
+/// Something that happens to a job. Each one appends exactly one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// A worker starts the current attempt.
+    Start,
+    Progress(Progress),
+    /// The attempt failed and another one will run (`attempt + 1`).
+    Retry(JobError),
+    /// The attempt was interrupted by a shutdown: back to the queue, same attempt.
+    Requeue,
+    Succeed(Value),
+    Fail(JobError),
+    Cancel {
+        reason: String,
+    },
+}
+
+/// A transition the job's state does not allow (most often: it is already terminal).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("job is {status}; cannot {action}")]
+pub struct Refused {
+    pub status: JobStatus,
+    pub action: &'static str,
+}
+
+/// What asking to cancel a job means for it in its current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelDecision {
+    /// Queued: it becomes `cancelled` at once.
+    CancelNow,
+    /// Running: `cancel_requested` is stored and the running attempt is told to stop.
+    Request,
+    /// Already terminal: nothing changes (409).
+    Terminal,
+}
+
+impl JobRecord {
+    /// The first event of every job: `queued`, attempt 1.
+    pub fn created_event(&self) -> NewEvent {
+        NewEvent {
+            seq: EventSeq(1),
+            kind: EventKind::Status,
+            data: status_data(JobStatus::Queued, self.attempt, self.created_at, None),
+            at: self.created_at,
+        }
+    }
+
+    pub fn cancel_decision(&self) -> CancelDecision {
+        match self.status {
+            JobStatus::Queued => CancelDecision::CancelNow,
+            JobStatus::Running => CancelDecision::Request,
+            _ => CancelDecision::Terminal,
+        }
+    }
+
+    /// Whether another attempt may follow a failed one.
+    pub fn has_attempts_left(&self) -> bool {
+        self.attempt < self.max_attempts
+    }
+
+    /// Applies `t` at `now`: the job as it will be stored and the event to append
+    /// with the next sequence number, or `Refused` when the state does not allow it.
+    pub fn apply(&self, t: &Transition, now: Timestamp) -> Result<(JobRecord, NewEvent), Refused> {
+        let mut next = self.clone();
+        let seq = self.last_seq.next();
+        let refuse = |action| Refused {
+            status: self.status,
+            action,
+        };
+        let (kind, data) = match t {
+            Transition::Start => {
+                if !self.status.can_become(JobStatus::Running) {
+                    return Err(refuse("start"));
+                }
+                next.status = JobStatus::Running;
+                next.started_at.get_or_insert(now);
+                (
+                    EventKind::Status,
+                    status_data(JobStatus::Running, next.attempt, now, None),
+                )
+            }
+            Transition::Progress(p) => {
+                if !self.status.accepts_progress() {
+                    return Err(refuse("report progress"));
+                }
+                next.progress = Some(p.clone());
+                let data = json!({
+                    "percent": p.percent,
+                    "stage": p.stage,
+                    "message": p.message,
+                    "data": p.data,
+                    "at": now.to_rfc3339(),
+                });
+                (EventKind::Progress, data.to_string())
+            }
+            Transition::Retry(err) => {
+                if !self.status.can_become(JobStatus::Queued) {
+                    return Err(refuse("retry"));
+                }
+                next.status = JobStatus::Queued;
+                next.attempt += 1;
+                (
+                    EventKind::Status,
+                    status_data(JobStatus::Queued, next.attempt, now, Some(err)),
+                )
+            }
+            Transition::Requeue => {
+                if !self.status.can_become(JobStatus::Queued) {
+                    return Err(refuse("requeue"));
+                }
+                next.status = JobStatus::Queued;
+                (
+                    EventKind::Status,
+                    status_data(JobStatus::Queued, next.attempt, now, None),
+                )
+            }
+            Transition::Succeed(result) => {
+                if !self.status.can_become(JobStatus::Succeeded) {
+                    return Err(refuse("succeed"));
+                }
+                next.status = JobStatus::Succeeded;
+                next.result = Some(result.clone());
+                next.finished_at = Some(now);
+                let data = json!({"result": result, "at": now.to_rfc3339()});
+                (EventKind::Result, data.to_string())
+            }
+            Transition::Fail(err) => {
+                if !self.status.can_become(JobStatus::Failed) {
+                    return Err(refuse("fail"));
+                }
+                next.status = JobStatus::Failed;
+                next.error = Some(err.clone());
+                next.finished_at = Some(now);
+                let data = json!({"error": err, "attempt": next.attempt, "at": now.to_rfc3339()});
+                (EventKind::Failed, data.to_string())
+            }
+            Transition::Cancel { reason } => {
+                if !self.status.can_become(JobStatus::Cancelled) {
+                    return Err(refuse("cancel"));
+                }
+                next.status = JobStatus::Cancelled;
+                next.finished_at = Some(now);
+                let data = json!({"reason": reason, "at": now.to_rfc3339()});
+                (EventKind::Cancelled, data.to_string())
+            }
+        };
+        next.last_seq = seq;
+        Ok((
+            next,
+            NewEvent {
+                seq,
+                kind,
+                data,
+                at: now,
+            },
+        ))
+    }
+}
+
+fn status_data(status: JobStatus, attempt: i32, at: Timestamp, error: Option<&JobError>) -> String {
+    let mut v = json!({"status": status.as_str(), "attempt": attempt, "at": at.to_rfc3339()});
+    if let Some(err) = error {
+        // A retry says why the previous attempt failed, so a watcher need not guess.
+        v["error"] = json!(err);
+    }
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: JobStatus) -> JobRecord {
+        JobRecord {
+            id: JobId::new(),
+            tenant: String::new(),
+            kind: "demo".into(),
+            status,
+            input: json!({}),
+            progress: None,
+            result: None,
+            error: None,
+            attempt: 1,
+            max_attempts: 3,
+            timeout_secs: None,
+            cancel_requested: false,
+            idempotency_key: None,
+            created_at: Timestamp(1),
+            started_at: None,
+            finished_at: None,
+            last_seq: EventSeq(1),
+        }
+    }
+
+    fn data(ev: &NewEvent) -> Value {
+        serde_json::from_str(&ev.data).unwrap()
+    }
+
+    #[test]
+    fn start_appends_running_with_the_next_seq() {
+        let (j, ev) = job(JobStatus::Queued)
+            .apply(&Transition::Start, Timestamp(5))
+            .unwrap();
+        assert_eq!(j.status, JobStatus::Running);
+        assert_eq!(j.started_at, Some(Timestamp(5)));
+        assert_eq!(ev.seq, EventSeq(2));
+        assert_eq!(j.last_seq, EventSeq(2));
+        assert_eq!(ev.kind, EventKind::Status);
+        assert_eq!(data(&ev)["status"], "running");
+        assert_eq!(data(&ev)["attempt"], 1);
+        assert!(!ev.data.contains('\n'));
+    }
+
+    #[test]
+    fn retry_counts_the_next_attempt_and_requeue_does_not() {
+        let running = job(JobStatus::Running);
+        let (j, ev) = running
+            .apply(&Transition::Retry(JobError::new("x", "y")), Timestamp(2))
+            .unwrap();
+        assert_eq!((j.status, j.attempt), (JobStatus::Queued, 2));
+        assert_eq!(data(&ev)["attempt"], 2);
+        assert_eq!(data(&ev)["error"]["code"], "x");
+        let (j, _) = running.apply(&Transition::Requeue, Timestamp(2)).unwrap();
+        assert_eq!((j.status, j.attempt), (JobStatus::Queued, 1));
+    }
+
+    #[test]
+    fn outcomes_set_their_fields() {
+        let running = job(JobStatus::Running);
+        let (j, ev) = running
+            .apply(&Transition::Succeed(json!({"steps": 3})), Timestamp(9))
+            .unwrap();
+        assert_eq!(j.status, JobStatus::Succeeded);
+        assert_eq!(j.result, Some(json!({"steps": 3})));
+        assert_eq!(j.finished_at, Some(Timestamp(9)));
+        assert_eq!(ev.kind, EventKind::Result);
+        assert_eq!(data(&ev)["result"]["steps"], 3);
+
+        let (j, ev) = running
+            .apply(
+                &Transition::Fail(JobError::new("boom", "it broke")),
+                Timestamp(9),
+            )
+            .unwrap();
+        assert_eq!(j.status, JobStatus::Failed);
+        assert_eq!(ev.kind, EventKind::Failed);
+        assert_eq!(data(&ev)["error"]["code"], "boom");
+
+        let (j, ev) = running
+            .apply(
+                &Transition::Cancel {
+                    reason: "asked".into(),
+                },
+                Timestamp(9),
+            )
+            .unwrap();
+        assert_eq!(j.status, JobStatus::Cancelled);
+        assert_eq!(ev.kind, EventKind::Cancelled);
+        assert_eq!(data(&ev)["reason"], "asked");
+    }
+
+    #[test]
+    fn terminal_jobs_refuse_everything() {
+        let p = Progress::new(Some(1.0), None, None, None).unwrap();
+        let all = [
+            Transition::Start,
+            Transition::Progress(p),
+            Transition::Retry(JobError::new("a", "b")),
+            Transition::Requeue,
+            Transition::Succeed(json!(1)),
+            Transition::Fail(JobError::new("a", "b")),
+            Transition::Cancel { reason: "r".into() },
+        ];
+        for st in [
+            JobStatus::Succeeded,
+            JobStatus::Failed,
+            JobStatus::Cancelled,
+        ] {
+            for t in &all {
+                assert!(job(st).apply(t, Timestamp(3)).is_err(), "{st} {t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_queued_job_only_starts_or_cancels() {
+        let q = job(JobStatus::Queued);
+        assert!(q
+            .apply(&Transition::Succeed(json!(1)), Timestamp(1))
+            .is_err());
+        assert!(q.apply(&Transition::Requeue, Timestamp(1)).is_err());
+        let p = Progress::new(None, None, None, None).unwrap();
+        assert!(q.apply(&Transition::Progress(p), Timestamp(1)).is_err());
+        assert!(q
+            .apply(&Transition::Cancel { reason: "r".into() }, Timestamp(1))
+            .is_ok());
+    }
+
+    #[test]
+    fn cancel_decision_follows_status() {
+        assert_eq!(
+            job(JobStatus::Queued).cancel_decision(),
+            CancelDecision::CancelNow
+        );
+        assert_eq!(
+            job(JobStatus::Running).cancel_decision(),
+            CancelDecision::Request
+        );
+        assert_eq!(
+            job(JobStatus::Failed).cancel_decision(),
+            CancelDecision::Terminal
+        );
+    }
+
+    #[test]
+    fn percent_must_lie_in_0_to_100() {
+        assert!(Progress::new(Some(0.0), None, None, None).is_ok());
+        assert!(Progress::new(Some(100.0), None, None, None).is_ok());
+        assert!(Progress::new(None, None, None, None).is_ok());
+        for bad in [-0.1, 100.01, f64::NAN, f64::INFINITY] {
+            assert!(Progress::new(Some(bad), None, None, None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_names_never_say_error() {
+        for k in [
+            EventKind::Status,
+            EventKind::Progress,
+            EventKind::Result,
+            EventKind::Failed,
+            EventKind::Cancelled,
+        ] {
+            assert_ne!(k.as_str(), "error");
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! A job submission (`POST /v1/jobs`): parsed from the request's JSON and checked
+//! in one place, so every error names its field with a JSON pointer.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// One invalid field: where it is in the request body and what is wrong.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldError {
+    pub pointer: String,
+    pub detail: String,
+}
+
+impl FieldError {
+    pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        FieldError {
+            pointer: pointer.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+pub const MAX_ATTEMPTS_LIMIT: i64 = 20;
+/// One week: an attempt that needs longer is better split into several jobs.
+pub const MAX_TIMEOUT_SECS: i64 = 7 * 24 * 3600;
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// A validated submission, with defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub kind: String,
+    pub input: Value,
+    pub idempotency_key: Option<String>,
+    pub max_attempts: i32,
+    pub timeout_secs: Option<i64>,
+}
+
+impl Submission {
+    /// Checks the body's shape. The kind's own input rules are checked by the
+    /// worker registry afterwards.
+    pub fn parse(body: &Value, default_max_attempts: i32) -> Result<Submission, Vec<FieldError>> {
+        let Some(obj) = body.as_object() else {
+            return Err(vec![FieldError::new(
+                "",
+                "the body must be a JSON object such as {\"kind\": \"demo\", \"input\": {...}}",
+            )]);
+        };
+        let mut errors = Vec::new();
+        for key in obj.keys() {
+            if !matches!(
+                key.as_str(),
+                "kind" | "input" | "idempotency_key" | "max_attempts" | "timeout_secs"
+            ) {
+                errors.push(FieldError::new(
+                    format!("/{}", escape_pointer(key)),
+                    "unknown field; allowed: kind, input, idempotency_key, max_attempts, timeout_secs",
+                ));
+            }
+        }
+        let kind = match obj.get("kind") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::String(_)) => {
+                errors.push(FieldError::new("/kind", "must not be empty"));
+                None
+            }
+            Some(_) => {
+                errors.push(FieldError::new(
+                    "/kind",
+                    "must be a string naming a job kind",
+                ));
+                None
+            }
+            None => {
+                errors.push(FieldError::new("/kind", "is required"));
+                None
+            }
+        };
+        let input = match obj.get("input") {
+            Some(v) => Some(v.clone()),
+            None => {
+                errors.push(FieldError::new(
+                    "/input",
+                    "is required (use {} for a kind that takes no input)",
+                ));
+                None
+            }
+        };
+        let idempotency_key = match obj.get("idempotency_key") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY_LEN => {
+                Some(s.clone())
+            }
+            Some(_) => {
+                errors.push(FieldError::new(
+                    "/idempotency_key",
+                    format!("must be a string of 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+                ));
+                None
+            }
+        };
+        let max_attempts = optional_int(obj, "max_attempts", 1, MAX_ATTEMPTS_LIMIT, &mut errors)
+            .map(|v| v as i32)
+            .unwrap_or(default_max_attempts);
+        let timeout_secs = optional_int(obj, "timeout_secs", 1, MAX_TIMEOUT_SECS, &mut errors);
+
+        match (kind, input) {
+            (Some(kind), Some(input)) if errors.is_empty() => Ok(Submission {
+                kind,
+                input,
+                idempotency_key,
+                max_attempts,
+                timeout_secs,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// Whether `self` asks for the same job as an earlier submission with the same
+    /// idempotency key: same kind, input, max_attempts and timeout_secs, compared as
+    /// JSON values (so key order and `1.0` vs `1` do not matter).
+    pub fn same_request(
+        &self,
+        kind: &str,
+        input: &Value,
+        max_attempts: i32,
+        timeout_secs: Option<i64>,
+    ) -> bool {
+        self.kind == kind
+            && json_equal(&self.input, input)
+            && self.max_attempts == max_attempts
+            && self.timeout_secs == timeout_secs
+    }
+}
+
+fn optional_int(
+    obj: &Map<String, Value>,
+    field: &str,
+    min: i64,
+    max: i64,
+    errors: &mut Vec<FieldError>,
+) -> Option<i64> {
+    match obj.get(field) {
+        None | Some(Value::Null) => None,
+        Some(v) => match v
+            .as_i64()
+            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+        {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                errors.push(FieldError::new(
+                    format!("/{field}"),
+                    format!("must be a whole number from {min} to {max}"),
+                ));
+                None
+            }
+        },
+    }
+}
+
+/// Numbers compare by value (`1` equals `1.0`); everything else structurally.
+pub fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// RFC 6901: `~` becomes `~0` and `/` becomes `~1` inside a pointer segment.
+pub fn escape_pointer(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_minimal_submission_gets_defaults() {
+        let s = Submission::parse(&json!({"kind": "demo", "input": {"steps": 1}}), 3).unwrap();
+        assert_eq!(s.kind, "demo");
+        assert_eq!(s.max_attempts, 3);
+        assert_eq!(s.timeout_secs, None);
+        assert_eq!(s.idempotency_key, None);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let errs = Submission::parse(
+            &json!({"input": 1, "max_attempts": 0, "timeout_secs": "x", "idempotency_key": 5, "colour": 1}),
+            3,
+        )
+        .unwrap_err();
+        let pointers: Vec<_> = errs.iter().map(|e| e.pointer.as_str()).collect();
+        for p in [
+            "/kind",
+            "/max_attempts",
+            "/timeout_secs",
+            "/idempotency_key",
+            "/colour",
+        ] {
+            assert!(pointers.contains(&p), "{p} missing from {pointers:?}");
+        }
+    }
+
+    #[test]
+    fn bounds_on_attempts() {
+        assert!(
+            Submission::parse(&json!({"kind": "k", "input": {}, "max_attempts": 20}), 3).is_ok()
+        );
+        assert!(
+            Submission::parse(&json!({"kind": "k", "input": {}, "max_attempts": 21}), 3).is_err()
+        );
+        assert!(
+            Submission::parse(&json!({"kind": "k", "input": {}, "max_attempts": 2.5}), 3).is_err()
+        );
+    }
+
+    #[test]
+    fn not_an_object() {
+        let errs = Submission::parse(&json!([1]), 3).unwrap_err();
+        assert_eq!(errs[0].pointer, "");
+    }
+
+    #[test]
+    fn same_request_compares_json_values() {
+        let s = Submission::parse(&json!({"kind": "k", "input": {"a": 1, "b": [1.0]}}), 3).unwrap();
+        assert!(s.same_request("k", &json!({"b": [1], "a": 1.0}), 3, None));
+        assert!(!s.same_request("k", &json!({"b": [1], "a": 2}), 3, None));
+        assert!(!s.same_request("k", &json!({"b": [1], "a": 1}), 4, None));
+        assert!(!s.same_request("j", &json!({"b": [1], "a": 1}), 3, None));
+    }
+
+    #[test]
+    fn pointer_escaping() {
+        assert_eq!(escape_pointer("a/b~c"), "a~1b~0c");
+    }
+}

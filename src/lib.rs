@@ -1,0 +1,32 @@
+//! herald runs slow jobs from a durable queue and streams each job's progress
+//! and result to any number of watchers over Server-Sent Events.
+//!
+//! # Layout
+//!
+//! - [`config`]: `Config`, every setting a flag and an `HERALD_*` variable.
+//! - [`app`]: `Application::build` / `run`: store, queue, workers, HTTP, shutdown order.
+//! - [`shutdown`]: SIGTERM / Ctrl-C → the shutdown token.
+//! - [`domain`]: job ids, `JobStatus` and its transitions, progress, events; no I/O.
+//! - [`store`]: the `Store` trait (`herald_jobs`, `herald_job_events`) and its SQLite backend.
+//! - [`worker`]: the `JobKind` trait and registry, the runner (attempts, timeout,
+//!   cancel grace, retries), the apalis queue, the crash reconciler, the kinds.
+//! - [`cancel`]: job id → `CancellationToken` for the jobs running here.
+//! - [`hub`]: per-job wake-ups ("look again"; the store holds the events).
+//! - [`api`]: the HTTP API (poem + poem-openapi) and its DTOs.
+//! - [`error`]: `ApiError` → RFC 9457 problem+json.
+//! - [`telemetry`]: tracing set-up.
+
+pub mod api;
+pub mod app;
+pub mod cancel;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod hub;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+
+pub use app::{AppState, Application};
+pub use config::Config;

@@ -1,0 +1,135 @@
+//! The store: `herald_jobs` and `herald_job_events`, the source of truth.
+//!
+//! Every change to a job and the event that records it are written in one
+//! transaction (see [`Store::apply`]), so a job's row and its event log never
+//! disagree, and a crash loses nothing that was acknowledged.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    EventKind, EventSeq, JobId, JobRecord, JobStatus, Refused, Submission, Timestamp, Transition,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored row could not be read: {0}")]
+    Corrupt(String),
+}
+
+/// What a submission did.
+#[derive(Debug)]
+pub enum Submitted {
+    Created(JobRecord),
+    /// The same idempotency key with the same request: the earlier job.
+    Existing(JobRecord),
+    /// The same idempotency key with a different request.
+    Conflict(JobRecord),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("job not found")]
+    NotFound,
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ApplyError {
+    fn from(e: sqlx::Error) -> Self {
+        ApplyError::Store(StoreError::Db(e))
+    }
+}
+
+/// What a cancel request did.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    NotFound,
+    /// It was queued and is now `cancelled`.
+    CancelledNow(JobRecord),
+    /// It is running; `cancel_requested` is stored.
+    Requested(JobRecord),
+    /// It had already ended.
+    Terminal(JobRecord),
+}
+
+/// One persisted event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub seq: EventSeq,
+    pub kind: EventKind,
+    pub data: String,
+    pub at: Timestamp,
+}
+
+/// Which jobs `list` returns: newest first, after the cursor.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub tenant: String,
+    pub status: Option<JobStatus>,
+    pub kind: Option<String>,
+    /// Only jobs older than this one (the previous page's last id).
+    pub before: Option<JobId>,
+    pub limit: i64,
+}
+
+/// What start-up recovery did with the jobs a previous process left running.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Recovered {
+    /// Back to `queued` with the next attempt.
+    pub requeued: Vec<JobId>,
+    /// Their last attempt was the one interrupted: `failed` with `worker_lost`.
+    pub failed: Vec<JobId>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts the job and its first event (`queued`), or finds the earlier job
+    /// with the same idempotency key.
+    async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError>;
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Applies one transition and appends its event, in one transaction.
+    async fn apply(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError>;
+
+    /// Cancels a queued job at once, or marks a running one `cancel_requested`.
+    async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError>;
+
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events_after(
+        &self,
+        id: JobId,
+        after: EventSeq,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// At start-up: jobs left `running` by a process that is gone go back to
+    /// `queued` with the next attempt, or fail when that was their last.
+    async fn recover_interrupted(&self) -> Result<Recovered, StoreError>;
+
+    /// Queued jobs whose queue task is missing or finished, so the reconciler can
+    /// push them again. With `startup`, a task still marked as fetched or running
+    /// counts as stale too (the process that held it is gone).
+    async fn queued_without_task(
+        &self,
+        startup: bool,
+        older_than: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<JobId>, StoreError>;
+
+    /// Removes a stale queue task so the job can be pushed again under the same id.
+    async fn delete_task(&self, id: JobId) -> Result<(), StoreError>;
+
+    /// Readiness: can the store answer a trivial query?
+    async fn ping(&self) -> Result<(), StoreError>;
+}

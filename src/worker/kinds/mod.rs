@@ -1,0 +1,3 @@
+//! The built-in job kinds, one file each.
+
+pub mod demo;

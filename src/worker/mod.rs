@@ -1,0 +1,101 @@
+//! Workers: the kinds of job herald can run, and the machinery that runs them.
+//!
+//! - [`JobKind`]: the trait each kind implements; [`registry`] lists them all.
+//! - [`context`]: what a handler gets ([`JobContext`]: input, progress, cancellation).
+//! - [`runner`]: one job's attempts: start, timeout, cancel grace, retry, outcome.
+//! - [`queue`]: the apalis queue (task = `{job_id}`) and the worker that drains it.
+//! - [`reconcile`]: pushes queued jobs that have no queue task (after a crash).
+
+pub mod context;
+pub mod kinds;
+pub mod queue;
+pub mod reconcile;
+pub mod runner;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub use context::JobContext;
+
+use crate::domain::{FieldError, JobError};
+
+/// How an attempt failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFailure {
+    pub error: JobError,
+    /// No further attempt runs (bad input the handler discovers, a downstream's 4xx).
+    pub permanent: bool,
+}
+
+impl JobFailure {
+    /// A failure worth another attempt.
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        JobFailure {
+            error: JobError::new(code, message),
+            permanent: false,
+        }
+    }
+
+    /// A failure that no retry can fix.
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
+        JobFailure {
+            error: JobError::new(code, message),
+            permanent: true,
+        }
+    }
+
+    /// What a handler returns when it stops because its token fired.
+    pub fn cancelled() -> Self {
+        JobFailure::permanent("cancelled", "the job was told to stop")
+    }
+}
+
+impl From<anyhow::Error> for JobFailure {
+    fn from(e: anyhow::Error) -> Self {
+        JobFailure::retryable("handler_error", format!("{e:#}"))
+    }
+}
+
+/// A kind of job. Implementations live in [`kinds`], one file each, and are
+/// registered in [`registry`].
+#[async_trait]
+pub trait JobKind: Send + Sync + 'static {
+    /// The name clients submit as `kind`.
+    fn name(&self) -> &'static str;
+
+    /// Checks `input`; pointers in the errors are relative to the input
+    /// (`/steps`), the API prefixes them with `/input`.
+    fn validate(&self, input: &Value) -> Result<(), Vec<FieldError>>;
+
+    /// Runs one attempt. Stop promptly when `ctx.cancelled()` fires.
+    async fn run(&self, ctx: &JobContext) -> Result<Value, JobFailure>;
+}
+
+/// Every job kind this build knows, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn JobKind>>,
+}
+
+impl Registry {
+    pub fn with(mut self, kind: impl JobKind) -> Self {
+        self.kinds.insert(kind.name(), Arc::new(kind));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn JobKind>> {
+        self.kinds.get(name).cloned()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+}
+
+/// The one place where job kinds are registered.
+pub fn registry() -> Registry {
+    Registry::default().with(kinds::demo::Demo)
+}

@@ -1,0 +1,194 @@
+//! Runs one job: its attempts, each with a timeout and a cancel grace, and the
+//! outcome (success, retry, failure, cancel, or back to the queue at shutdown).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tracing::Instrument;
+
+use super::{JobContext, JobFailure, Registry};
+use crate::cancel::{CancelRegistry, RunningJob};
+use crate::domain::{JobError, JobId, JobRecord, Transition};
+use crate::hub::Hub;
+use crate::store::{ApplyError, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// How long a handler may go on after its token fired before it is dropped.
+    pub cancel_grace: Duration,
+    /// A result whose JSON is larger fails the job with `result_too_large`.
+    pub max_result_bytes: usize,
+    /// The pause before attempt 2; it doubles for each later attempt (capped at a minute).
+    pub retry_backoff: Duration,
+}
+
+pub struct Runner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) kinds: Registry,
+    pub(crate) cancels: Arc<CancelRegistry>,
+    pub(crate) config: RunnerConfig,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Finished(Result<Value, JobFailure>),
+    TimedOut(i64),
+    /// The token fired and the handler did not stop within the cancel grace.
+    Abandoned,
+}
+
+impl Runner {
+    /// Runs the job until it reaches a terminal state, or until the process
+    /// stops its jobs (then it stays or goes back to `queued`). Store errors are
+    /// returned so the queue task can be retried.
+    pub async fn run(&self, id: JobId) -> Result<(), StoreError> {
+        let Some(running) = self.cancels.register(id) else {
+            tracing::debug!(job_id = %id, "job already running in this process; duplicate task ignored");
+            return Ok(());
+        };
+        loop {
+            if running.shutting_down() {
+                return Ok(());
+            }
+            let job = match self.apply(id, &Transition::Start).await {
+                Ok(job) => job,
+                // Cancelled while queued, already finished, or gone: nothing to run.
+                Err(ApplyError::NotFound) | Err(ApplyError::Refused(_)) => return Ok(()),
+                Err(ApplyError::Store(e)) => return Err(e),
+            };
+            let span = tracing::info_span!("job_attempt", job_id = %id, kind = %job.kind, attempt = job.attempt);
+            let started = std::time::Instant::now();
+            let outcome = self.attempt(&job, &running).instrument(span.clone()).await;
+            let next = self.decide(&job, &running, outcome);
+            let _enter = span.enter();
+            let retry = matches!(next, Transition::Retry(_));
+            match &next {
+                Transition::Succeed(_) => tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "job succeeded"
+                ),
+                Transition::Fail(e) | Transition::Retry(e) => {
+                    tracing::warn!(code = %e.code, message = %e.message, retry, "attempt failed")
+                }
+                Transition::Cancel { .. } => tracing::info!("job cancelled"),
+                Transition::Requeue => tracing::info!("job requeued at shutdown"),
+                _ => {}
+            }
+            drop(_enter);
+            match self.apply(id, &next).await {
+                Ok(_) => {}
+                Err(ApplyError::Store(e)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(job_id = %id, error = %e, "outcome not recorded");
+                    return Ok(());
+                }
+            }
+            if !retry {
+                return Ok(());
+            }
+            // Wait before the next attempt; a cancel (the job is queued now, so
+            // the API cancels it at once) or a shutdown cuts the wait short.
+            let pause = self.backoff(job.attempt);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = running.token().cancelled() => {}
+            }
+        }
+    }
+
+    async fn apply(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError> {
+        let job = self.store.apply(id, t).await?;
+        self.hub.notify(id);
+        Ok(job)
+    }
+
+    fn backoff(&self, failed_attempt: i32) -> Duration {
+        let factor = 2u32.saturating_pow((failed_attempt - 1).max(0) as u32);
+        self.config
+            .retry_backoff
+            .saturating_mul(factor)
+            .min(Duration::from_secs(60))
+    }
+
+    async fn attempt(&self, job: &JobRecord, running: &RunningJob) -> Attempt {
+        let Some(kind) = self.kinds.get(&job.kind) else {
+            return Attempt::Finished(Err(JobFailure::permanent(
+                "unknown_kind",
+                format!("this herald does not know the job kind `{}`", job.kind),
+            )));
+        };
+        let ctx = JobContext::new(
+            job.id,
+            job.input.clone(),
+            job.attempt,
+            running.token().clone(),
+            self.store.clone(),
+            self.hub.clone(),
+        );
+        let timeout = async {
+            match job.timeout_secs {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s as u64)).await,
+                None => std::future::pending().await,
+            }
+        };
+        let grace = async {
+            running.token().cancelled().await;
+            tokio::time::sleep(self.config.cancel_grace).await;
+        };
+        // The handler keeps running after its token fires, until it returns or
+        // the grace runs out; dropping its future stops it at its await point.
+        tokio::select! {
+            r = kind.run(&ctx) => Attempt::Finished(r),
+            _ = timeout => Attempt::TimedOut(job.timeout_secs.unwrap_or_default()),
+            _ = grace => Attempt::Abandoned,
+        }
+    }
+
+    fn decide(&self, job: &JobRecord, running: &RunningJob, outcome: Attempt) -> Transition {
+        let failure = match outcome {
+            Attempt::Finished(Ok(result)) => {
+                // A handler that finishes before it notices a cancel still succeeds.
+                let size = serde_json::to_vec(&result)
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX);
+                if size > self.config.max_result_bytes {
+                    return Transition::Fail(JobError::new(
+                        "result_too_large",
+                        format!(
+                            "the result is {size} bytes of JSON, over the limit of {} (HERALD_MAX_RESULT_BYTES)",
+                            self.config.max_result_bytes
+                        ),
+                    ));
+                }
+                return Transition::Succeed(result);
+            }
+            _ if running.token().is_cancelled() => {
+                return if running.cancel_requested() {
+                    Transition::Cancel {
+                        reason: "cancel requested".to_owned(),
+                    }
+                } else {
+                    Transition::Requeue
+                };
+            }
+            Attempt::Finished(Err(f)) => f,
+            Attempt::TimedOut(secs) => JobFailure::retryable(
+                "timeout",
+                format!(
+                    "attempt {} did not finish within timeout_secs={secs}",
+                    job.attempt
+                ),
+            ),
+            // Only reachable if the token fired and was then reset, which tokens
+            // cannot do; treated as an ordinary failed attempt all the same.
+            Attempt::Abandoned => JobFailure::retryable("abandoned", "the attempt was stopped"),
+        };
+        if !failure.permanent && job.has_attempts_left() {
+            Transition::Retry(failure.error)
+        } else {
+            Transition::Fail(failure.error)
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Spawning herald for a test, and small HTTP helpers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::domain::{EventSeq, JobId};
+use herald::store::StoredEvent;
+use herald::{AppState, Application, Config};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub state: AppState,
+    pub dir: Arc<TempDir>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn test_config(dir: &TempDir) -> Config {
+    let mut config = Config::from_env();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.database_url = format!("sqlite://{}", dir.path().join("herald.db").display());
+    config.retry_backoff_ms = 10;
+    config.reconcile_secs = 1;
+    config
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(f: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Self::spawn_in(dir, f).await
+    }
+
+    /// Starts herald on the database in `dir` (a restart when one ran there before).
+    pub async fn spawn_in(dir: Arc<TempDir>, f: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = test_config(&dir);
+        f(&mut config);
+        let app = Application::build(config)
+            .await
+            .expect("application builds");
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = app.shutdown_token();
+        let state = app.state().clone();
+        let handle = tokio::spawn(app.run());
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            shutdown,
+            state,
+            dir,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Submits a job and expects 202.
+    pub async fn submit(&self, body: Value) -> Value {
+        let resp = self.post_json("/v1/jobs", &body).await;
+        assert_eq!(resp.status(), 202, "submit {body}");
+        resp.json().await.unwrap()
+    }
+
+    pub async fn get_job(&self, id: &str) -> Value {
+        let resp = self
+            .client
+            .get(self.url(&format!("/v1/jobs/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    pub async fn cancel(&self, id: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/jobs/{id}/cancel")))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the job until `pred` holds or the deadline passes.
+    pub async fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let job = self.get_job(id).await;
+            if pred(&job) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, id: &str, status: &str) -> Value {
+        self.wait_for(id, status, |j| j["status"] == status).await
+    }
+
+    /// The job's persisted events, read from the store.
+    pub async fn events(&self, id: &str) -> Vec<StoredEvent> {
+        let id: JobId = id.parse().unwrap();
+        self.state
+            .store
+            .events_after(id, EventSeq(0), 100_000)
+            .await
+            .unwrap()
+    }
+
+    /// Graceful shutdown, as SIGTERM does it; waits for `run` to return.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), h)
+                .await
+                .expect("app stops within 30 s")
+                .expect("app task joins")
+                .expect("app run ends cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Each event as (name, data JSON).
+pub fn named(events: &[StoredEvent]) -> Vec<(String, Value)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.kind.as_str().to_owned(),
+                serde_json::from_str(&e.data).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts the sequence numbers are exactly 1, 2, 3 … n.
+pub fn assert_gapless(events: &[StoredEvent]) {
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq.0).collect();
+    let want: Vec<i64> = (1..=events.len() as i64).collect();
+    assert_eq!(seqs, want, "event ids must be 1..n without gaps");
+}
+
+/// The (status, attempt) of each `status` event.
+pub fn statuses(events: &[StoredEvent]) -> Vec<(String, i64)> {
+    named(events)
+        .into_iter()
+        .filter(|(name, _)| name == "status")
+        .map(|(_, d)| {
+            (
+                d["status"].as_str().unwrap().to_owned(),
+                d["attempt"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,196 @@
+//! Every bad input answers problem+json with the right status and writes nothing.
+
+use serde_json::{json, Value};
+
+use crate::common::TestApp;
+
+async fn assert_nothing_written(app: &TestApp) {
+    let list: Value = app
+        .client
+        .get(app.url("/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        list["items"].as_array().unwrap().is_empty(),
+        "no job was stored: {list}"
+    );
+}
+
+async fn problem(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status(), status, "status for {code}");
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["type"], format!("/problems/{code}"));
+    assert!(body["title"].is_string() && body["detail"].is_string());
+    body
+}
+
+fn pointers(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_submissions_are_refused_and_write_nothing() {
+    let app = TestApp::spawn().await;
+
+    let p = problem(
+        app.post_json("/v1/jobs", &json!({"kind": "nope", "input": {}}))
+            .await,
+        422,
+        "unknown_kind",
+    )
+    .await;
+    assert_eq!(pointers(&p), ["/kind"]);
+    assert!(
+        p["detail"].as_str().unwrap().contains("demo"),
+        "names the known kinds"
+    );
+
+    let malformed = app
+        .client
+        .post(app.url("/v1/jobs"))
+        .header("content-type", "application/json")
+        .body("{\"kind\": \"demo\", ")
+        .send()
+        .await
+        .unwrap();
+    problem(malformed, 400, "malformed_json").await;
+
+    let p = problem(
+        app.post_json("/v1/jobs", &json!({"input": {"steps": 1, "step_ms": 0}}))
+            .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(pointers(&p), ["/kind"]);
+    let p = problem(
+        app.post_json("/v1/jobs", &json!({"kind": "demo"})).await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(pointers(&p), ["/input"]);
+    let p = problem(
+        app.post_json("/v1/jobs", &json!({"kind": "demo", "input": {"steps": 3}}))
+            .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(pointers(&p), ["/input/step_ms"]);
+
+    let p = problem(
+        app.post_json(
+            "/v1/jobs",
+            &json!({"kind": "demo", "input": {"steps": 0, "step_ms": 60001}}),
+        )
+        .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(pointers(&p), ["/input/steps", "/input/step_ms"]);
+    let p = problem(
+        app.post_json(
+            "/v1/jobs",
+            &json!({"kind": "demo", "input": {"steps": 10001, "step_ms": 0}}),
+        )
+        .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(pointers(&p), ["/input/steps"]);
+    let p = problem(
+        app.post_json("/v1/jobs", &json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}, "max_attempts": 21, "timeout_secs": 0})).await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(pointers(&p), ["/max_attempts", "/timeout_secs"]);
+    problem(
+        app.post_json("/v1/jobs", &json!([1, 2])).await,
+        422,
+        "validation_failed",
+    )
+    .await;
+
+    assert_nothing_written(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_chunked_or_not() {
+    let app = TestApp::spawn().await;
+    let big = format!(
+        "{{\"kind\": \"demo\", \"input\": {{\"steps\": 1, \"step_ms\": 0, \"pad\": \"{}\"}}}}",
+        "x".repeat(1024 * 1024)
+    );
+    let resp = app
+        .client
+        .post(app.url("/v1/jobs"))
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    let p = problem(resp, 413, "payload_too_large").await;
+    assert!(p["detail"].as_str().unwrap().contains("1048576"));
+
+    // Chunked: no Content-Length, so the limit must hold while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
+        .as_bytes()
+        .chunks(64 * 1024)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let resp = app
+        .client
+        .post(app.url("/v1/jobs"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 413, "payload_too_large").await;
+    assert_nothing_written(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_ids_and_unknown_jobs() {
+    let app = TestApp::spawn().await;
+    for path in ["/v1/jobs/not-a-uuid", "/v1/jobs/123"] {
+        let resp = app.client.get(app.url(path)).send().await.unwrap();
+        problem(resp, 400, "invalid_parameter").await;
+    }
+    let resp = app.cancel("not-a-uuid").await;
+    problem(resp, 400, "invalid_parameter").await;
+
+    let missing = uuid::Uuid::now_v7();
+    let resp = app
+        .client
+        .get(app.url(&format!("/v1/jobs/{missing}")))
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 404, "not_found").await;
+    problem(app.cancel(&missing.to_string()).await, 404, "not_found").await;
+
+    let resp = app.client.get(app.url("/v2/nothing")).send().await.unwrap();
+    problem(resp, 404, "not_found").await;
+    let resp = app.client.delete(app.url("/v1/jobs")).send().await.unwrap();
+    problem(resp, 405, "method_not_allowed").await;
+    app.stop().await;
+}
