@@ -56,14 +56,14 @@ impl Application {
                 "HERALD_DATABASE_URL={url:?} is not supported: use sqlite://PATH (PostgreSQL support is not in this build yet)"
             );
         }
-        let pool = sqlite::connect(&url)
+        let pools = sqlite::connect(&url)
             .await
             .with_context(|| format!("opening the SQLite database {url}"))?;
-        sqlite::migrate(&pool)
+        sqlite::migrate(&pools.writer)
             .await
             .context("running database migrations")?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(pool.clone()));
-        let (queue, wakeups) = Queue::sqlite(&pool, config.worker_concurrency);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(pools.clone()));
+        let (queue, wakeups) = Queue::sqlite(&pools.queue, config.worker_concurrency);
 
         let jobs_root = CancellationToken::new();
         let cancels = CancelRegistry::new(jobs_root.clone());

@@ -102,6 +102,12 @@ pub trait Store: Send + Sync + 'static {
     /// Applies one transition and appends its event, in one transaction.
     async fn apply(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError>;
 
+    /// Like [`Store::apply`], starting from `known`, the job as the caller last
+    /// saw it (a runner knows its running job). The write is conditional on the
+    /// job not having changed since; if it has, the store reads it afresh.
+    async fn apply_known(&self, known: &JobRecord, t: &Transition)
+        -> Result<JobRecord, ApplyError>;
+
     /// Cancels a queued job at once, or marks a running one `cancel_requested`.
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError>;
 
@@ -127,7 +133,8 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<JobId>, StoreError>;
 
-    /// Removes a stale queue task so the job can be pushed again under the same id.
+    /// Removes the job's queue task: a stale one before pushing it again under the
+    /// same id, or a spent one once the runner is done with the job.
     async fn delete_task(&self, id: JobId) -> Result<(), StoreError>;
 
     /// Readiness: can the store answer a trivial query?

@@ -15,6 +15,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ApplyError, CancelOutcome, ListQuery, Recovered, Store, StoreError, StoredEvent, Submitted,
@@ -24,20 +25,55 @@ use crate::domain::{
     Submission, Timestamp, Transition,
 };
 
+/// The pools over one database file.
+///
+/// SQLite has one write lock. Several connections that contend for it wait in
+/// SQLite's busy handler, which sleeps in growing steps (up to 100 ms): under
+/// load that turned into 100+ ms stalls and 160 jobs/s. So all of herald's
+/// writes go through `writer`, a single connection driven by one task (group
+/// commit, below). apalis gets `queue`, its own: at shutdown it can park a
+/// fetch that holds a pool permit without polling it again, which on a shared
+/// one-connection pool starved herald's writer. Reads run on `reader`
+/// connections in parallel (WAL lets them see the last commit during a write).
+#[derive(Clone, Debug)]
+pub struct Pools {
+    pub writer: SqlitePool,
+    pub queue: SqlitePool,
+    pub reader: SqlitePool,
+}
+
 /// Opens (creating if missing) the database file with herald's settings.
-pub async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
+pub async fn connect(url: &str) -> Result<Pools, StoreError> {
     let opts = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
+        // Another process on the same file (a second herald by mistake, a
+        // backup tool) can still hold the lock for a moment.
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(8)
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts.clone())
+        .await?;
+    let queue = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts.clone())
+        .await?;
+    let reader = SqlitePoolOptions::new()
+        .max_connections(4)
         .min_connections(1)
         .connect_with(opts)
         .await?;
-    Ok(pool)
+    Ok(Pools {
+        writer,
+        queue,
+        reader,
+    })
 }
 
 /// Runs herald's migrations (tracked in `herald_migrations`) and apalis's (in
@@ -52,23 +88,31 @@ pub async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pools: Pools,
+    writer: mpsc::Sender<WriteOp>,
 }
 
 impl SqliteStore {
-    pub fn new(pool: SqlitePool) -> Self {
-        SqliteStore { pool }
+    /// Starts the store's writer task (so: call it inside a tokio runtime).
+    pub fn new(pools: Pools) -> Self {
+        let (writer, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(run_writer(pools.writer.clone(), rx));
+        SqliteStore { pools, writer }
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    async fn send(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.writer.send(op).await.map_err(|_| writer_gone())
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.pools
     }
 
     /// `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction
     /// that reads first and writes later fails with SQLITE_BUSY when another
     /// writer commits in between, and busy_timeout cannot help it.
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+        self.pools.writer.begin_with("BEGIN IMMEDIATE").await
     }
 }
 
@@ -144,34 +188,26 @@ fn to_json<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
         .map(|v| serde_json::to_string(v).expect("JSON values serialize"))
 }
 
-async fn insert_event(
-    tx: &mut Transaction<'static, Sqlite>,
-    id: JobId,
-    ev: &NewEvent,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO herald_job_events (job_id, seq, event, data, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .bind(id.to_string())
-    .bind(ev.seq.0)
-    .bind(ev.kind.as_str())
-    .bind(&ev.data)
-    .bind(ev.at.0)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Writes every column a transition can change.
-async fn update_job(
+/// Writes a transition's new job state and its event in one round trip to the
+/// connection's thread: sqlx runs the statements of one query in turn and binds
+/// `?NNN` across all of them. `cancel_requested` is not written: only a cancel
+/// request sets it.
+///
+/// With `if_seq`, the write happens only while the job's `last_seq` is still
+/// that (the event insert is conditional on the update through `changes()`),
+/// and `Ok(false)` says it had moved on.
+async fn write_transition(
     tx: &mut Transaction<'static, Sqlite>,
     job: &JobRecord,
-    now: Timestamp,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    ev: &NewEvent,
+    if_seq: Option<EventSeq>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
         "UPDATE herald_jobs SET status = ?2, progress = ?3, result = ?4, error = ?5, attempt = ?6, \
-         cancel_requested = ?7, started_at = ?8, finished_at = ?9, last_seq = ?10, updated_at = ?11 \
-         WHERE id = ?1",
+         started_at = ?7, finished_at = ?8, last_seq = ?9, updated_at = ?10 \
+         WHERE id = ?1 AND (?13 IS NULL OR last_seq = ?13); \
+         INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+         SELECT ?1, ?9, ?11, ?12, ?10 WHERE changes() = 1;",
     )
     .bind(job.id.to_string())
     .bind(job.status.as_str())
@@ -179,14 +215,26 @@ async fn update_job(
     .bind(to_json(&job.result))
     .bind(to_json(&job.error))
     .bind(job.attempt)
-    .bind(job.cancel_requested)
     .bind(job.started_at.map(|t| t.0))
     .bind(job.finished_at.map(|t| t.0))
-    .bind(job.last_seq.0)
-    .bind(now.0)
+    .bind(ev.seq.0)
+    .bind(ev.at.0)
+    .bind(ev.kind.as_str())
+    .bind(&ev.data)
+    .bind(if_seq.map(|s| s.0))
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    if done.rows_affected() == 0 && if_seq.is_some() {
+        return Ok(false);
+    }
+    if done.rows_affected() != 2 {
+        return Err(sqlx::Error::Protocol(format!(
+            "transition of job {} wrote {} rows instead of 2",
+            job.id,
+            done.rows_affected()
+        )));
+    }
+    Ok(true)
 }
 
 async fn fetch_job(
@@ -213,82 +261,311 @@ async fn apply_in(
     let job = fetch_job(tx, id).await?.ok_or(ApplyError::NotFound)?;
     let now = Timestamp::now();
     let (next, ev) = job.apply(t, now)?;
-    update_job(tx, &next, now).await?;
-    insert_event(tx, id, &ev).await?;
+    write_transition(tx, &next, &ev, None).await?;
     Ok(next)
+}
+
+/// Applies `t` to `known` without reading the job first, unless it turns out
+/// to have changed since the caller saw it.
+async fn apply_known_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    known: &JobRecord,
+    t: &Transition,
+) -> Result<JobRecord, ApplyError> {
+    let now = Timestamp::now();
+    if let Ok((next, ev)) = known.apply(t, now) {
+        if write_transition(tx, &next, &ev, Some(known.last_seq)).await? {
+            return Ok(next);
+        }
+    }
+    apply_in(tx, known.id, t).await
+}
+
+async fn submit_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    tenant: &str,
+    sub: &Submission,
+) -> Result<Submitted, StoreError> {
+    if let Some(key) = &sub.idempotency_key {
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM herald_jobs WHERE tenant = ?1 AND idempotency_key = ?2"
+        ))
+        .bind(tenant)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = row {
+            let existing = JobRecord::try_from(row)?;
+            let same = sub.same_request(
+                &existing.kind,
+                &existing.input,
+                existing.max_attempts,
+                existing.timeout_secs,
+            );
+            return Ok(if same {
+                Submitted::Existing(existing)
+            } else {
+                Submitted::Conflict(existing)
+            });
+        }
+    }
+    let now = Timestamp::now();
+    let job = JobRecord {
+        id: JobId::new(),
+        tenant: tenant.to_owned(),
+        kind: sub.kind.clone(),
+        status: JobStatus::Queued,
+        input: sub.input.clone(),
+        progress: None,
+        result: None,
+        error: None,
+        attempt: 1,
+        max_attempts: sub.max_attempts,
+        timeout_secs: sub.timeout_secs,
+        cancel_requested: false,
+        idempotency_key: sub.idempotency_key.clone(),
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        last_seq: EventSeq(1),
+    };
+    let first = job.created_event();
+    sqlx::query(
+        "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
+         timeout_secs, idempotency_key, created_at, updated_at, last_seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12); \
+         INSERT INTO herald_job_events (job_id, seq, event, data, at) VALUES (?1, ?12, ?13, ?14, ?11);",
+    )
+    .bind(job.id.to_string())
+    .bind(job.id.task_id().to_string())
+    .bind(&job.tenant)
+    .bind(&job.kind)
+    .bind(job.status.as_str())
+    .bind(serde_json::to_string(&job.input).expect("JSON values serialize"))
+    .bind(job.attempt)
+    .bind(job.max_attempts)
+    .bind(job.timeout_secs)
+    .bind(&job.idempotency_key)
+    .bind(now.0)
+    .bind(first.seq.0)
+    .bind(first.kind.as_str())
+    .bind(&first.data)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Submitted::Created(job))
+}
+
+async fn cancel_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: JobId,
+    reason: &str,
+) -> Result<CancelOutcome, StoreError> {
+    let Some(job) = fetch_job(tx, id).await? else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    let outcome = match job.cancel_decision() {
+        CancelDecision::Terminal => return Ok(CancelOutcome::Terminal(job)),
+        CancelDecision::CancelNow => {
+            let t = Transition::Cancel {
+                reason: reason.to_owned(),
+            };
+            match apply_in(tx, id, &t).await {
+                Ok(job) => CancelOutcome::CancelledNow(job),
+                Err(ApplyError::Store(e)) => return Err(e),
+                Err(e) => return Err(StoreError::Corrupt(format!("cancel of a queued job: {e}"))),
+            }
+        }
+        CancelDecision::Request => {
+            sqlx::query(
+                "UPDATE herald_jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1",
+            )
+            .bind(id.to_string())
+            .bind(Timestamp::now().0)
+            .execute(&mut **tx)
+            .await?;
+            CancelOutcome::Requested(JobRecord {
+                cancel_requested: true,
+                ..job
+            })
+        }
+    };
+    Ok(outcome)
+}
+
+/// A write for the writer task, with where to send its outcome.
+enum WriteOp {
+    Submit {
+        tenant: String,
+        sub: Submission,
+        reply: oneshot::Sender<Result<Submitted, StoreError>>,
+    },
+    Apply {
+        id: JobId,
+        t: Transition,
+        known: Option<Box<JobRecord>>,
+        reply: oneshot::Sender<Result<JobRecord, ApplyError>>,
+    },
+    Cancel {
+        id: JobId,
+        reason: String,
+        reply: oneshot::Sender<Result<CancelOutcome, StoreError>>,
+    },
+    DeleteTask {
+        id: JobId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// The outcome of one op inside a batch, held back until the batch commits.
+enum Done {
+    Submit(
+        oneshot::Sender<Result<Submitted, StoreError>>,
+        Result<Submitted, StoreError>,
+    ),
+    Apply(
+        oneshot::Sender<Result<JobRecord, ApplyError>>,
+        Result<JobRecord, ApplyError>,
+    ),
+    Cancel(
+        oneshot::Sender<Result<CancelOutcome, StoreError>>,
+        Result<CancelOutcome, StoreError>,
+    ),
+    DeleteTask(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
+}
+
+impl Done {
+    /// Replaces a success by `err` (the commit failed: nothing was written).
+    fn fail(self, err: &str) -> Done {
+        let e = || StoreError::Corrupt(format!("commit failed: {err}"));
+        match self {
+            Done::Submit(r, Ok(_)) => Done::Submit(r, Err(e())),
+            Done::Apply(r, Ok(_)) => Done::Apply(r, Err(ApplyError::Store(e()))),
+            Done::Cancel(r, Ok(_)) => Done::Cancel(r, Err(e())),
+            Done::DeleteTask(r, Ok(_)) => Done::DeleteTask(r, Err(e())),
+            other => other,
+        }
+    }
+
+    fn send(self) {
+        // A caller that stopped waiting no longer needs the answer; the write stands.
+        match self {
+            Done::Submit(r, v) => drop(r.send(v)),
+            Done::Apply(r, v) => drop(r.send(v)),
+            Done::Cancel(r, v) => drop(r.send(v)),
+            Done::DeleteTask(r, v) => drop(r.send(v)),
+        }
+    }
+}
+
+/// The most writes one transaction carries.
+const MAX_BATCH: usize = 256;
+
+/// Group commit: takes every write that is waiting, runs them in one
+/// transaction (each sees the ones before it), commits, and only then answers
+/// them, so an acknowledged write is a committed one. One commit per batch
+/// instead of per write, and the writes run here rather than in their callers,
+/// so a caller that gives up (a dropped future) never leaves half a write.
+async fn run_writer(pool: SqlitePool, mut rx: mpsc::Receiver<WriteOp>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(op) = rx.recv().await {
+        batch.push(op);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        write_batch(&pool, batch.drain(..)).await;
+    }
+}
+
+async fn write_batch(pool: &SqlitePool, ops: impl Iterator<Item = WriteOp>) {
+    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            for op in ops {
+                match op {
+                    WriteOp::Submit { reply, .. } => {
+                        drop(reply.send(Err(StoreError::Db(sqlx::Error::Protocol(msg.clone())))))
+                    }
+                    WriteOp::Apply { reply, .. } => drop(reply.send(Err(ApplyError::Store(
+                        StoreError::Db(sqlx::Error::Protocol(msg.clone())),
+                    )))),
+                    WriteOp::Cancel { reply, .. } => {
+                        drop(reply.send(Err(StoreError::Db(sqlx::Error::Protocol(msg.clone())))))
+                    }
+                    WriteOp::DeleteTask { reply, .. } => {
+                        drop(reply.send(Err(StoreError::Db(sqlx::Error::Protocol(msg.clone())))))
+                    }
+                }
+            }
+            tracing::error!(error = %e, "could not begin a write transaction");
+            return;
+        }
+    };
+    let mut done = Vec::new();
+    for op in ops {
+        done.push(match op {
+            WriteOp::Submit { tenant, sub, reply } => {
+                Done::Submit(reply, submit_in(&mut tx, &tenant, &sub).await)
+            }
+            WriteOp::Apply {
+                id,
+                t,
+                known,
+                reply,
+            } => {
+                let r = match known {
+                    Some(job) => apply_known_in(&mut tx, &job, &t).await,
+                    None => apply_in(&mut tx, id, &t).await,
+                };
+                Done::Apply(reply, r)
+            }
+            WriteOp::Cancel { id, reason, reply } => {
+                Done::Cancel(reply, cancel_in(&mut tx, id, &reason).await)
+            }
+            WriteOp::DeleteTask { id, reply } => {
+                let r = sqlx::query("DELETE FROM Jobs WHERE id = ?1")
+                    .bind(id.task_id().to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map(|_| ())
+                    .map_err(StoreError::from);
+                Done::DeleteTask(reply, r)
+            }
+        });
+    }
+    match tx.commit().await {
+        Ok(()) => done.into_iter().for_each(Done::send),
+        Err(e) => {
+            tracing::error!(error = %e, writes = done.len(), "write batch failed to commit");
+            let msg = e.to_string();
+            done.into_iter().for_each(|d| d.fail(&msg).send());
+        }
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Corrupt("the store's writer task has stopped".to_owned())
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError> {
-        let mut tx = self.write_tx().await?;
-        if let Some(key) = &sub.idempotency_key {
-            let row: Option<JobRow> = sqlx::query_as(concat!(
-                "SELECT ",
-                job_columns!(),
-                " FROM herald_jobs WHERE tenant = ?1 AND idempotency_key = ?2"
-            ))
-            .bind(tenant)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = row {
-                let existing = JobRecord::try_from(row)?;
-                let same = sub.same_request(
-                    &existing.kind,
-                    &existing.input,
-                    existing.max_attempts,
-                    existing.timeout_secs,
-                );
-                return Ok(if same {
-                    Submitted::Existing(existing)
-                } else {
-                    Submitted::Conflict(existing)
-                });
-            }
-        }
-        let now = Timestamp::now();
-        let job = JobRecord {
-            id: JobId::new(),
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::Submit {
             tenant: tenant.to_owned(),
-            kind: sub.kind.clone(),
-            status: JobStatus::Queued,
-            input: sub.input.clone(),
-            progress: None,
-            result: None,
-            error: None,
-            attempt: 1,
-            max_attempts: sub.max_attempts,
-            timeout_secs: sub.timeout_secs,
-            cancel_requested: false,
-            idempotency_key: sub.idempotency_key.clone(),
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            last_seq: EventSeq(1),
-        };
-        sqlx::query(
-            "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
-             timeout_secs, idempotency_key, created_at, updated_at, last_seq) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
-        )
-        .bind(job.id.to_string())
-        .bind(job.id.task_id().to_string())
-        .bind(&job.tenant)
-        .bind(&job.kind)
-        .bind(job.status.as_str())
-        .bind(serde_json::to_string(&job.input).expect("JSON values serialize"))
-        .bind(job.attempt)
-        .bind(job.max_attempts)
-        .bind(job.timeout_secs)
-        .bind(&job.idempotency_key)
-        .bind(now.0)
-        .bind(job.last_seq.0)
-        .execute(&mut *tx)
+            sub: sub.clone(),
+            reply,
+        })
         .await?;
-        insert_event(&mut tx, job.id, &job.created_event()).await?;
-        tx.commit().await?;
-        Ok(Submitted::Created(job))
+        rx.await.map_err(|_| writer_gone())?
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
@@ -298,7 +575,7 @@ impl Store for SqliteStore {
             " FROM herald_jobs WHERE id = ?1"
         ))
         .bind(id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.pools.reader)
         .await?;
         row.map(JobRecord::try_from).transpose()
     }
@@ -316,53 +593,48 @@ impl Store for SqliteStore {
         .bind(q.kind.as_deref())
         .bind(q.before.map(|id| id.to_string()))
         .bind(q.limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pools.reader)
         .await?;
         rows.into_iter().map(JobRecord::try_from).collect()
     }
 
     async fn apply(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError> {
-        let mut tx = self.write_tx().await?;
-        let job = apply_in(&mut tx, id, t).await?;
-        tx.commit().await?;
-        Ok(job)
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::Apply {
+            id,
+            t: t.clone(),
+            known: None,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+
+    async fn apply_known(
+        &self,
+        known: &JobRecord,
+        t: &Transition,
+    ) -> Result<JobRecord, ApplyError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::Apply {
+            id: known.id,
+            t: t.clone(),
+            known: Some(Box::new(known.clone())),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| writer_gone())?
     }
 
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let Some(job) = fetch_job(&mut tx, id).await? else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        let outcome = match job.cancel_decision() {
-            CancelDecision::Terminal => return Ok(CancelOutcome::Terminal(job)),
-            CancelDecision::CancelNow => {
-                let t = Transition::Cancel {
-                    reason: reason.to_owned(),
-                };
-                match apply_in(&mut tx, id, &t).await {
-                    Ok(job) => CancelOutcome::CancelledNow(job),
-                    Err(ApplyError::Store(e)) => return Err(e),
-                    Err(e) => {
-                        return Err(StoreError::Corrupt(format!("cancel of a queued job: {e}")))
-                    }
-                }
-            }
-            CancelDecision::Request => {
-                sqlx::query(
-                    "UPDATE herald_jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1",
-                )
-                .bind(id.to_string())
-                .bind(Timestamp::now().0)
-                .execute(&mut *tx)
-                .await?;
-                CancelOutcome::Requested(JobRecord {
-                    cancel_requested: true,
-                    ..job
-                })
-            }
-        };
-        tx.commit().await?;
-        Ok(outcome)
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::Cancel {
+            id,
+            reason: reason.to_owned(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| writer_gone())?
     }
 
     async fn events_after(
@@ -378,7 +650,7 @@ impl Store for SqliteStore {
         .bind(id.to_string())
         .bind(after.0)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pools.reader)
         .await?;
         rows.into_iter()
             .map(|(seq, event, data, at)| {
@@ -396,7 +668,7 @@ impl Store for SqliteStore {
         let mut out = Recovered::default();
         let ids: Vec<(String,)> =
             sqlx::query_as("SELECT id FROM herald_jobs WHERE status = 'running' ORDER BY id")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.pools.writer)
                 .await?;
         for (id,) in ids {
             let id: JobId = id.parse().map_err(|e| corrupt("job id", e))?;
@@ -447,7 +719,7 @@ impl Store for SqliteStore {
         .bind(older_than.0)
         .bind(limit)
         .bind(startup)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.pools.reader)
         .await?;
         ids.into_iter()
             .map(|(id,)| id.parse().map_err(|e| corrupt("job id", e)))
@@ -455,15 +727,13 @@ impl Store for SqliteStore {
     }
 
     async fn delete_task(&self, id: JobId) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM Jobs WHERE id = ?1")
-            .bind(id.task_id().to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::DeleteTask { id, reply }).await?;
+        rx.await.map_err(|_| writer_gone())?
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.pools.reader).await?;
         Ok(())
     }
 }

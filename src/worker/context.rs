@@ -1,13 +1,13 @@
 //! What a job handler gets: its input, a way to report progress, and its
 //! cancellation token.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::JobFailure;
-use crate::domain::{JobId, Progress, Transition};
+use crate::domain::{JobId, JobRecord, Progress, Transition};
 use crate::hub::Hub;
 use crate::store::{ApplyError, Store};
 
@@ -19,17 +19,22 @@ pub struct JobContext {
     token: CancellationToken,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    /// The job as last written, shared with the runner, so a write need not
+    /// read it back first.
+    current: Arc<Mutex<JobRecord>>,
 }
 
 impl JobContext {
     pub(crate) fn new(
-        job_id: JobId,
-        input: Value,
-        attempt: i32,
+        current: Arc<Mutex<JobRecord>>,
         token: CancellationToken,
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
     ) -> Self {
+        let (job_id, input, attempt) = {
+            let job = current.lock().expect("job record poisoned");
+            (job.id, job.input.clone(), job.attempt)
+        };
         JobContext {
             job_id,
             input,
@@ -37,6 +42,7 @@ impl JobContext {
             token,
             store,
             hub,
+            current,
         }
     }
 
@@ -69,12 +75,14 @@ impl JobContext {
             data,
         )
         .map_err(|e| JobFailure::permanent("bad_progress", e.to_string()))?;
+        let known = self.current.lock().expect("job record poisoned").clone();
         match self
             .store
-            .apply(self.job_id, &Transition::Progress(p))
+            .apply_known(&known, &Transition::Progress(p))
             .await
         {
-            Ok(_) => {
+            Ok(job) => {
+                *self.current.lock().expect("job record poisoned") = job;
                 self.hub.notify(self.job_id);
                 Ok(())
             }

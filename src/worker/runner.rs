@@ -1,7 +1,7 @@
 //! Runs one job: its attempts, each with a timeout and a cancel grace, and the
 //! outcome (success, retry, failure, cancel, or back to the queue at shutdown).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -48,6 +48,13 @@ impl Runner {
             tracing::debug!(job_id = %id, "job already running in this process; duplicate task ignored");
             return Ok(());
         };
+        self.attempts(id, &running).await?;
+        // The job is finished, or back in the queue after a shutdown (the next
+        // start pushes it again): either way its queue task is spent.
+        self.store.delete_task(id).await
+    }
+
+    async fn attempts(&self, id: JobId, running: &RunningJob) -> Result<(), StoreError> {
         loop {
             if running.shutting_down() {
                 return Ok(());
@@ -60,8 +67,12 @@ impl Runner {
             };
             let span = tracing::info_span!("job_attempt", job_id = %id, kind = %job.kind, attempt = job.attempt);
             let started = std::time::Instant::now();
-            let outcome = self.attempt(&job, &running).instrument(span.clone()).await;
-            let next = self.decide(&job, &running, outcome);
+            let current = Arc::new(Mutex::new(job.clone()));
+            let outcome = self
+                .attempt(&job, &current, running)
+                .instrument(span.clone())
+                .await;
+            let next = self.decide(&job, running, outcome);
             let _enter = span.enter();
             let retry = matches!(next, Transition::Retry(_));
             match &next {
@@ -77,8 +88,9 @@ impl Runner {
                 _ => {}
             }
             drop(_enter);
-            match self.apply(id, &next).await {
-                Ok(_) => {}
+            let known = current.lock().expect("job record poisoned").clone();
+            match self.store.apply_known(&known, &next).await {
+                Ok(_) => self.hub.notify(id),
                 Err(ApplyError::Store(e)) => return Err(e),
                 Err(e) => {
                     tracing::warn!(job_id = %id, error = %e, "outcome not recorded");
@@ -112,7 +124,12 @@ impl Runner {
             .min(Duration::from_secs(60))
     }
 
-    async fn attempt(&self, job: &JobRecord, running: &RunningJob) -> Attempt {
+    async fn attempt(
+        &self,
+        job: &JobRecord,
+        current: &Arc<Mutex<JobRecord>>,
+        running: &RunningJob,
+    ) -> Attempt {
         let Some(kind) = self.kinds.get(&job.kind) else {
             return Attempt::Finished(Err(JobFailure::permanent(
                 "unknown_kind",
@@ -120,9 +137,7 @@ impl Runner {
             )));
         };
         let ctx = JobContext::new(
-            job.id,
-            job.input.clone(),
-            job.attempt,
+            current.clone(),
             running.token().clone(),
             self.store.clone(),
             self.hub.clone(),

@@ -43,6 +43,10 @@ impl TestApp {
 
     /// Starts herald on the database in `dir` (a restart when one ran there before).
     pub async fn spawn_in(dir: Arc<TempDir>, f: impl FnOnce(&mut Config)) -> TestApp {
+        // RUST_LOG=debug cargo test … shows the server's logs.
+        if std::env::var_os("RUST_LOG").is_some() {
+            herald::telemetry::init(herald::config::LogFormat::Text);
+        }
         let mut config = test_config(&dir);
         f(&mut config);
         let app = Application::build(config)
