@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::Store;
+use crate::stream::{StreamCounter, StreamSettings};
 use crate::worker::queue::{Queue, Wakeups};
 use crate::worker::reconcile::Reconciler;
 use crate::worker::runner::{Runner, RunnerConfig};
@@ -34,6 +35,9 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// Fires when serving stops (after the drain delay): streams end.
     pub serving_stop: CancellationToken,
+    pub stream_settings: StreamSettings,
+    /// Open event streams.
+    pub streams: Arc<StreamCounter>,
 }
 
 pub struct Application {
@@ -78,6 +82,7 @@ impl Application {
                 cancel_grace: config.cancel_grace(),
                 max_result_bytes: config.max_result_bytes,
                 retry_backoff: Duration::from_millis(config.retry_backoff_ms),
+                progress_interval: Duration::from_millis(config.progress_min_interval_ms),
             },
         });
 
@@ -105,9 +110,11 @@ impl Application {
             hub,
             kinds,
             cancels,
-            config: Arc::new(config),
             draining: Arc::new(AtomicBool::new(false)),
             serving_stop: CancellationToken::new(),
+            stream_settings: config.stream_settings(),
+            streams: Arc::new(StreamCounter::default()),
+            config: Arc::new(config),
         };
         Ok(Application {
             addr,

@@ -84,6 +84,25 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_RESULT_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_result_bytes: usize,
 
+    /// A comment line goes down an idle event stream this often, so proxies keep it.
+    #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = 15)]
+    pub heartbeat_secs: u64,
+
+    /// The `retry:` an event stream opens with: how long a browser waits before reconnecting.
+    #[arg(long, env = "HERALD_RETRY_MS", default_value_t = 2000)]
+    pub retry_ms: u64,
+
+    /// End every event stream after this many seconds (off when unset); clients
+    /// resume with Last-Event-ID. For gateways that cap a response's duration.
+    #[arg(long, env = "HERALD_MAX_STREAM_SECS")]
+    pub max_stream_secs: Option<u64>,
+
+    /// At most one progress event per job per this many milliseconds: a newer
+    /// report replaces a pending one. Status and terminal events are never
+    /// delayed. 0 writes every report.
+    #[arg(long, env = "HERALD_PROGRESS_MIN_INTERVAL_MS", default_value_t = 50)]
+    pub progress_min_interval_ms: u64,
+
     /// How often the reconciler looks for queued jobs that lost their queue task.
     #[arg(long, env = "HERALD_RECONCILE_SECS", default_value_t = 10)]
     pub reconcile_secs: u64,
@@ -109,6 +128,14 @@ impl Config {
 
     pub fn drain_delay(&self) -> Duration {
         Duration::from_secs(self.drain_delay_secs)
+    }
+
+    pub fn stream_settings(&self) -> crate::stream::StreamSettings {
+        crate::stream::StreamSettings {
+            retry_ms: self.retry_ms,
+            heartbeat: Duration::from_secs(self.heartbeat_secs.max(1)),
+            max_duration: self.max_stream_secs.map(Duration::from_secs),
+        }
     }
 }
 

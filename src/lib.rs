@@ -12,6 +12,7 @@
 //!   cancel grace, retries), the apalis queue, the crash reconciler, the kinds.
 //! - [`cancel`]: job id → `CancellationToken` for the jobs running here.
 //! - [`hub`]: per-job wake-ups ("look again"; the store holds the events).
+//! - [`stream`]: a job's SSE stream: subscribe, replay, tail, heartbeat, end.
 //! - [`api`]: the HTTP API (poem + poem-openapi) and its DTOs.
 //! - [`error`]: `ApiError` → RFC 9457 problem+json.
 //! - [`telemetry`]: tracing set-up.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod hub;
 pub mod shutdown;
 pub mod store;
+pub mod stream;
 pub mod telemetry;
 pub mod worker;
 

@@ -1,10 +1,12 @@
 //! The HTTP API: poem routes, described by poem-openapi.
 //!
 //! - [`jobs`]: the `/v1/jobs` routes (submit, list, get, cancel)
+//! - [`events`]: a job's Server-Sent Events stream
 //! - [`health`]: `/healthz`, `/readyz`
 //! - [`models`]: DTOs; [`body`]: the JSON body extractor with a size limit
 
 pub mod body;
+pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod models;
@@ -23,11 +25,11 @@ pub enum ApiTags {
     Health,
 }
 
-type Apis = (jobs::JobsApi, health::HealthApi);
+type Apis = (jobs::JobsApi, events::EventsApi, health::HealthApi);
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (jobs::JobsApi, health::HealthApi),
+        (jobs::JobsApi, events::EventsApi, health::HealthApi),
         "herald",
         env!("CARGO_PKG_VERSION"),
     )

@@ -1,15 +1,12 @@
 //! What a job handler gets: its input, a way to report progress, and its
 //! cancellation token.
 
-use std::sync::{Arc, Mutex};
-
 use serde_json::Value;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use super::progress::Reporter;
 use super::JobFailure;
-use crate::domain::{JobId, JobRecord, Progress, Transition};
-use crate::hub::Hub;
-use crate::store::{ApplyError, Store};
+use crate::domain::{JobId, JobRecord, Progress};
 
 pub struct JobContext {
     pub job_id: JobId,
@@ -17,32 +14,17 @@ pub struct JobContext {
     /// 1 for the first attempt.
     pub attempt: i32,
     token: CancellationToken,
-    store: Arc<dyn Store>,
-    hub: Arc<Hub>,
-    /// The job as last written, shared with the runner, so a write need not
-    /// read it back first.
-    current: Arc<Mutex<JobRecord>>,
+    reporter: Reporter,
 }
 
 impl JobContext {
-    pub(crate) fn new(
-        current: Arc<Mutex<JobRecord>>,
-        token: CancellationToken,
-        store: Arc<dyn Store>,
-        hub: Arc<Hub>,
-    ) -> Self {
-        let (job_id, input, attempt) = {
-            let job = current.lock().expect("job record poisoned");
-            (job.id, job.input.clone(), job.attempt)
-        };
+    pub(crate) fn new(job: &JobRecord, token: CancellationToken, reporter: Reporter) -> Self {
         JobContext {
-            job_id,
-            input,
-            attempt,
+            job_id: job.id,
+            input: job.input.clone(),
+            attempt: job.attempt,
             token,
-            store,
-            hub,
-            current,
+            reporter,
         }
     }
 
@@ -60,7 +42,8 @@ impl JobContext {
     }
 
     /// Reports progress: persisted as a `progress` event and pushed to every
-    /// stream of the job. `percent` must lie in 0..=100.
+    /// stream of the job. `percent` must lie in 0..=100. Reports closer together
+    /// than `HERALD_PROGRESS_MIN_INTERVAL_MS` are coalesced: the latest wins.
     pub async fn progress(
         &self,
         percent: Option<f64>,
@@ -68,29 +51,36 @@ impl JobContext {
         message: Option<&str>,
         data: Option<Value>,
     ) -> Result<(), JobFailure> {
-        let p = Progress::new(
-            percent,
-            stage.map(str::to_owned),
-            message.map(str::to_owned),
-            data,
-        )
-        .map_err(|e| JobFailure::permanent("bad_progress", e.to_string()))?;
-        let known = self.current.lock().expect("job record poisoned").clone();
-        match self
-            .store
-            .apply_known(&known, &Transition::Progress(p))
-            .await
-        {
-            Ok(job) => {
-                *self.current.lock().expect("job record poisoned") = job;
-                self.hub.notify(self.job_id);
-                Ok(())
-            }
-            Err(ApplyError::Store(e)) => Err(JobFailure::retryable(
-                "store_unavailable",
-                format!("could not persist progress: {e}"),
-            )),
-            Err(e) => Err(JobFailure::permanent("job_not_running", e.to_string())),
-        }
+        let p = build(percent, stage, message, data)?;
+        self.reporter.report(p, false).await
     }
+
+    /// Like [`Self::progress`], but this report is never coalesced away or
+    /// delayed, and it is persisted when this returns (a per-source completion,
+    /// say, that a watcher must see).
+    pub async fn progress_kept(
+        &self,
+        percent: Option<f64>,
+        stage: Option<&str>,
+        message: Option<&str>,
+        data: Option<Value>,
+    ) -> Result<(), JobFailure> {
+        let p = build(percent, stage, message, data)?;
+        self.reporter.report(p, true).await
+    }
+}
+
+fn build(
+    percent: Option<f64>,
+    stage: Option<&str>,
+    message: Option<&str>,
+    data: Option<Value>,
+) -> Result<Progress, JobFailure> {
+    Progress::new(
+        percent,
+        stage.map(str::to_owned),
+        message.map(str::to_owned),
+        data,
+    )
+    .map_err(|e| JobFailure::permanent("bad_progress", e.to_string()))
 }

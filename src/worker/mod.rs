@@ -3,11 +3,13 @@
 //! - [`JobKind`]: the trait each kind implements; [`registry`] lists them all.
 //! - [`context`]: what a handler gets ([`JobContext`]: input, progress, cancellation).
 //! - [`runner`]: one job's attempts: start, timeout, cancel grace, retry, outcome.
+//! - [`progress`]: progress coalescing (at most one report per interval, latest wins).
 //! - [`queue`]: the apalis queue (task = `{job_id}`) and the worker that drains it.
 //! - [`reconcile`]: pushes queued jobs that have no queue task (after a crash).
 
 pub mod context;
 pub mod kinds;
+pub mod progress;
 pub mod queue;
 pub mod reconcile;
 pub mod runner;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tracing::Instrument;
 
+use super::progress::ProgressPump;
 use super::{JobContext, JobFailure, Registry};
 use crate::cancel::{CancelRegistry, RunningJob};
 use crate::domain::{JobError, JobId, JobRecord, Transition};
@@ -21,6 +22,8 @@ pub struct RunnerConfig {
     pub max_result_bytes: usize,
     /// The pause before attempt 2; it doubles for each later attempt (capped at a minute).
     pub retry_backoff: Duration,
+    /// At most one ordinary progress event per this interval (see `progress`).
+    pub progress_interval: Duration,
 }
 
 pub struct Runner {
@@ -136,12 +139,13 @@ impl Runner {
                 format!("this herald does not know the job kind `{}`", job.kind),
             )));
         };
-        let ctx = JobContext::new(
+        let (pump, reporter) = ProgressPump::start(
             current.clone(),
-            running.token().clone(),
             self.store.clone(),
             self.hub.clone(),
+            self.config.progress_interval,
         );
+        let ctx = JobContext::new(job, running.token().clone(), reporter);
         let timeout = async {
             match job.timeout_secs {
                 Some(s) => tokio::time::sleep(Duration::from_secs(s as u64)).await,
@@ -154,11 +158,14 @@ impl Runner {
         };
         // The handler keeps running after its token fires, until it returns or
         // the grace runs out; dropping its future stops it at its await point.
-        tokio::select! {
+        let outcome = tokio::select! {
             r = kind.run(&ctx) => Attempt::Finished(r),
             _ = timeout => Attempt::TimedOut(job.timeout_secs.unwrap_or_default()),
             _ = grace => Attempt::Abandoned,
-        }
+        };
+        // The last report lands before the outcome's event.
+        pump.finish().await;
+        outcome
     }
 
     fn decide(&self, job: &JobRecord, running: &RunningJob, outcome: Attempt) -> Transition {

@@ -28,6 +28,8 @@ pub fn test_config(dir: &TempDir) -> Config {
     config.database_url = format!("sqlite://{}", dir.path().join("herald.db").display());
     config.retry_backoff_ms = 10;
     config.reconcile_secs = 1;
+    // Tests stop apps with long demo jobs still running: do not wait 30 s for them.
+    config.shutdown_grace_secs = 1;
     config
 }
 
@@ -186,4 +188,55 @@ pub fn statuses(events: &[StoredEvent]) -> Vec<(String, i64)> {
             )
         })
         .collect()
+}
+
+/// One parsed SSE event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sse {
+    pub id: i64,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Opens a job's event stream; `last` goes in the Last-Event-ID header.
+pub async fn open_stream(
+    app: &TestApp,
+    id: &str,
+    last: Option<&str>,
+    query: Option<&str>,
+) -> reqwest::Response {
+    let mut url = app.url(&format!("/v1/jobs/{id}/events"));
+    if let Some(q) = query {
+        url.push_str(&format!("?last_event_id={q}"));
+    }
+    let mut req = app.client.get(url);
+    if let Some(l) = last {
+        req = req.header("Last-Event-ID", l);
+    }
+    req.send().await.expect("stream request sent")
+}
+
+/// Reads SSE events with a real parser until the server ends the stream.
+pub async fn read_to_end(resp: reqwest::Response) -> Vec<Sse> {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    assert_eq!(resp.status(), 200, "stream opens");
+    let mut events = resp.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, events.next()).await {
+            Ok(Some(Ok(ev))) => out.push(Sse {
+                id: ev.id.parse().expect("numeric id"),
+                event: ev.event,
+                data: serde_json::from_str(&ev.data).expect("data is one line of JSON"),
+            }),
+            Ok(Some(Err(e))) => panic!("stream error: {e}"),
+            Ok(None) => return out,
+            Err(_) => panic!("stream did not end within {WAIT:?}; got {out:?}"),
+        }
+    }
+}
+
+pub fn ids(events: &[Sse]) -> Vec<i64> {
+    events.iter().map(|e| e.id).collect()
 }

@@ -13,7 +13,8 @@ fn job_id(job: &serde_json::Value) -> String {
 
 #[tokio::test]
 async fn a_demo_job_runs_to_its_result() {
-    let app = TestApp::spawn().await;
+    // Every report written, so the event count is exact.
+    let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
     let resp = app
         .post_json(
             "/v1/jobs",

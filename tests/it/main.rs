@@ -5,4 +5,5 @@
 mod common;
 mod core_jobs;
 mod crash;
+mod stream;
 mod validation;
