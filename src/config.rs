@@ -27,6 +27,37 @@ pub enum Command {
     Serve(Config),
     /// Print the OpenAPI document (JSON) to standard output.
     Openapi,
+    /// Submit a job, e.g. `herald submit demo '{"steps": 10, "step_ms": 300}' --follow`.
+    Submit {
+        /// The job kind.
+        kind: String,
+        /// The input, as JSON.
+        input: String,
+        /// Follow the job's progress until it ends (as `herald watch`).
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Follow a job's event stream with a progress bar until it ends.
+    /// Exit code: 0 succeeded, 1 failed, 3 cancelled, 4 could not follow.
+    Watch {
+        /// The job id.
+        job_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Where the client commands find herald.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// herald's base URL.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// A bearer token, when herald requires one.
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,6 +6,7 @@
 //! - [`config`]: `Config`, every setting a flag and an `HERALD_*` variable.
 //! - [`app`]: `Application::build` / `run`: store, queue, workers, HTTP, shutdown order.
 //! - [`shutdown`]: SIGTERM / Ctrl-C → the shutdown token.
+//! - [`client`]: the `herald submit` / `herald watch` client commands.
 //! - [`domain`]: job ids, `JobStatus` and its transitions, progress, events; no I/O.
 //! - [`store`]: the `Store` trait (`herald_jobs`, `herald_job_events`) and its SQLite backend.
 //! - [`worker`]: the `JobKind` trait and registry, the runner (attempts, timeout,
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod app;
 pub mod cancel;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -2,6 +2,7 @@
 //! Every test starts the real server on port 0 against a fresh SQLite file and
 //! talks HTTP over loopback.
 
+mod cli;
 mod common;
 mod core_jobs;
 mod crash;
