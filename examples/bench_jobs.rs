@@ -3,7 +3,7 @@
 //! fresh SQLite file.
 //!
 //! ```sh
-//! cargo build --release --examples
+//! cargo build --release --bins --examples
 //! taskset -c 1 target/release/examples/bench_jobs --server-cpu 0
 //! ```
 //!

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use poem::listener::{AcceptorExt, TcpAcceptor};
-use poem::Server;
+use poem::EndpointExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelRegistry;
@@ -42,7 +41,7 @@ pub struct AppState {
 
 pub struct Application {
     addr: SocketAddr,
-    acceptor: TcpAcceptor,
+    listener: tokio::net::TcpListener,
     state: AppState,
     runner: Arc<Runner>,
     wakeups: Wakeups,
@@ -102,7 +101,6 @@ impl Application {
             .await
             .with_context(|| format!("binding HERALD_LISTEN={}", config.listen))?;
         let addr = listener.local_addr()?;
-        let acceptor = TcpAcceptor::from_tokio(listener)?;
 
         let state = AppState {
             store,
@@ -118,7 +116,7 @@ impl Application {
         };
         Ok(Application {
             addr,
-            acceptor,
+            listener,
             state,
             runner,
             wakeups,
@@ -151,7 +149,7 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let Application {
             addr,
-            acceptor,
+            listener,
             state,
             runner,
             wakeups,
@@ -194,11 +192,10 @@ impl Application {
                 state.serving_stop.cancel();
             }
         };
-        let app = crate::api::routes(state.clone());
-        Server::new_with_acceptor(acceptor.boxed())
-            .run_with_graceful_shutdown(app, signal, Some(Duration::from_secs(5)))
-            .await
-            .context("HTTP server failed")?;
+        let app = crate::api::routes(state.clone()).map_to_response().boxed();
+        let stop_serving = state.serving_stop.clone();
+        tokio::spawn(signal);
+        crate::server::serve(listener, app, stop_serving, Duration::from_secs(5)).await;
 
         // Serving has stopped. Stop taking new jobs, then give running ones the grace.
         worker_stop.cancel();

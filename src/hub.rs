@@ -1,17 +1,60 @@
 //! Per-job wake-ups. The hub carries no payload: it only says "look again", and
 //! the store decides what is delivered. A burst of wake-ups while a subscriber
 //! is busy collapses into one (a `watch` channel keeps only the latest version).
+//!
+//! Each watched job also has a [`Recent`] slot: the last events read from the
+//! store for it, already framed, so that after a wake-up the store is read once
+//! for all of a job's caught-up subscribers on this node rather than once each
+//! (see `stream`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::domain::JobId;
+use crate::domain::{EventSeq, JobId};
+
+/// The most events a job's [`Recent`] keeps.
+pub const RECENT_EVENTS: usize = 64;
+
+/// The latest events of one job, as read from the store, contiguous by seq.
+#[derive(Debug, Default)]
+pub struct Recent {
+    /// The wake-up version this was last brought up to date at.
+    pub checked: Option<u64>,
+    /// (seq, is terminal, SSE frame), oldest first, without gaps.
+    pub frames: VecDeque<(EventSeq, bool, Bytes)>,
+}
+
+impl Recent {
+    pub fn last_seq(&self) -> Option<EventSeq> {
+        self.frames.back().map(|f| f.0)
+    }
+
+    pub fn first_seq(&self) -> Option<EventSeq> {
+        self.frames.front().map(|f| f.0)
+    }
+
+    /// Appends frames that continue the range; trims the oldest past the limit.
+    pub fn extend(&mut self, frames: impl IntoIterator<Item = (EventSeq, bool, Bytes)>) {
+        for f in frames {
+            if self.last_seq().is_some_and(|last| f.0 != last.next()) {
+                // Not contiguous (a subscriber read from further back): start over.
+                self.frames.clear();
+            }
+            self.frames.push_back(f);
+        }
+        while self.frames.len() > RECENT_EVENTS {
+            self.frames.pop_front();
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Signal {
     tx: watch::Sender<u64>,
+    recent: tokio::sync::Mutex<Recent>,
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +77,7 @@ impl Hub {
             None => {
                 let s = Arc::new(Signal {
                     tx: watch::channel(0).0,
+                    recent: tokio::sync::Mutex::new(Recent::default()),
                 });
                 jobs.insert(id, Arc::downgrade(&s));
                 s
@@ -96,10 +140,21 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Waits for the next wake-up (returns at once if one arrived since the last call).
+    /// Waits for the next wake-up (returns at once if one arrived since the
+    /// last call or the last [`Self::version`]).
     pub async fn changed(&mut self) {
         // The sender lives as long as `self.signal`, so this cannot fail.
         let _ = self.rx.changed().await;
+    }
+
+    /// The current wake-up version, marking it seen.
+    pub fn version(&mut self) -> u64 {
+        *self.rx.borrow_and_update()
+    }
+
+    /// The job's shared slot of recent events.
+    pub fn recent(&self) -> &tokio::sync::Mutex<Recent> {
+        &self.signal.as_ref().expect("live subscription").recent
     }
 }
 
@@ -140,6 +195,25 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[test]
+    fn recent_stays_contiguous_and_bounded() {
+        let frame = |n: i64| (EventSeq(n), false, Bytes::new());
+        let mut r = Recent::default();
+        r.extend((1..=3).map(frame));
+        assert_eq!(
+            (r.first_seq(), r.last_seq()),
+            (Some(EventSeq(1)), Some(EventSeq(3)))
+        );
+        r.extend([frame(7)]);
+        assert_eq!(
+            (r.first_seq(), r.last_seq()),
+            (Some(EventSeq(7)), Some(EventSeq(7)))
+        );
+        r.extend((8..=200).map(frame));
+        assert_eq!(r.frames.len(), RECENT_EVENTS);
+        assert_eq!(r.last_seq(), Some(EventSeq(200)));
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: `Config`, every setting a flag and an `HERALD_*` variable.
 //! - [`app`]: `Application::build` / `run`: store, queue, workers, HTTP, shutdown order.
+//! - [`server`]: the HTTP/1.1 accept loop (hyper) that serves the poem app.
 //! - [`shutdown`]: SIGTERM / Ctrl-C → the shutdown token.
 //! - [`client`]: the `herald submit` / `herald watch` client commands.
 //! - [`domain`]: job ids, `JobStatus` and its transitions, progress, events; no I/O.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod hub;
+pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod stream;

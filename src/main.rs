@@ -7,6 +7,11 @@ use clap::Parser;
 use herald::config::{Cli, Command};
 use herald::{client, shutdown, telemetry, Application};
 
+// jemalloc: measured on this kind of machine it saves about 1.3 KiB per idle
+// stream on the lean hyper set-up (see src/server.rs).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -61,9 +61,9 @@ impl Drop for StreamGuard {
     }
 }
 
-/// Appends one event in SSE framing: `id`, `event`, `data` (one line of JSON).
-pub fn write_event(buf: &mut BytesMut, ev: &StoredEvent) {
-    buf.reserve(ev.data.len() + 40);
+/// One event in SSE framing: `id`, `event`, `data` (one line of JSON).
+pub fn frame(ev: &StoredEvent) -> Frame {
+    let mut buf = BytesMut::with_capacity(ev.data.len() + 48);
     buf.put_slice(b"id: ");
     buf.put_slice(ev.seq.0.to_string().as_bytes());
     buf.put_slice(b"\nevent: ");
@@ -71,14 +71,18 @@ pub fn write_event(buf: &mut BytesMut, ev: &StoredEvent) {
     buf.put_slice(b"\ndata: ");
     buf.put_slice(ev.data.as_bytes());
     buf.put_slice(b"\n\n");
+    (ev.seq, ev.kind.is_terminal(), buf.freeze())
 }
+
+/// (seq, is terminal, SSE bytes).
+pub type Frame = (EventSeq, bool, Bytes);
 
 struct State {
     store: Arc<dyn Store>,
     sub: Subscription,
     id: JobId,
     last: EventSeq,
-    pending: VecDeque<StoredEvent>,
+    pending: VecDeque<Frame>,
     settings: StreamSettings,
     deadline: Option<Instant>,
     stop: CancellationToken,
@@ -133,23 +137,11 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
             return None;
         }
         if !st.pending.is_empty() {
-            let mut buf = BytesMut::new();
-            while let Some(ev) = st.pending.pop_front() {
-                write_event(&mut buf, &ev);
-                st.last = ev.seq;
-                if ev.kind.is_terminal() {
-                    st.done = true;
-                    break;
-                }
-            }
-            return Some(buf.freeze());
+            return Some(take_pending(st));
         }
-        match st.store.events_after(st.id, st.last, PAGE).await {
-            Ok(events) if !events.is_empty() => {
-                st.pending.extend(events);
-                continue;
-            }
-            Ok(_) => {}
+        match fill(st).await {
+            Ok(true) => continue,
+            Ok(false) => {}
             Err(e) => {
                 // End the stream; the client resumes with Last-Event-ID.
                 tracing::warn!(job_id = %st.id, error = %e, "event stream ends: store read failed");
@@ -171,4 +163,63 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
             _ = deadline => return None,
         }
     }
+}
+
+/// The pending frames as one chunk (up to and including a terminal event).
+fn take_pending(st: &mut State) -> Bytes {
+    if st.pending.len() == 1 {
+        let (seq, terminal, bytes) = st.pending.pop_front().expect("one frame");
+        st.last = seq;
+        st.done = terminal;
+        return bytes;
+    }
+    let mut buf = BytesMut::new();
+    while let Some((seq, terminal, bytes)) = st.pending.pop_front() {
+        buf.put_slice(&bytes);
+        st.last = seq;
+        if terminal {
+            st.done = true;
+            st.pending.clear();
+            break;
+        }
+    }
+    buf.freeze()
+}
+
+/// Queues the events after `st.last`; `Ok(false)` when there are none yet.
+///
+/// A caught-up subscriber takes them from the job's shared [`Recent`] slot,
+/// which the first subscriber to wake brings up to date with one store read
+/// (the others wait on the slot's lock, then find it fresh). The slot records
+/// the wake-up version it was read at, taken *before* the read, so a wake-up
+/// that lands during the read makes the next subscriber read again. One that
+/// is behind the slot (replaying history, or slower than the slot is long)
+/// reads the store itself.
+///
+/// [`Recent`]: crate::hub::Recent
+async fn fill(st: &mut State) -> Result<bool, crate::store::StoreError> {
+    let version = st.sub.version();
+    let mut recent = st.sub.recent().lock().await;
+    let behind = |r: &crate::hub::Recent, last: EventSeq| {
+        r.first_seq().is_some_and(|first| first.0 > last.0 + 1)
+    };
+    if !behind(&recent, st.last) && recent.checked.is_none_or(|c| c < version) {
+        let from = recent.last_seq().unwrap_or(st.last);
+        let events = st.store.events_after(st.id, from, PAGE).await?;
+        let complete = (events.len() as i64) < PAGE;
+        recent.extend(events.iter().map(frame));
+        if complete {
+            recent.checked = Some(version);
+        }
+    }
+    if !behind(&recent, st.last) {
+        let before = st.pending.len();
+        st.pending
+            .extend(recent.frames.iter().filter(|f| f.0 > st.last).cloned());
+        return Ok(st.pending.len() > before);
+    }
+    drop(recent);
+    let events = st.store.events_after(st.id, st.last, PAGE).await?;
+    st.pending.extend(events.iter().map(frame));
+    Ok(!events.is_empty())
 }
