@@ -42,6 +42,9 @@ struct Args {
     /// under `taskset -c <other cpu>` so client and server do not share a core).
     #[arg(long)]
     server_cpu: Option<usize>,
+    /// Extra environment for the server, KEY=VALUE.
+    #[arg(long)]
+    server_env: Vec<String>,
 }
 
 fn now_micros() -> i64 {
@@ -76,7 +79,7 @@ impl Drop for Server {
     }
 }
 
-fn start(bin: &str, cpu: Option<usize>) -> Server {
+fn start(bin: &str, cpu: Option<usize>, extra_env: &[String]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -92,6 +95,10 @@ fn start(bin: &str, cpu: Option<usize>) -> Server {
         }
         None => Command::new(bin),
     };
+    for kv in extra_env {
+        let (k, v) = kv.split_once('=').expect("--server-env KEY=VALUE");
+        cmd.env(k, v);
+    }
     let child = cmd
         .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
         .env("HERALD_DATABASE_URL", &db_url)
@@ -166,7 +173,7 @@ async fn main() {
         .unwrap();
 
     // Latency phase.
-    let server = start(&bin, args.server_cpu);
+    let server = start(&bin, args.server_cpu, &args.server_env);
     wait_ready(&client, &server.base).await;
     let pool = SqlitePool::connect(&server.db_url).await.unwrap();
     let gap = Duration::from_micros(1_000_000 / args.rate.max(1));
@@ -205,7 +212,7 @@ async fn main() {
     drop(server);
 
     // Throughput phase, on a fresh database.
-    let server = Arc::new(start(&bin, args.server_cpu));
+    let server = Arc::new(start(&bin, args.server_cpu, &args.server_env));
     wait_ready(&client, &server.base).await;
     let pool = SqlitePool::connect(&server.db_url).await.unwrap();
     let first_post = now_micros();
