@@ -134,6 +134,25 @@ pub struct Config {
     #[arg(long, env = "HERALD_PROGRESS_MIN_INTERVAL_MS", default_value_t = 50)]
     pub progress_min_interval_ms: u64,
 
+    /// Named downstreams for `aggregate` jobs: `name=url,name=url`
+    /// (e.g. `crews=http://crews.internal:8081,permits=https://permits.internal`).
+    #[arg(long, env = "HERALD_DOWNSTREAMS", value_delimiter = ',')]
+    pub downstreams: Vec<String>,
+
+    /// A JSON file of downstreams with static headers and default timeouts:
+    /// `{"crews": {"url": "http://…", "headers": {"Authorization": "Bearer …"}, "timeout_ms": 5000}}`.
+    #[arg(long, env = "HERALD_DOWNSTREAMS_FILE")]
+    pub downstreams_file: Option<std::path::PathBuf>,
+
+    /// Let `aggregate` sources give any `url` instead of a configured
+    /// downstream. For development only: it makes herald an open proxy.
+    #[arg(long, env = "HERALD_ALLOW_ANY_URL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_any_url: bool,
+
+    /// Largest downstream response body; a bigger one fails that source.
+    #[arg(long, env = "HERALD_DOWNSTREAM_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub downstream_max_body_bytes: usize,
+
     /// How often the reconciler looks for queued jobs that lost their queue task.
     #[arg(long, env = "HERALD_RECONCILE_SECS", default_value_t = 10)]
     pub reconcile_secs: u64,

@@ -13,6 +13,7 @@
 //! - [`worker`]: the `JobKind` trait and registry, the runner (attempts, timeout,
 //!   cancel grace, retries), the apalis queue, the crash reconciler, the kinds.
 //! - [`cancel`]: job id → `CancellationToken` for the jobs running here.
+//! - [`downstream`]: the named downstreams `aggregate` may call, and the SSRF guard.
 //! - [`hub`]: per-job wake-ups ("look again"; the store holds the events).
 //! - [`stream`]: a job's SSE stream: subscribe, replay, tail, heartbeat, end.
 //! - [`api`]: the HTTP API (poem + poem-openapi) and its DTOs.
@@ -25,6 +26,7 @@ pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod domain;
+pub mod downstream;
 pub mod error;
 pub mod hub;
 pub mod server;

@@ -98,6 +98,16 @@ impl Registry {
 }
 
 /// The one place where job kinds are registered.
-pub fn registry() -> Registry {
-    Registry::default().with(kinds::demo::Demo)
+pub fn registry(config: &crate::config::Config) -> anyhow::Result<Registry> {
+    let downstreams = Arc::new(crate::downstream::Downstreams::load(
+        &config.downstreams,
+        config.downstreams_file.as_deref(),
+        config.allow_any_url,
+    )?);
+    Ok(Registry::default()
+        .with(kinds::demo::Demo)
+        .with(kinds::aggregate::Aggregate::new(
+            downstreams,
+            config.downstream_max_body_bytes,
+        )?))
 }

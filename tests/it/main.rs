@@ -2,9 +2,11 @@
 //! Every test starts the real server on port 0 against a fresh SQLite file and
 //! talks HTTP over loopback.
 
+mod aggregate;
 mod cli;
 mod common;
 mod core_jobs;
 mod crash;
+mod downstream;
 mod stream;
 mod validation;

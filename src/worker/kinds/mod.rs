@@ -1,3 +1,4 @@
 //! The built-in job kinds, one file each.
 
+pub mod aggregate;
 pub mod demo;
