@@ -18,7 +18,11 @@ struct Params {
 }
 
 #[handler]
-async fn answer(req: &poem::Request, Query(p): Query<Params>, name: poem::web::Data<&String>) -> Json<Value> {
+async fn answer(
+    req: &poem::Request,
+    Query(p): Query<Params>,
+    name: poem::web::Data<&String>,
+) -> Json<Value> {
     let delay = p.delay_ms.unwrap_or(1000).min(600_000);
     tokio::time::sleep(Duration::from_millis(delay)).await;
     Json(json!({"system": name.0, "path": req.uri().path(), "delay_ms": delay}))
@@ -30,6 +34,11 @@ async fn main() -> std::io::Result<()> {
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:9001".to_owned());
     let name = args.next().unwrap_or_else(|| "downstream".to_owned());
     eprintln!("{name} answering on http://{addr}");
-    let app = poem::EndpointExt::data(Route::new().at("/*path", poem::get(answer).post(answer)), name);
-    Server::new(poem::listener::TcpListener::bind(addr)).run(app).await
+    let app = poem::EndpointExt::data(
+        Route::new().at("/*path", poem::get(answer).post(answer)),
+        name,
+    );
+    Server::new(poem::listener::TcpListener::bind(addr))
+        .run(app)
+        .await
 }

@@ -1,6 +1,7 @@
 //! Domain types: they carry the rules (allowed transitions, valid percentages,
 //! gapless sequence numbers) and their unit tests; nothing here does I/O.
 
+pub mod fields;
 mod ids;
 mod job;
 mod status;

@@ -2,7 +2,9 @@
 //! in one place, so every error names its field with a JSON pointer.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::fields;
 
 /// One invalid field: where it is in the request body and what is wrong.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -39,24 +41,20 @@ impl Submission {
     /// Checks the body's shape. The kind's own input rules are checked by the
     /// worker registry afterwards.
     pub fn parse(body: &Value, default_max_attempts: i32) -> Result<Submission, Vec<FieldError>> {
-        let Some(obj) = body.as_object() else {
-            return Err(vec![FieldError::new(
-                "",
-                "the body must be a JSON object such as {\"kind\": \"demo\", \"input\": {...}}",
-            )]);
-        };
+        let obj = fields::object(body, "", "{\"kind\": \"demo\", \"input\": {...}}")?;
         let mut errors = Vec::new();
-        for key in obj.keys() {
-            if !matches!(
-                key.as_str(),
-                "kind" | "input" | "idempotency_key" | "max_attempts" | "timeout_secs"
-            ) {
-                errors.push(FieldError::new(
-                    format!("/{}", escape_pointer(key)),
-                    "unknown field; allowed: kind, input, idempotency_key, max_attempts, timeout_secs",
-                ));
-            }
-        }
+        fields::unknown_fields(
+            obj,
+            &[
+                "kind",
+                "input",
+                "idempotency_key",
+                "max_attempts",
+                "timeout_secs",
+            ],
+            "",
+            &mut errors,
+        );
         let kind = match obj.get("kind") {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Value::String(_)) => {
@@ -98,10 +96,12 @@ impl Submission {
                 None
             }
         };
-        let max_attempts = optional_int(obj, "max_attempts", 1, MAX_ATTEMPTS_LIMIT, &mut errors)
-            .map(|v| v as i32)
-            .unwrap_or(default_max_attempts);
-        let timeout_secs = optional_int(obj, "timeout_secs", 1, MAX_TIMEOUT_SECS, &mut errors);
+        let max_attempts =
+            fields::whole_number(obj, "max_attempts", 1..=MAX_ATTEMPTS_LIMIT, "", &mut errors)
+                .map(|v| v as i32)
+                .unwrap_or(default_max_attempts);
+        let timeout_secs =
+            fields::whole_number(obj, "timeout_secs", 1..=MAX_TIMEOUT_SECS, "", &mut errors);
 
         match (kind, input) {
             (Some(kind), Some(input)) if errors.is_empty() => Ok(Submission {
@@ -129,31 +129,6 @@ impl Submission {
             && json_equal(&self.input, input)
             && self.max_attempts == max_attempts
             && self.timeout_secs == timeout_secs
-    }
-}
-
-fn optional_int(
-    obj: &Map<String, Value>,
-    field: &str,
-    min: i64,
-    max: i64,
-    errors: &mut Vec<FieldError>,
-) -> Option<i64> {
-    match obj.get(field) {
-        None | Some(Value::Null) => None,
-        Some(v) => match v
-            .as_i64()
-            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-        {
-            Some(n) if (min..=max).contains(&n) => Some(n),
-            _ => {
-                errors.push(FieldError::new(
-                    format!("/{field}"),
-                    format!("must be a whole number from {min} to {max}"),
-                ));
-                None
-            }
-        },
     }
 }
 

@@ -319,15 +319,7 @@ async fn no_request_leaves_the_configured_downstreams() {
         .await;
     assert_eq!(resp.status(), 422);
     assert_eq!(ds.counters.total(), 0, "nothing was requested");
-    let list: Value = app
-        .client
-        .get(app.url("/v1/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/v1/jobs").await;
     assert!(list["items"].as_array().unwrap().is_empty());
     app.stop().await;
 }

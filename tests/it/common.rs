@@ -88,6 +88,18 @@ impl TestApp {
         resp.json().await.unwrap()
     }
 
+    /// GET `path` and parse the JSON answer (whatever the status).
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
     pub async fn get_job(&self, id: &str) -> Value {
         let resp = self
             .client

@@ -124,37 +124,13 @@ async fn list_filters_and_pages_newest_first() {
     assert_eq!(seen, expected, "newest first, each job once");
     assert_eq!(pages, 3);
 
-    let page: serde_json::Value = app
-        .client
-        .get(app.url("/v1/jobs?status=failed&kind=demo"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: serde_json::Value = app.get_json("/v1/jobs?status=failed&kind=demo").await;
     let items = page["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(job_id(&items[0]), failing);
-    let page: serde_json::Value = app
-        .client
-        .get(app.url("/v1/jobs?status=succeeded"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: serde_json::Value = app.get_json("/v1/jobs?status=succeeded").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 5);
-    let page: serde_json::Value = app
-        .client
-        .get(app.url("/v1/jobs?kind=other"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: serde_json::Value = app.get_json("/v1/jobs?kind=other").await;
     assert!(page["items"].as_array().unwrap().is_empty());
     assert!(page["next_cursor"].is_null());
 
@@ -215,15 +191,7 @@ async fn idempotency_key_returns_the_same_job_or_409() {
         .submit(json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}, "idempotency_key": "order-43"}))
         .await;
     assert_ne!(other["id"], first["id"]);
-    let list: serde_json::Value = app
-        .client
-        .get(app.url("/v1/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = app.get_json("/v1/jobs").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
     app.stop().await;
 }
@@ -496,15 +464,7 @@ async fn the_committed_openapi_document_is_current() {
         "openapi/openapi.json is stale: regenerate it with `cargo run -- openapi > openapi/openapi.json`"
     );
     let app = TestApp::spawn().await;
-    let served: serde_json::Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served: serde_json::Value = app.get_json("/openapi.json").await;
     assert!(served["paths"]["/v1/jobs"]["post"].is_object());
     let docs = app.client.get(app.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);

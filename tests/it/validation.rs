@@ -5,15 +5,7 @@ use serde_json::{json, Value};
 use crate::common::TestApp;
 
 async fn assert_nothing_written(app: &TestApp) {
-    let list: Value = app
-        .client
-        .get(app.url("/v1/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/v1/jobs").await;
     assert!(
         list["items"].as_array().unwrap().is_empty(),
         "no job was stored: {list}"

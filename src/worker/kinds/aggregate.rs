@@ -18,7 +18,7 @@ use rand::Rng;
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{json, Map, Value};
 
-use crate::domain::FieldError;
+use crate::domain::{fields, FieldError};
 use crate::downstream::Downstreams;
 use crate::worker::{JobContext, JobFailure, JobKind};
 
@@ -82,42 +82,27 @@ struct Plan {
 
 impl Aggregate {
     fn plan(&self, input: &Value) -> Result<Plan, Vec<FieldError>> {
+        let obj = fields::object(
+            input,
+            "",
+            "{\"sources\": [{\"name\": …, \"downstream\": …, \"path\": …}]}",
+        )?;
         let mut errors = Vec::new();
-        let Some(obj) = input.as_object() else {
-            return Err(vec![FieldError::new(
-                "",
-                "must be an object: {\"sources\": [{\"name\": …, \"downstream\": …, \"path\": …}]}",
-            )]);
-        };
-        for key in obj.keys() {
-            if !matches!(key.as_str(), "sources" | "concurrency" | "allow_partial") {
-                errors.push(FieldError::new(
-                    format!("/{}", crate::domain::escape_pointer(key)),
-                    "unknown field; allowed: sources, concurrency, allow_partial",
-                ));
-            }
-        }
-        let concurrency = match obj.get("concurrency") {
-            None | Some(Value::Null) => DEFAULT_CONCURRENCY,
-            Some(v) => match v.as_u64() {
-                Some(n) if (1..=MAX_CONCURRENCY as u64).contains(&n) => n as usize,
-                _ => {
-                    errors.push(FieldError::new(
-                        "/concurrency",
-                        format!("must be a whole number from 1 to {MAX_CONCURRENCY}"),
-                    ));
-                    DEFAULT_CONCURRENCY
-                }
-            },
-        };
-        let allow_partial = match obj.get("allow_partial") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                errors.push(FieldError::new("/allow_partial", "must be true or false"));
-                false
-            }
-        };
+        fields::unknown_fields(
+            obj,
+            &["sources", "concurrency", "allow_partial"],
+            "",
+            &mut errors,
+        );
+        let concurrency = fields::whole_number(
+            obj,
+            "concurrency",
+            1..=MAX_CONCURRENCY as i64,
+            "",
+            &mut errors,
+        )
+        .map_or(DEFAULT_CONCURRENCY, |n| n as usize);
+        let allow_partial = fields::boolean(obj, "allow_partial", "", &mut errors).unwrap_or(false);
         let mut sources = Vec::new();
         match obj.get("sources") {
             Some(Value::Array(list)) if !list.is_empty() && list.len() <= MAX_SOURCES => {
@@ -153,27 +138,30 @@ impl Aggregate {
         names: &mut HashSet<String>,
         errors: &mut Vec<FieldError>,
     ) -> Option<Source> {
-        let at = |f: &str| format!("/sources/{i}{f}");
-        let Some(obj) = s.as_object() else {
-            errors.push(FieldError::new(
-                at(""),
-                "must be an object {name, downstream, path}",
-            ));
-            return None;
+        let here = format!("/sources/{i}");
+        let at = |f: &str| format!("{here}{f}");
+        let obj = match fields::object(s, &here, "{\"name\": …, \"downstream\": …, \"path\": …}")
+        {
+            Ok(obj) => obj,
+            Err(e) => {
+                errors.extend(e);
+                return None;
+            }
         };
         let before = errors.len();
-        for key in obj.keys() {
-            let allowed = matches!(
-                key.as_str(),
-                "name" | "downstream" | "path" | "method" | "body" | "timeout_ms" | "retries"
-            ) || (key == "url" && self.downstreams.allow_any_url);
-            if !allowed {
-                errors.push(FieldError::new(
-                    at(&format!("/{}", crate::domain::escape_pointer(key))),
-                    "unknown field; allowed: name, downstream, path, method, body, timeout_ms, retries",
-                ));
-            }
+        let mut allowed = vec![
+            "name",
+            "downstream",
+            "path",
+            "method",
+            "body",
+            "timeout_ms",
+            "retries",
+        ];
+        if self.downstreams.allow_any_url {
+            allowed.push("url");
         }
+        fields::unknown_fields(obj, &allowed, &here, errors);
         let name = match obj.get("name").and_then(Value::as_str) {
             Some(n) if !n.is_empty() && n.len() <= 100 => {
                 if !names.insert(n.to_owned()) {
@@ -211,32 +199,11 @@ impl Aggregate {
                 "is only sent with method POST",
             ));
         }
-        let timeout_ms = match obj.get("timeout_ms") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v.as_u64() {
-                Some(n) if (1..=MAX_TIMEOUT_MS).contains(&n) => Some(n),
-                _ => {
-                    errors.push(FieldError::new(
-                        at("/timeout_ms"),
-                        format!("must be a whole number from 1 to {MAX_TIMEOUT_MS}"),
-                    ));
-                    None
-                }
-            },
-        };
-        let retries = match obj.get("retries") {
-            None | Some(Value::Null) => DEFAULT_RETRIES,
-            Some(v) => match v.as_u64() {
-                Some(n) if n <= MAX_RETRIES as u64 => n as u32,
-                _ => {
-                    errors.push(FieldError::new(
-                        at("/retries"),
-                        format!("must be a whole number from 0 to {MAX_RETRIES}"),
-                    ));
-                    DEFAULT_RETRIES
-                }
-            },
-        };
+        let timeout_ms =
+            fields::whole_number(obj, "timeout_ms", 1..=MAX_TIMEOUT_MS as i64, &here, errors)
+                .map(|n| n as u64);
+        let retries = fields::whole_number(obj, "retries", 0..=MAX_RETRIES as i64, &here, errors)
+            .map_or(DEFAULT_RETRIES, |n| n as u32);
         let target = if let (Some(url), true) = (obj.get("url"), self.downstreams.allow_any_url) {
             match url
                 .as_str()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use crate::domain::{FieldError, JobId};
+use crate::domain::{fields, FieldError, JobId};
 use crate::worker::{JobContext, JobFailure, JobKind};
 
 pub const MAX_STEPS: u64 = 10_000;
@@ -29,59 +29,27 @@ pub struct DemoInput {
 
 impl DemoInput {
     pub fn parse(input: &Value) -> Result<DemoInput, Vec<FieldError>> {
-        let Some(obj) = input.as_object() else {
-            return Err(vec![FieldError::new(
-                "",
-                "must be an object such as {\"steps\": 5, \"step_ms\": 200}",
-            )]);
-        };
+        let obj = fields::object(input, "", "{\"steps\": 5, \"step_ms\": 200}")?;
         let mut errors = Vec::new();
-        for key in obj.keys() {
-            if !matches!(
-                key.as_str(),
-                "steps" | "step_ms" | "fail_at" | "ignore_cancel"
-            ) {
-                errors.push(FieldError::new(
-                    format!("/{}", crate::domain::escape_pointer(key)),
-                    "unknown field; allowed: steps, step_ms, fail_at, ignore_cancel",
-                ));
-            }
-        }
-        let mut int = |field: &str, min: u64, max: u64, required: bool| -> Option<u64> {
-            match obj.get(field) {
-                None | Some(Value::Null) if !required => None,
-                None => {
-                    errors.push(FieldError::new(format!("/{field}"), "is required"));
-                    None
-                }
-                // 5.0 is a whole number too (JSON does not tell them apart).
-                Some(v) => match v.as_u64().or_else(|| {
-                    v.as_f64()
-                        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
-                        .map(|f| f as u64)
-                }) {
-                    Some(n) if (min..=max).contains(&n) => Some(n),
-                    _ => {
-                        errors.push(FieldError::new(
-                            format!("/{field}"),
-                            format!("must be a whole number from {min} to {max}"),
-                        ));
-                        None
-                    }
-                },
+        fields::unknown_fields(
+            obj,
+            &["steps", "step_ms", "fail_at", "ignore_cancel"],
+            "",
+            &mut errors,
+        );
+        let mut int = |field: &str, max: u64, min: u64| {
+            if fields::required(obj, field, "", &mut errors) {
+                fields::whole_number(obj, field, min as i64..=max as i64, "", &mut errors)
+                    .map(|n| n as u64)
+            } else {
+                None
             }
         };
-        let steps = int("steps", 1, MAX_STEPS, true);
-        let step_ms = int("step_ms", 0, MAX_STEP_MS, true);
-        let fail_at = int("fail_at", 1, MAX_STEPS, false);
-        let ignore_cancel = match obj.get("ignore_cancel") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                errors.push(FieldError::new("/ignore_cancel", "must be true or false"));
-                false
-            }
-        };
+        let steps = int("steps", MAX_STEPS, 1);
+        let step_ms = int("step_ms", MAX_STEP_MS, 0);
+        let fail_at = fields::whole_number(obj, "fail_at", 1..=MAX_STEPS as i64, "", &mut errors)
+            .map(|n| n as u64);
+        let ignore_cancel = fields::boolean(obj, "ignore_cancel", "", &mut errors).unwrap_or(false);
         if let (Some(steps), Some(at)) = (steps, fail_at) {
             if at > steps {
                 errors.push(FieldError::new(
