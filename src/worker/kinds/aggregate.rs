@@ -316,7 +316,9 @@ impl Aggregate {
                         "{} answered {status}",
                         src.url.host_str().unwrap_or("downstream")
                     ),
-                    retry: status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS,
+                    // Never a 4xx, 429 included: the contract is that only
+                    // connect errors, timeouts and 5xx are retried.
+                    retry: status.is_server_error(),
                     retry_after,
                 });
             }
