@@ -10,9 +10,11 @@ use anyhow::Context as _;
 use poem::EndpointExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Auth, AuthMode};
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::{StreamLimit, SubmitRate};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::Store;
 use crate::stream::{StreamCounter, StreamSettings};
@@ -37,6 +39,9 @@ pub struct AppState {
     pub stream_settings: StreamSettings,
     /// Open event streams.
     pub streams: Arc<StreamCounter>,
+    pub auth: Arc<Auth>,
+    pub stream_limit: Arc<StreamLimit>,
+    pub submit_rate: Arc<SubmitRate>,
 }
 
 pub struct Application {
@@ -53,6 +58,16 @@ impl Application {
     /// Opens the database (running migrations), recovers what a previous
     /// process left behind, and binds the listening socket.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        if config.auth == AuthMode::None && !config.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to serve {} without authentication: HERALD_AUTH=none is only allowed on a loopback address. \
+                 Set HERALD_AUTH=api-keys with HERALD_API_KEYS=tenant:key (or HERALD_AUTH=jwt), or listen on 127.0.0.1",
+                config.listen
+            );
+        }
+        let auth = Arc::new(
+            Auth::from_settings(config.auth_settings()).context("configuring authentication")?,
+        );
         let url = config.database_url.clone();
         if !url.starts_with("sqlite:") {
             anyhow::bail!(
@@ -115,6 +130,9 @@ impl Application {
             serving_stop: CancellationToken::new(),
             stream_settings: config.stream_settings(),
             streams: Arc::new(StreamCounter::default()),
+            auth,
+            stream_limit: StreamLimit::new(config.max_streams_per_tenant),
+            submit_rate: Arc::new(SubmitRate::new(config.submit_rate_per_sec)),
             config: Arc::new(config),
         };
         Ok(Application {

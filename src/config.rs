@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API and run the workers (the default).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Print the OpenAPI document (JSON) to standard output.
     Openapi,
     /// Submit a job, e.g. `herald submit demo '{"steps": 10, "step_ms": 300}' --follow`.
@@ -58,6 +58,23 @@ pub struct ClientArgs {
     /// A bearer token, when herald requires one.
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+/// A configuration value that must never be printed (keys, secrets).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -153,6 +170,65 @@ pub struct Config {
     #[arg(long, env = "HERALD_DOWNSTREAM_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub downstream_max_body_bytes: usize,
 
+    /// Who may call: `none` (one tenant, loopback only), `api-keys` or `jwt`.
+    #[arg(long, env = "HERALD_AUTH", value_enum, default_value = "none")]
+    pub auth: crate::auth::AuthMode,
+
+    /// API keys, `tenant:key,tenant:key` (keys of at least 16 characters).
+    #[arg(
+        long,
+        env = "HERALD_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<Secret>,
+
+    /// A file of API keys, one `tenant key` per line.
+    #[arg(long, env = "HERALD_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+
+    /// HS256 secret for `HERALD_AUTH=jwt`.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// RS256 public key (PEM) for `HERALD_AUTH=jwt`.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// When set, a JWT's `iss` must equal it.
+    #[arg(long, env = "HERALD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, a JWT's `aud` must contain it.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// The JWT claim that names the tenant.
+    #[arg(long, env = "HERALD_JWT_TENANT_CLAIM", default_value = "sub")]
+    pub jwt_tenant_claim: String,
+
+    /// Signs stream tokens; without it a random per-process secret is used
+    /// (tokens then do not survive a restart or cross nodes).
+    #[arg(long, env = "HERALD_STREAM_TOKEN_SECRET", hide_env_values = true)]
+    pub stream_token_secret: Option<Secret>,
+
+    /// How long a stream token (`?token=` on a job's events URL) is valid.
+    #[arg(long, env = "HERALD_STREAM_TOKEN_TTL_SECS", default_value_t = 900)]
+    pub stream_token_ttl_secs: u64,
+
+    /// Origins allowed to call herald from a browser (exact, comma-separated);
+    /// empty: no CORS headers.
+    #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Open event streams per tenant; more answer 429.
+    #[arg(long, env = "HERALD_MAX_STREAMS_PER_TENANT", default_value_t = 1000)]
+    pub max_streams_per_tenant: usize,
+
+    /// Submissions per second per tenant (a token bucket; the burst equals the rate).
+    #[arg(long, env = "HERALD_SUBMIT_RATE_PER_SEC", default_value_t = 100)]
+    pub submit_rate_per_sec: u32,
+
     /// How often the reconciler looks for queued jobs that lost their queue task.
     #[arg(long, env = "HERALD_RECONCILE_SECS", default_value_t = 10)]
     pub reconcile_secs: u64,
@@ -178,6 +254,22 @@ impl Config {
 
     pub fn drain_delay(&self) -> Duration {
         Duration::from_secs(self.drain_delay_secs)
+    }
+
+    pub fn auth_settings(&self) -> crate::auth::AuthSettings<'_> {
+        // Held for the call only; the secrets stay in this struct.
+        crate::auth::AuthSettings {
+            mode: self.auth,
+            api_keys: &self.api_keys,
+            api_keys_file: self.api_keys_file.as_deref(),
+            jwt_secret: self.jwt_secret.as_ref().map(|s| s.0.as_str()),
+            jwt_public_key_file: self.jwt_public_key_file.as_deref(),
+            jwt_issuer: self.jwt_issuer.as_deref(),
+            jwt_audience: self.jwt_audience.as_deref(),
+            jwt_tenant_claim: &self.jwt_tenant_claim,
+            stream_token_secret: self.stream_token_secret.as_ref().map(|s| s.0.as_str()),
+            stream_token_ttl: Duration::from_secs(self.stream_token_ttl_secs.max(1)),
+        }
     }
 
     pub fn stream_settings(&self) -> crate::stream::StreamSettings {

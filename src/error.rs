@@ -30,6 +30,15 @@ pub enum ApiError {
     },
     #[error("{0}")]
     NotFound(String),
+    /// 401, with `WWW-Authenticate`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 429, with `Retry-After`.
+    #[error("{detail}")]
+    RateLimited {
+        detail: String,
+        retry_after_secs: u64,
+    },
     /// 409: the request conflicts with the job's state or an earlier request.
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
@@ -90,6 +99,8 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -106,6 +117,8 @@ impl ApiError {
             | ApiError::Unavailable { code, .. }
             | ApiError::Http { code, .. } => code,
             ApiError::NotFound(_) => "not_found",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Internal(_) => "internal_error",
         }
@@ -116,6 +129,8 @@ impl ApiError {
             ApiError::BadRequest { .. } => "The request could not be parsed",
             ApiError::Invalid { .. } => "The request is invalid",
             ApiError::NotFound(_) => "Not found",
+            ApiError::Unauthorized(_) => "Authentication required",
+            ApiError::RateLimited { .. } => "Too many requests",
             ApiError::Conflict { .. } => "The request conflicts with the current state",
             ApiError::PayloadTooLarge { .. } => "The request body is too large",
             ApiError::Unavailable { .. } => "Service unavailable",
@@ -166,10 +181,21 @@ impl poem::error::ResponseError for ApiError {
         }
         let body = serde_json::to_vec(&poem_openapi::types::ToJSON::to_json(&self.body()))
             .expect("problem bodies serialize");
-        Response::builder()
+        let mut resp = Response::builder()
             .status(self.status())
-            .content_type(PROBLEM_CONTENT_TYPE)
-            .body(body)
+            .content_type(PROBLEM_CONTENT_TYPE);
+        match self {
+            ApiError::Unauthorized(_) => {
+                resp = resp.header("WWW-Authenticate", r#"Bearer realm="herald""#);
+            }
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                resp = resp.header("Retry-After", retry_after_secs.max(&1).to_string());
+            }
+            _ => {}
+        }
+        resp.body(body)
     }
 }
 
@@ -188,10 +214,15 @@ impl ApiResponse for ApiError {
         MetaResponses {
             responses: vec![
                 problem(400, "The body, a parameter or a header cannot be parsed."),
+                problem(401, "No valid credentials (see WWW-Authenticate)."),
                 problem(404, "No such job."),
                 problem(409, "Conflicts with the job's state or an earlier request."),
                 problem(413, "The request body is over HERALD_MAX_BODY_BYTES."),
                 problem(422, "Parses but is invalid; `errors` points at each field."),
+                problem(
+                    429,
+                    "A per-tenant limit was reached; retry after Retry-After seconds.",
+                ),
                 problem(500, "Internal error; the cause is logged."),
             ],
         }

@@ -8,12 +8,14 @@
 //! - [`server`]: the HTTP/1.1 accept loop (hyper) that serves the poem app.
 //! - [`shutdown`]: SIGTERM / Ctrl-C → the shutdown token.
 //! - [`client`]: the `herald submit` / `herald watch` client commands.
+//! - [`auth`]: API keys, JWTs and stream tokens → the request's tenant.
 //! - [`domain`]: job ids, `JobStatus` and its transitions, progress, events; no I/O.
 //! - [`store`]: the `Store` trait (`herald_jobs`, `herald_job_events`) and its SQLite backend.
 //! - [`worker`]: the `JobKind` trait and registry, the runner (attempts, timeout,
 //!   cancel grace, retries), the apalis queue, the crash reconciler, the kinds.
 //! - [`cancel`]: job id → `CancellationToken` for the jobs running here.
 //! - [`downstream`]: the named downstreams `aggregate` may call, and the SSRF guard.
+//! - [`limits`]: per-tenant stream and submission limits.
 //! - [`hub`]: per-job wake-ups ("look again"; the store holds the events).
 //! - [`stream`]: a job's SSE stream: subscribe, replay, tail, heartbeat, end.
 //! - [`api`]: the HTTP API (poem + poem-openapi) and its DTOs.
@@ -22,6 +24,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cancel;
 pub mod client;
 pub mod config;
@@ -29,6 +32,7 @@ pub mod domain;
 pub mod downstream;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
             client,
         }) => return client::submit(&client, &kind, &input, follow).await,
         Some(Command::Watch { job_id, client }) => return client::watch(&client, &job_id).await,
-        Some(Command::Serve(config)) => config,
+        Some(Command::Serve(config)) => *config,
         None => cli.serve,
     };
     telemetry::init(config.log_format);

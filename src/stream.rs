@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{EventSeq, JobId};
 use crate::hub::{Hub, Subscription};
+use crate::limits::StreamSlot;
 use crate::store::{Store, StoredEvent};
 
 /// How many events one store read fetches.
@@ -88,7 +89,8 @@ struct State {
     stop: CancellationToken,
     started: bool,
     done: bool,
-    _guard: StreamGuard,
+    /// Released with the stream: the open-stream count and the tenant's slot.
+    _guards: (StreamGuard, StreamSlot),
 }
 
 /// The stream of SSE chunks for job `id`, after event `after`. It ends after
@@ -101,7 +103,7 @@ pub fn job_events(
     after: EventSeq,
     settings: StreamSettings,
     stop: CancellationToken,
-    guard: StreamGuard,
+    guards: (StreamGuard, StreamSlot),
 ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
     // Subscribe before the first read (see the module doc).
     let sub = hub.subscribe(id);
@@ -116,7 +118,7 @@ pub fn job_events(
         stop,
         started: false,
         done: false,
-        _guard: guard,
+        _guards: guards,
     };
     futures::stream::unfold(state, |mut st| async move {
         let chunk = next_chunk(&mut st).await?;

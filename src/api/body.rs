@@ -14,6 +14,37 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
+/// Deepest nesting of arrays and objects a body may have.
+pub const MAX_DEPTH: usize = 64;
+
+/// How deeply `bytes` nest `[` and `{`, ignoring brackets inside strings. Run
+/// before parsing, so a hostile document is refused cheaply, and with a 422
+/// rather than the parser's own recursion limit.
+pub fn nesting_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// The request body limit, put in the request's data by the app.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
@@ -73,6 +104,19 @@ impl<T: Type> ParsePayload for JsonBody<T> {
             }
             .into());
         }
+        if nesting_depth(&bytes) > MAX_DEPTH {
+            return Err(ApiError::Invalid {
+                code: "too_deeply_nested",
+                detail: format!(
+                    "the body nests arrays and objects more than {MAX_DEPTH} levels deep"
+                ),
+                errors: vec![crate::domain::FieldError::new(
+                    "",
+                    format!("nested more than {MAX_DEPTH} levels deep"),
+                )],
+            }
+            .into());
+        }
         let value = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
             code: "malformed_json",
             detail: format!("the request body is not valid JSON: {e}"),
@@ -110,5 +154,19 @@ impl<'a, T: Type> ApiExtractor<'a> for JsonBody<T> {
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
         <Self as ParsePayload>::from_request(request, body).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nesting_depth;
+
+    #[test]
+    fn depth_counts_brackets_outside_strings() {
+        assert_eq!(nesting_depth(br#"{"a": [1, {"b": 2}]}"#), 3);
+        assert_eq!(nesting_depth(br#"{"a": "[[[[{{{{\"]]"}"#), 1);
+        assert_eq!(nesting_depth(b"1"), 0);
+        let deep = "[".repeat(65) + &"]".repeat(65);
+        assert_eq!(nesting_depth(deep.as_bytes()), 65);
     }
 }

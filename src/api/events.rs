@@ -10,9 +10,11 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Union};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::jobs::owned_job;
 use super::models::JobErrorDto;
 use super::ApiTags;
 use crate::app::AppState;
+use crate::auth::Tenant;
 use crate::domain::{EventSeq, JobId};
 use crate::error::ApiError;
 use crate::stream;
@@ -152,6 +154,7 @@ impl EventsApi {
     async fn events(
         &self,
         state: Data<&AppState>,
+        tenant: Data<&Tenant>,
         id: Path<Uuid>,
         /// Resume after this event id (what a reconnecting EventSource sends).
         #[oai(name = "Last-Event-ID")]
@@ -159,6 +162,10 @@ impl EventsApi {
         /// Resume after this event id, for clients that cannot set headers on
         /// their first request. The header wins when both are present.
         last_event_id: Query<Option<String>>,
+        /// A stream token (see `links.events` and `POST /v1/jobs/{id}/stream-token`),
+        /// for clients that cannot send `Authorization`.
+        #[oai(name = "token")]
+        _token: Query<Option<String>>,
     ) -> Result<EventsResponse, ApiError> {
         let id = JobId(id.0);
         let after = match (last_event_id_header.0, last_event_id.0) {
@@ -166,13 +173,19 @@ impl EventsApi {
             (None, Some(q)) => parse_last_event_id(&q, "the last_event_id parameter")?,
             (None, None) => EventSeq(0),
         };
-        let job = match state.store.get(id).await? {
-            Some(job) if job.tenant.is_empty() => job,
-            _ => return Err(ApiError::not_found_job(id)),
-        };
+        let job = owned_job(state.0, tenant.0, id).await?;
         if job.status.is_terminal() && after >= job.last_seq {
             return Ok(EventsResponse::NothingLeft);
         }
+        let Some(slot) = state.stream_limit.acquire(tenant.0) else {
+            return Err(ApiError::RateLimited {
+                detail: format!(
+                    "this tenant already has {} open streams (HERALD_MAX_STREAMS_PER_TENANT); close one or retry later",
+                    state.config.max_streams_per_tenant
+                ),
+                retry_after_secs: 5,
+            });
+        };
         let body = stream::job_events(
             state.store.clone(),
             &state.hub,
@@ -180,7 +193,7 @@ impl EventsApi {
             after,
             state.stream_settings.clone(),
             state.serving_stop.child_token(),
-            state.streams.guard(),
+            (state.streams.guard(), slot),
         );
         Ok(EventsResponse::Stream(Body::from_bytes_stream(body)))
     }

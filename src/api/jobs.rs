@@ -8,10 +8,11 @@ use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
 use super::body::JsonBody;
-use super::models::{JobDto, JobListDto, JobStatusDto, SubmitJobDto};
+use super::models::{JobDto, JobListDto, JobStatusDto, StreamTokenDto, SubmitJobDto};
 use super::ApiTags;
 use crate::app::AppState;
-use crate::domain::{FieldError, JobId, Submission};
+use crate::auth::{AuthMode, Tenant};
+use crate::domain::{FieldError, JobId, JobRecord, Submission, Timestamp};
 use crate::error::ApiError;
 use crate::store::{CancelOutcome, ListQuery, Submitted};
 
@@ -46,11 +47,38 @@ pub enum ListResponse {
     Ok(Json<JobListDto>),
 }
 
-// Tenants arrive with authentication; until then every job belongs to "".
-const TENANT: &str = "";
-
 fn location(id: JobId) -> String {
     format!("/v1/jobs/{id}")
+}
+
+/// The job as the API shows it. With authentication on, `links.events` carries
+/// a stream token, so a browser's EventSource can open it without headers.
+pub fn job_dto(state: &AppState, tenant: &Tenant, job: &JobRecord) -> JobDto {
+    let mut dto = JobDto::from(job);
+    if state.auth.mode != AuthMode::None {
+        let (token, _) = state.auth.mint_stream_token(tenant, job.id);
+        dto.links.events = format!("{}?token={token}", dto.links.events);
+    }
+    dto
+}
+
+/// The job if it exists and belongs to `tenant`: another tenant's job is
+/// "not found", exactly like a missing one.
+pub async fn owned_job(
+    state: &AppState,
+    tenant: &Tenant,
+    id: JobId,
+) -> Result<JobRecord, ApiError> {
+    match state.store.get(id).await? {
+        Some(job) if job.tenant == tenant.0 => Ok(job),
+        _ => Err(ApiError::not_found_job(id)),
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum StreamTokenResponse {
+    #[oai(status = 200)]
+    Ok(Json<StreamTokenDto>),
 }
 
 #[OpenApi(tag = "ApiTags::Jobs")]
@@ -63,8 +91,19 @@ impl JobsApi {
     async fn submit(
         &self,
         state: Data<&AppState>,
+        tenant: Data<&Tenant>,
         body: JsonBody<SubmitJobDto>,
     ) -> Result<SubmitResponse, ApiError> {
+        let (state, tenant) = (state.0, tenant.0);
+        if let Err(wait) = state.submit_rate.take(tenant) {
+            return Err(ApiError::RateLimited {
+                detail: format!(
+                    "more than {} submissions a second for this tenant (HERALD_SUBMIT_RATE_PER_SEC); retry shortly",
+                    state.config.submit_rate_per_sec
+                ),
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            });
+        }
         let sub = Submission::parse(&body.value, state.config.default_max_attempts).map_err(
             |errors| ApiError::Invalid {
                 code: "validation_failed",
@@ -93,7 +132,7 @@ impl JobsApi {
                     .map(|e| FieldError::new(format!("/input{}", e.pointer), e.detail))
                     .collect(),
             })?;
-        match state.store.submit(TENANT, &sub).await? {
+        match state.store.submit(&tenant.0, &sub).await? {
             Submitted::Created(job) => {
                 tracing::info!(job_id = %job.id, kind = %job.kind, "job submitted");
                 if let Err(e) = state.queue.push(job.id).await {
@@ -101,10 +140,13 @@ impl JobsApi {
                     // queued jobs that have no task.
                     tracing::warn!(job_id = %job.id, error = %e, "queue push failed; the reconciler will retry it");
                 }
-                Ok(SubmitResponse::Accepted(Json((&job).into()), location(job.id)))
+                Ok(SubmitResponse::Accepted(
+                    Json(job_dto(state, tenant, &job)),
+                    location(job.id),
+                ))
             }
             Submitted::Existing(job) => Ok(SubmitResponse::Existing(
-                Json((&job).into()),
+                Json(job_dto(state, tenant, &job)),
                 location(job.id),
             )),
             Submitted::Conflict(job) => Err(ApiError::Conflict {
@@ -124,6 +166,7 @@ impl JobsApi {
     async fn list(
         &self,
         state: Data<&AppState>,
+        tenant: Data<&Tenant>,
         /// Only jobs in this status.
         status: Query<Option<JobStatusDto>>,
         /// Only jobs of this kind.
@@ -143,7 +186,7 @@ impl JobsApi {
             })?)),
         };
         let q = ListQuery {
-            tenant: TENANT.to_owned(),
+            tenant: tenant.0 .0.clone(),
             status: status.0.map(Into::into),
             kind: kind.0,
             before,
@@ -159,19 +202,48 @@ impl JobsApi {
             None
         };
         Ok(ListResponse::Ok(Json(JobListDto {
-            items: jobs.iter().map(Into::into).collect(),
+            items: jobs.iter().map(|j| job_dto(state.0, tenant.0, j)).collect(),
             next_cursor,
         })))
     }
 
     /// Get a job
     #[oai(path = "/v1/jobs/:id", method = "get")]
-    async fn get(&self, state: Data<&AppState>, id: Path<Uuid>) -> Result<JobResponse, ApiError> {
-        let id = JobId(id.0);
-        match state.store.get(id).await? {
-            Some(job) if job.tenant == TENANT => Ok(JobResponse::Ok(Json((&job).into()))),
-            _ => Err(ApiError::not_found_job(id)),
-        }
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        tenant: Data<&Tenant>,
+        id: Path<Uuid>,
+    ) -> Result<JobResponse, ApiError> {
+        let job = owned_job(state.0, tenant.0, JobId(id.0)).await?;
+        Ok(JobResponse::Ok(Json(job_dto(state.0, tenant.0, &job))))
+    }
+
+    /// Mint a stream token
+    ///
+    /// A fresh `?token=` for the job's events URL, for clients (browsers) that
+    /// cannot send an `Authorization` header on a stream. It is bound to this
+    /// job and tenant and expires after HERALD_STREAM_TOKEN_TTL_SECS.
+    #[oai(path = "/v1/jobs/:id/stream-token", method = "post")]
+    async fn stream_token(
+        &self,
+        state: Data<&AppState>,
+        tenant: Data<&Tenant>,
+        id: Path<Uuid>,
+    ) -> Result<StreamTokenResponse, ApiError> {
+        let job = owned_job(state.0, tenant.0, JobId(id.0)).await?;
+        let (token, expires) = state.auth.mint_stream_token(tenant.0, job.id);
+        let expires_at = Timestamp(
+            expires
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros() as i64,
+        );
+        Ok(StreamTokenResponse::Ok(Json(StreamTokenDto {
+            events_url: format!("/v1/jobs/{}/events?token={token}", job.id),
+            token,
+            expires_at: expires_at.to_rfc3339(),
+        })))
     }
 
     /// Cancel a job
@@ -183,9 +255,11 @@ impl JobsApi {
     async fn cancel(
         &self,
         state: Data<&AppState>,
+        tenant: Data<&Tenant>,
         id: Path<Uuid>,
     ) -> Result<CancelResponse, ApiError> {
         let id = JobId(id.0);
+        owned_job(state.0, tenant.0, id).await?;
         match state
             .store
             .request_cancel(id, "cancelled by request")
@@ -197,12 +271,16 @@ impl JobsApi {
                 // It may sit in a retry pause on this node: wake that up too.
                 state.cancels.cancel(id);
                 tracing::info!(job_id = %id, "queued job cancelled");
-                Ok(CancelResponse::Accepted(Json((&job).into())))
+                Ok(CancelResponse::Accepted(Json(job_dto(
+                    state.0, tenant.0, &job,
+                ))))
             }
             CancelOutcome::Requested(job) => {
                 let here = state.cancels.cancel(id);
                 tracing::info!(job_id = %id, running_here = here, "cancel requested for a running job");
-                Ok(CancelResponse::Accepted(Json((&job).into())))
+                Ok(CancelResponse::Accepted(Json(job_dto(
+                    state.0, tenant.0, &job,
+                ))))
             }
             CancelOutcome::Terminal(job) => Err(ApiError::Conflict {
                 code: "job_terminal",

@@ -11,11 +11,16 @@ pub mod health;
 pub mod jobs;
 pub mod models;
 
-use poem::{Endpoint, EndpointExt, Route};
+use std::sync::Arc;
+
+use poem::http::{header, Method};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::app::AppState;
-use crate::error::render_any_error;
+use crate::auth::{AuthError, AuthMode};
+use crate::domain::JobId;
+use crate::error::{render_any_error, ApiError};
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -49,11 +54,67 @@ pub fn routes(state: AppState) -> impl Endpoint {
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let limit = body::BodyLimit(state.config.max_body_bytes);
+    let cors = (!state.config.cors_origins.is_empty()).then(|| {
+        poem::middleware::Cors::new()
+            .allow_origins(state.config.cors_origins.iter().map(String::as_str))
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers(["authorization", "content-type", "last-event-id"])
+            .expose_headers(["location", "retry-after"])
+            .max_age(600)
+    });
     Route::new()
         .at("/openapi.json", spec)
         .nest("/docs", docs)
-        .nest("/", api)
+        .nest("/", api.around(authenticate))
         .data(state)
         .data(limit)
         .catch_all_error(render_any_error)
+        .with_if(cors.is_some(), cors.unwrap_or_default())
+}
+
+/// Puts the caller's [`Tenant`] into the request, or answers 401. A job's
+/// stream also accepts `?token=` (a stream token for that job), since a
+/// browser's EventSource cannot send headers.
+async fn authenticate<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
+    let path = req.uri().path();
+    let public = matches!(path, "/healthz" | "/readyz");
+    if public {
+        return Ok(ep.call(req).await?.into_response());
+    }
+    let state = req.data::<AppState>().expect("state is attached").clone();
+    let stream_job = path
+        .strip_prefix("/v1/jobs/")
+        .and_then(|rest| rest.strip_suffix("/events"))
+        .and_then(|id| id.parse::<JobId>().ok());
+    let query_token = req.uri().query().and_then(|q| url_param(q, "token"));
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let tenant = match (stream_job, query_token, bearer) {
+        (Some(job), Some(token), None) if state.auth.mode != AuthMode::None => {
+            state.auth.verify_stream_token(&token, job)
+        }
+        (_, _, bearer) => state.auth.authenticate(bearer.as_deref()),
+    };
+    match tenant {
+        Ok(tenant) => {
+            req.extensions_mut().insert(tenant);
+            Ok(ep.call(req).await?.into_response())
+        }
+        Err(e) => Err(ApiError::Unauthorized(match e {
+            AuthError::Missing => "no credentials: send Authorization: Bearer <API key or JWT>".to_owned(),
+            AuthError::Invalid => "the credentials are not valid".to_owned(),
+            AuthError::Expired => "the token has expired; get a fresh one (POST /v1/jobs/{id}/stream-token for streams) and reconnect with Last-Event-ID".to_owned(),
+        })
+        .into()),
+    }
+}
+
+/// The value of `name` in a query string, percent-decoded.
+fn url_param(query: &str, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }

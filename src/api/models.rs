@@ -160,3 +160,14 @@ pub struct HealthDto {
     /// `ok` or `ready`.
     pub status: String,
 }
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "StreamToken")]
+pub struct StreamTokenDto {
+    /// Pass as `?token=` on the job's events URL.
+    pub token: String,
+    /// The job's events URL with the token in it, ready for `new EventSource(…)`.
+    pub events_url: String,
+    /// RFC 3339, UTC.
+    pub expires_at: String,
+}

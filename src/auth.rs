@@ -1,0 +1,378 @@
+//! Who is calling: API keys, JWTs, and the short-lived stream tokens that let
+//! a browser's EventSource (which cannot send headers) open a job's stream.
+//!
+//! Every job belongs to a tenant. `HERALD_AUTH=none` puts every caller in the
+//! tenant `""` and is only allowed on a loopback address.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use clap::ValueEnum;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+use crate::domain::JobId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// No credentials; one tenant. Only on a loopback address.
+    None,
+    /// `Authorization: Bearer <key>`, keys from HERALD_API_KEYS(_FILE).
+    ApiKeys,
+    /// `Authorization: Bearer <JWT>`, HS256 or RS256.
+    Jwt,
+}
+
+/// The tenant a request acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant(pub String);
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AuthError {
+    #[error("no credentials: send Authorization: Bearer <token>")]
+    Missing,
+    #[error("the credentials are not valid")]
+    Invalid,
+    #[error("the token has expired; get a fresh one")]
+    Expired,
+}
+
+struct Jwt {
+    key: jsonwebtoken::DecodingKey,
+    validation: jsonwebtoken::Validation,
+    tenant_claim: String,
+}
+
+pub struct Auth {
+    pub mode: AuthMode,
+    /// (tenant, SHA-256 of the key): keys are never kept in clear.
+    keys: Vec<(String, [u8; 32])>,
+    jwt: Option<Jwt>,
+    stream_secret: Vec<u8>,
+    pub stream_ttl: Duration,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("mode", &self.mode)
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `Auth::from_settings` needs, out of the configuration.
+pub struct AuthSettings<'a> {
+    pub mode: AuthMode,
+    pub api_keys: &'a [Secret],
+    pub api_keys_file: Option<&'a Path>,
+    pub jwt_secret: Option<&'a str>,
+    pub jwt_public_key_file: Option<&'a Path>,
+    pub jwt_issuer: Option<&'a str>,
+    pub jwt_audience: Option<&'a str>,
+    pub jwt_tenant_claim: &'a str,
+    pub stream_token_secret: Option<&'a str>,
+    pub stream_token_ttl: Duration,
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl Auth {
+    pub fn from_settings(s: AuthSettings<'_>) -> anyhow::Result<Auth> {
+        let mut keys = Vec::new();
+        let mut add_key = |tenant: &str, key: &str, whence: &str| -> anyhow::Result<()> {
+            if tenant.is_empty() || key.len() < 16 {
+                bail!("{whence}: each entry needs a tenant and a key of at least 16 characters");
+            }
+            keys.push((tenant.to_owned(), sha256(key.as_bytes())));
+            Ok(())
+        };
+        for pair in s
+            .api_keys
+            .iter()
+            .map(|p| p.0.trim())
+            .filter(|p| !p.is_empty())
+        {
+            let (tenant, key) = pair
+                .split_once(':')
+                .context("HERALD_API_KEYS entries are tenant:key")?;
+            add_key(tenant.trim(), key.trim(), "HERALD_API_KEYS")?;
+        }
+        if let Some(path) = s.api_keys_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading HERALD_API_KEYS_FILE {}", path.display()))?;
+            for line in text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
+                let mut parts = line.split_whitespace();
+                let (Some(tenant), Some(key), None) = (parts.next(), parts.next(), parts.next())
+                else {
+                    bail!("HERALD_API_KEYS_FILE lines are `tenant key`");
+                };
+                add_key(tenant, key, "HERALD_API_KEYS_FILE")?;
+            }
+        }
+        let jwt = match s.mode {
+            AuthMode::Jwt => {
+                let (key, alg) = match (s.jwt_secret, s.jwt_public_key_file) {
+                    (Some(secret), None) => (
+                        jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+                        jsonwebtoken::Algorithm::HS256,
+                    ),
+                    (None, Some(path)) => {
+                        let pem = std::fs::read(path)
+                            .with_context(|| format!("reading HERALD_JWT_PUBLIC_KEY_FILE {}", path.display()))?;
+                        (
+                            jsonwebtoken::DecodingKey::from_rsa_pem(&pem)
+                                .context("HERALD_JWT_PUBLIC_KEY_FILE is not an RSA public key in PEM")?,
+                            jsonwebtoken::Algorithm::RS256,
+                        )
+                    }
+                    _ => bail!("HERALD_AUTH=jwt needs exactly one of HERALD_JWT_SECRET (HS256) or HERALD_JWT_PUBLIC_KEY_FILE (RS256)"),
+                };
+                let mut validation = jsonwebtoken::Validation::new(alg);
+                validation.set_required_spec_claims(&["exp"]);
+                validation.leeway = 5;
+                match s.jwt_issuer {
+                    Some(iss) => validation.set_issuer(&[iss]),
+                    None => validation.iss = None,
+                }
+                match s.jwt_audience {
+                    Some(aud) => validation.set_audience(&[aud]),
+                    None => validation.validate_aud = false,
+                }
+                Some(Jwt {
+                    key,
+                    validation,
+                    tenant_claim: s.jwt_tenant_claim.to_owned(),
+                })
+            }
+            _ => None,
+        };
+        if s.mode == AuthMode::ApiKeys && keys.is_empty() {
+            bail!("HERALD_AUTH=api-keys needs keys: HERALD_API_KEYS=tenant:key,… or HERALD_API_KEYS_FILE");
+        }
+        let stream_secret = match s.stream_token_secret {
+            Some(secret) if secret.len() >= 16 => secret.as_bytes().to_vec(),
+            Some(_) => bail!("HERALD_STREAM_TOKEN_SECRET must be at least 16 characters"),
+            None => {
+                if s.mode != AuthMode::None {
+                    tracing::warn!("HERALD_STREAM_TOKEN_SECRET is not set: stream tokens are signed with a random per-process secret and will not survive a restart or work across nodes");
+                }
+                let mut secret = vec![0u8; 32];
+                rand::Rng::fill(&mut rand::rng(), &mut secret[..]);
+                secret
+            }
+        };
+        Ok(Auth {
+            mode: s.mode,
+            keys,
+            jwt,
+            stream_secret,
+            stream_ttl: s.stream_token_ttl,
+        })
+    }
+
+    /// The tenant for an `Authorization` header value (or its absence).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Tenant, AuthError> {
+        if self.mode == AuthMode::None {
+            return Ok(Tenant(String::new()));
+        }
+        let token = authorization
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)?;
+        match self.mode {
+            AuthMode::ApiKeys => {
+                let presented = sha256(token.as_bytes());
+                // Compare against every key, so timing says nothing about which matched.
+                let mut found = None;
+                for (tenant, hash) in &self.keys {
+                    if bool::from(hash.ct_eq(&presented)) {
+                        found = Some(tenant);
+                    }
+                }
+                found.map(|t| Tenant(t.clone())).ok_or(AuthError::Invalid)
+            }
+            AuthMode::Jwt => {
+                let jwt = self.jwt.as_ref().ok_or(AuthError::Invalid)?;
+                let data = jsonwebtoken::decode::<BTreeMap<String, serde_json::Value>>(
+                    token,
+                    &jwt.key,
+                    &jwt.validation,
+                )
+                .map_err(|e| match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                    _ => AuthError::Invalid,
+                })?;
+                match data.claims.get(&jwt.tenant_claim) {
+                    Some(serde_json::Value::String(t)) if !t.is_empty() => Ok(Tenant(t.clone())),
+                    _ => Err(AuthError::Invalid),
+                }
+            }
+            AuthMode::None => unreachable!("handled above"),
+        }
+    }
+
+    /// A token that opens `job`'s stream for `tenant` until it expires.
+    pub fn mint_stream_token(&self, tenant: &Tenant, job: JobId) -> (String, SystemTime) {
+        let expires = SystemTime::now() + self.stream_ttl;
+        let exp = expires
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let claims = StreamClaims {
+            j: job.to_string(),
+            t: tenant.0.clone(),
+            e: exp,
+        };
+        let payload =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
+        let sig = URL_SAFE_NO_PAD.encode(self.sign(payload.as_bytes()));
+        (format!("{payload}.{sig}"), expires)
+    }
+
+    /// The tenant a stream token was minted for, if it is genuine, unexpired
+    /// and for this job.
+    pub fn verify_stream_token(&self, token: &str, job: JobId) -> Result<Tenant, AuthError> {
+        let (payload, sig) = token.split_once('.').ok_or(AuthError::Invalid)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| AuthError::Invalid)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.stream_secret).expect("any key length");
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&sig).map_err(|_| AuthError::Invalid)?;
+        let claims: StreamClaims = URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(AuthError::Invalid)?;
+        if claims.j != job.to_string() {
+            return Err(AuthError::Invalid);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if claims.e <= now {
+            return Err(AuthError::Expired);
+        }
+        Ok(Tenant(claims.t))
+    }
+
+    fn sign(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.stream_secret).expect("any key length");
+        mac.update(bytes);
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StreamClaims {
+    j: String,
+    t: String,
+    e: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_auth() -> Auth {
+        Auth::from_settings(AuthSettings {
+            mode: AuthMode::ApiKeys,
+            api_keys: &[
+                Secret("acme:acme-key-0123456789".to_owned()),
+                Secret("globex:globex-key-0123456789".to_owned()),
+            ],
+            api_keys_file: None,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_tenant_claim: "sub",
+            stream_token_secret: Some("stream-secret-0123456789"),
+            stream_token_ttl: Duration::from_secs(60),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn api_keys_map_to_tenants() {
+        let a = keys_auth();
+        assert_eq!(
+            a.authenticate(Some("Bearer acme-key-0123456789")),
+            Ok(Tenant("acme".into()))
+        );
+        assert_eq!(
+            a.authenticate(Some("Bearer globex-key-0123456789")),
+            Ok(Tenant("globex".into()))
+        );
+        assert_eq!(
+            a.authenticate(Some("Bearer wrong-key-0123456789")),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(a.authenticate(None), Err(AuthError::Missing));
+        assert_eq!(a.authenticate(Some("Basic xyz")), Err(AuthError::Missing));
+        assert!(
+            !format!("{a:?}").contains("acme-key"),
+            "keys never show in Debug"
+        );
+    }
+
+    #[test]
+    fn stream_tokens_are_bound_to_job_and_tenant() {
+        let a = keys_auth();
+        let job = JobId::new();
+        let (token, _) = a.mint_stream_token(&Tenant("acme".into()), job);
+        assert_eq!(
+            a.verify_stream_token(&token, job),
+            Ok(Tenant("acme".into()))
+        );
+        assert_eq!(
+            a.verify_stream_token(&token, JobId::new()),
+            Err(AuthError::Invalid)
+        );
+        let (payload, sig) = token.split_once('.').unwrap();
+        let forged =
+            URL_SAFE_NO_PAD.encode(format!(r#"{{"j":"{job}","t":"globex","e":99999999999}}"#));
+        assert_eq!(
+            a.verify_stream_token(&format!("{forged}.{sig}"), job),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(a.verify_stream_token(payload, job), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn misconfiguration_is_refused() {
+        let base = |mode, keys: &'static [Secret]| AuthSettings {
+            mode,
+            api_keys: keys,
+            api_keys_file: None,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_tenant_claim: "sub",
+            stream_token_secret: None,
+            stream_token_ttl: Duration::from_secs(60),
+        };
+        assert!(Auth::from_settings(base(AuthMode::ApiKeys, &[])).is_err());
+        assert!(Auth::from_settings(base(AuthMode::Jwt, &[])).is_err());
+    }
+}
