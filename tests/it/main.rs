@@ -3,6 +3,7 @@
 //! talks HTTP over loopback.
 
 mod aggregate;
+mod auth;
 mod cli;
 mod common;
 mod core_jobs;
