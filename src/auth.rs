@@ -276,9 +276,14 @@ impl Auth {
     }
 
     fn sign(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.stream_secret).expect("any key length");
+        let mut mac = self.mac();
         mac.update(bytes);
         mac.finalize().into_bytes().to_vec()
+    }
+
+    /// HMAC-SHA256 keyed with the stream-token secret.
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.stream_secret).expect("HMAC takes keys of any length")
     }
 }
 
