@@ -68,6 +68,8 @@ impl Application {
         let auth = Arc::new(
             Auth::from_settings(config.auth_settings()).context("configuring authentication")?,
         );
+        // Install the metrics recorder before anything records.
+        crate::telemetry::prometheus();
         let url = config.database_url.clone();
         if !url.starts_with("sqlite:") {
             anyhow::bail!(

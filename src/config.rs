@@ -221,6 +221,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    /// When set, `GET /metrics` needs `Authorization: Bearer <this token>`.
+    #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<Secret>,
+
     /// Open event streams per tenant; more answer 429.
     #[arg(long, env = "HERALD_MAX_STREAMS_PER_TENANT", default_value_t = 1000)]
     pub max_streams_per_tenant: usize,

@@ -59,6 +59,7 @@ pub enum ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        crate::telemetry::store_error();
         ApiError::Internal(e.into())
     }
 }

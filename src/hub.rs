@@ -10,7 +10,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
-use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::domain::{EventSeq, JobId};
@@ -23,8 +22,8 @@ pub const RECENT_EVENTS: usize = 64;
 pub struct Recent {
     /// The wake-up version this was last brought up to date at.
     pub checked: Option<u64>,
-    /// (seq, is terminal, SSE frame), oldest first, without gaps.
-    pub frames: VecDeque<(EventSeq, bool, Bytes)>,
+    /// Framed events (see `stream::Frame`), oldest first, without gaps.
+    pub frames: VecDeque<crate::stream::Frame>,
 }
 
 impl Recent {
@@ -37,7 +36,7 @@ impl Recent {
     }
 
     /// Appends frames that continue the range; trims the oldest past the limit.
-    pub fn extend(&mut self, frames: impl IntoIterator<Item = (EventSeq, bool, Bytes)>) {
+    pub fn extend(&mut self, frames: impl IntoIterator<Item = crate::stream::Frame>) {
         for f in frames {
             if self.last_seq().is_some_and(|last| f.0 != last.next()) {
                 // Not contiguous (a subscriber read from further back): start over.
@@ -199,7 +198,14 @@ mod tests {
 
     #[test]
     fn recent_stays_contiguous_and_bounded() {
-        let frame = |n: i64| (EventSeq(n), false, Bytes::new());
+        let frame = |n: i64| {
+            (
+                EventSeq(n),
+                false,
+                crate::domain::Timestamp(0),
+                bytes::Bytes::new(),
+            )
+        };
         let mut r = Recent::default();
         r.extend((1..=3).map(frame));
         assert_eq!(

@@ -18,7 +18,7 @@ use futures::Stream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{EventSeq, JobId};
+use crate::domain::{EventSeq, JobId, Timestamp};
 use crate::hub::{Hub, Subscription};
 use crate::limits::StreamSlot;
 use crate::store::{Store, StoredEvent};
@@ -72,11 +72,17 @@ pub fn frame(ev: &StoredEvent) -> Frame {
     buf.put_slice(b"\ndata: ");
     buf.put_slice(ev.data.as_bytes());
     buf.put_slice(b"\n\n");
-    (ev.seq, ev.kind.is_terminal(), buf.freeze())
+    (ev.seq, ev.kind.is_terminal(), ev.at, buf.freeze())
 }
 
-/// (seq, is terminal, SSE bytes).
-pub type Frame = (EventSeq, bool, Bytes);
+/// (seq, is terminal, appended at, SSE bytes).
+pub type Frame = (EventSeq, bool, Timestamp, Bytes);
+
+/// Records each frame's append → hand-over lag.
+fn record_lag(at: Timestamp) {
+    let lag = (Timestamp::now().0 - at.0).max(0) as f64 / 1e6;
+    metrics::histogram!("herald_event_delivery_lag_seconds").record(lag);
+}
 
 struct State {
     store: Arc<dyn Store>,
@@ -146,6 +152,7 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
             Ok(false) => {}
             Err(e) => {
                 // End the stream; the client resumes with Last-Event-ID.
+                crate::telemetry::store_error();
                 tracing::warn!(job_id = %st.id, error = %e, "event stream ends: store read failed");
                 return None;
             }
@@ -170,14 +177,16 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
 /// The pending frames as one chunk (up to and including a terminal event).
 fn take_pending(st: &mut State) -> Bytes {
     if st.pending.len() == 1 {
-        let (seq, terminal, bytes) = st.pending.pop_front().expect("one frame");
+        let (seq, terminal, at, bytes) = st.pending.pop_front().expect("one frame");
         st.last = seq;
         st.done = terminal;
+        record_lag(at);
         return bytes;
     }
     let mut buf = BytesMut::new();
-    while let Some((seq, terminal, bytes)) = st.pending.pop_front() {
+    while let Some((seq, terminal, at, bytes)) = st.pending.pop_front() {
         buf.put_slice(&bytes);
+        record_lag(at);
         st.last = seq;
         if terminal {
             st.done = true;

@@ -14,3 +14,135 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets for every `*_seconds` histogram: 0.5 ms … 5 min.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+/// The process's Prometheus recorder, installed on first use (one per process,
+/// shared by every `Application` in it, as in the tests).
+pub fn prometheus() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
+            .expect("buckets are not empty");
+        let handle = builder.install_recorder().unwrap_or_else(|e| {
+            // Someone else installed a recorder first: keep a private one so
+            // /metrics still answers, if emptier.
+            tracing::warn!(error = %e, "a metrics recorder was already installed");
+            PrometheusBuilder::new().build_recorder().handle()
+        });
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("herald_jobs_submitted_total", "Jobs accepted, by kind.");
+    describe_counter!(
+        "herald_jobs_finished_total",
+        "Jobs that reached a terminal state, by kind and status."
+    );
+    describe_histogram!(
+        "herald_job_run_seconds",
+        Unit::Seconds,
+        "Run time of one attempt, by kind."
+    );
+    describe_gauge!("herald_queue_depth", "Jobs waiting in the queue.");
+    describe_gauge!(
+        "herald_queue_oldest_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest queued job."
+    );
+    describe_gauge!("herald_jobs_running", "Jobs running in this process.");
+    describe_gauge!(
+        "herald_streams_open",
+        "Open event streams on this node, by type."
+    );
+    describe_counter!(
+        "herald_events_appended_total",
+        "Events appended, by event name."
+    );
+    describe_histogram!(
+        "herald_event_delivery_lag_seconds",
+        Unit::Seconds,
+        "From an event's append to its bytes handed to the client's connection."
+    );
+    describe_counter!(
+        "herald_http_requests_total",
+        "HTTP requests, by method, route and status."
+    );
+    describe_histogram!(
+        "herald_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to the response head, by method and route (a stream counts until it opens)."
+    );
+    describe_counter!("herald_store_errors_total", "Store queries that failed.");
+}
+
+/// A request path as a bounded label: job ids become `{id}`.
+pub fn route_label(path: &str) -> String {
+    if !(path.starts_with("/v1/")
+        || matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json"))
+    {
+        return if path.starts_with("/docs") {
+            "/docs".to_owned()
+        } else {
+            "other".to_owned()
+        };
+    }
+    path.split('/')
+        .map(|seg| {
+            if uuid::Uuid::try_parse(seg).is_ok() {
+                "{id}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Counts an appended event, and a job that reached its end.
+pub fn applied(t: &crate::domain::Transition, job: &crate::domain::JobRecord) {
+    metrics::counter!("herald_events_appended_total", "event" => t.event_kind().as_str())
+        .increment(1);
+    if job.status.is_terminal() {
+        metrics::counter!(
+            "herald_jobs_finished_total",
+            "kind" => job.kind.clone(),
+            "status" => job.status.as_str()
+        )
+        .increment(1);
+    }
+}
+
+/// Counts a failed store query.
+pub fn store_error() {
+    metrics::counter!("herald_store_errors_total").increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_label;
+
+    #[test]
+    fn routes_never_carry_ids() {
+        assert_eq!(
+            route_label("/v1/jobs/01a1fdd4-83fe-76e7-9f42-50d0d1d16752/events"),
+            "/v1/jobs/{id}/events"
+        );
+        assert_eq!(route_label("/v1/jobs"), "/v1/jobs");
+        assert_eq!(route_label("/docs/index.css"), "/docs");
+        assert_eq!(route_label("/wp-admin/x"), "other");
+    }
+}

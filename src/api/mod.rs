@@ -64,6 +64,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
     });
     Route::new()
         .at("/openapi.json", spec)
+        .at("/metrics", poem::get(metrics_endpoint))
         .nest("/docs", docs)
         .nest("/", api.around(authenticate))
         .data(state)
@@ -73,6 +74,44 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .around(access_log)
 }
 
+/// `GET /metrics`: Prometheus text. Protected by `HERALD_METRICS_TOKEN`
+/// (`Authorization: Bearer …`) when it is set.
+#[poem::handler]
+async fn metrics_endpoint(req: &Request) -> poem::Result<Response> {
+    let state = req.data::<AppState>().expect("state is attached");
+    if let Some(token) = &state.config.metrics_token {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let ok: bool =
+            subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.0.as_bytes()).into();
+        if !ok {
+            return Err(ApiError::Unauthorized(
+                "/metrics needs Authorization: Bearer <HERALD_METRICS_TOKEN>".to_owned(),
+            )
+            .into());
+        }
+    }
+    // Gauges read at scrape time.
+    metrics::gauge!("herald_jobs_running").set(state.cancels.running_count() as f64);
+    metrics::gauge!("herald_streams_open", "type" => "job").set(state.streams.open() as f64);
+    if let Ok((depth, oldest)) = state.store.queue_stats().await {
+        metrics::gauge!("herald_queue_depth").set(depth as f64);
+        let age = oldest.map_or(0.0, |t| {
+            (crate::domain::Timestamp::now().0 - t.0).max(0) as f64 / 1e6
+        });
+        metrics::gauge!("herald_queue_oldest_age_seconds").set(age);
+    }
+    let handle = crate::telemetry::prometheus();
+    handle.run_upkeep();
+    Ok(Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render()))
+}
+
 /// One log line per request: method, path, status, latency. The query string
 /// is left out on purpose: stream tokens travel in it.
 async fn access_log<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
@@ -80,6 +119,21 @@ async fn access_log<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Respo
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let resp = ep.call(req).await?.into_response();
+    let route = crate::telemetry::route_label(&path);
+    let status = resp.status().as_u16();
+    metrics::counter!(
+        "herald_http_requests_total",
+        "method" => method.to_string(),
+        "route" => route.clone(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!(
+        "herald_http_request_duration_seconds",
+        "method" => method.to_string(),
+        "route" => route
+    )
+    .record(started.elapsed().as_secs_f64());
     tracing::info!(
         target: "herald::access",
         method = %method,

@@ -146,6 +146,19 @@ pub enum Transition {
     },
 }
 
+impl Transition {
+    /// The name of the event this transition appends.
+    pub fn event_kind(&self) -> EventKind {
+        match self {
+            Transition::Start | Transition::Retry(_) | Transition::Requeue => EventKind::Status,
+            Transition::Progress(_) => EventKind::Progress,
+            Transition::Succeed(_) => EventKind::Result,
+            Transition::Fail(_) => EventKind::Failed,
+            Transition::Cancel { .. } => EventKind::Cancelled,
+        }
+    }
+}
+
 /// A transition the job's state does not allow (most often: it is already terminal).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("job is {status}; cannot {action}")]

@@ -137,6 +137,9 @@ pub trait Store: Send + Sync + 'static {
     /// same id, or a spent one once the runner is done with the job.
     async fn delete_task(&self, id: JobId) -> Result<(), StoreError>;
 
+    /// How many jobs are queued, and when the oldest of them was created.
+    async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError>;
+
     /// Readiness: can the store answer a trivial query?
     async fn ping(&self) -> Result<(), StoreError>;
 }

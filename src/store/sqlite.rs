@@ -565,7 +565,13 @@ impl Store for SqliteStore {
             reply,
         })
         .await?;
-        rx.await.map_err(|_| writer_gone())?
+        let submitted = rx.await.map_err(|_| writer_gone())??;
+        if let Submitted::Created(job) = &submitted {
+            metrics::counter!("herald_events_appended_total", "event" => "status").increment(1);
+            metrics::counter!("herald_jobs_submitted_total", "kind" => job.kind.clone())
+                .increment(1);
+        }
+        Ok(submitted)
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
@@ -607,7 +613,9 @@ impl Store for SqliteStore {
             reply,
         })
         .await?;
-        rx.await.map_err(|_| writer_gone())?
+        let job = rx.await.map_err(|_| writer_gone())??;
+        crate::telemetry::applied(t, &job);
+        Ok(job)
     }
 
     async fn apply_known(
@@ -623,7 +631,9 @@ impl Store for SqliteStore {
             reply,
         })
         .await?;
-        rx.await.map_err(|_| writer_gone())?
+        let job = rx.await.map_err(|_| writer_gone())??;
+        crate::telemetry::applied(t, &job);
+        Ok(job)
     }
 
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {
@@ -634,7 +644,14 @@ impl Store for SqliteStore {
             reply,
         })
         .await?;
-        rx.await.map_err(|_| writer_gone())?
+        let outcome = rx.await.map_err(|_| writer_gone())??;
+        if let CancelOutcome::CancelledNow(job) = &outcome {
+            let t = Transition::Cancel {
+                reason: reason.to_owned(),
+            };
+            crate::telemetry::applied(&t, job);
+        }
+        Ok(outcome)
     }
 
     async fn events_after(
@@ -730,6 +747,15 @@ impl Store for SqliteStore {
         let (reply, rx) = oneshot::channel();
         self.send(WriteOp::DeleteTask { id, reply }).await?;
         rx.await.map_err(|_| writer_gone())?
+    }
+
+    async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError> {
+        let (n, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM herald_jobs WHERE status = 'queued'",
+        )
+        .fetch_one(&self.pools.reader)
+        .await?;
+        Ok((n, oldest.map(Timestamp)))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -51,7 +51,9 @@ impl Runner {
             tracing::debug!(job_id = %id, "job already running in this process; duplicate task ignored");
             return Ok(());
         };
-        self.attempts(id, &running).await?;
+        self.attempts(id, &running)
+            .await
+            .inspect_err(|_| crate::telemetry::store_error())?;
         // The job is finished, or back in the queue after a shutdown (the next
         // start pushes it again): either way its queue task is spent.
         self.store.delete_task(id).await
@@ -75,6 +77,8 @@ impl Runner {
                 .attempt(&job, &current, running)
                 .instrument(span.clone())
                 .await;
+            metrics::histogram!("herald_job_run_seconds", "kind" => job.kind.clone())
+                .record(started.elapsed().as_secs_f64());
             let next = self.decide(&job, running, outcome);
             let _enter = span.enter();
             let retry = matches!(next, Transition::Retry(_));

@@ -9,5 +9,6 @@ mod common;
 mod core_jobs;
 mod crash;
 mod downstream;
+mod operability;
 mod stream;
 mod validation;

@@ -1,0 +1,160 @@
+//! Metrics and structured logs.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use herald::config::Secret;
+use serde_json::{json, Value};
+
+use crate::common::{open_stream, read_to_end, TestApp};
+
+/// The scrape as (metric name + sorted labels) → value.
+async fn scrape(app: &TestApp, token: Option<&str>) -> (HashMap<String, f64>, String) {
+    let mut req = app.client.get(app.url("/metrics"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("/metrics parses as Prometheus text");
+    let mut out = HashMap::new();
+    for s in parsed.samples {
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let value = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        out.insert(format!("{}{{{}}}", s.metric, labels.join(",")), value);
+    }
+    (out, text)
+}
+
+fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move_as_jobs_run_and_streams_deliver() {
+    let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
+    let (before, _) = scrape(&app, None).await;
+    let job = app
+        .submit(json!({"kind": "demo", "input": {"steps": 3, "step_ms": 20}}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let events = read_to_end(open_stream(&app, &id, None, None).await).await;
+    assert_eq!(events.last().unwrap().event, "result");
+    let (after, text) = scrape(&app, None).await;
+
+    let moved = |key: &str| get(&after, key) - get(&before, key);
+    assert!(
+        moved("herald_jobs_submitted_total{kind=demo}") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        moved("herald_jobs_finished_total{kind=demo,status=succeeded}") >= 1.0,
+        "{text}"
+    );
+    assert!(moved("herald_events_appended_total{event=result}") >= 1.0);
+    assert!(moved("herald_events_appended_total{event=progress}") >= 3.0);
+    assert!(moved("herald_http_requests_total{method=POST,route=/v1/jobs,status=202}") >= 1.0);
+    assert!(after.contains_key("herald_streams_open{type=job}"));
+    assert!(after.contains_key("herald_queue_depth{}"));
+    assert!(after.contains_key("herald_jobs_running{}"));
+    assert!(
+        text.contains("herald_event_delivery_lag_seconds_bucket"),
+        "lag histogram: {text}"
+    );
+    assert!(text.contains("herald_job_run_seconds_bucket"));
+    assert!(text.contains("herald_http_request_duration_seconds_bucket"));
+    // Bounded cardinality: no job id in any label.
+    assert!(!text.contains(&id), "a job id leaked into the labels");
+    assert!(text.contains("route=\"/v1/jobs/{id}/events\""));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_metrics_token_protects_the_scrape() {
+    let app =
+        TestApp::spawn_with(|c| c.metrics_token = Some(Secret("scrape-token-0123456789".into())))
+            .await;
+    let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers().contains_key("www-authenticate"));
+    let resp = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    scrape(&app, Some("scrape-token-0123456789")).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_json_log_line_of_a_job_run_carries_job_id_and_kind() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .env("HERALD_LISTEN", "127.0.0.1:0")
+        .env(
+            "HERALD_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("h.db").display()),
+        )
+        .env("HERALD_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).expect("every log line is JSON");
+            let _ = tx.send(v);
+        }
+    });
+    let addr = loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("herald logs its address");
+        if v["message"] == "herald listening" {
+            break v["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    let client = reqwest::Client::new();
+    let job: Value = client
+        .post(format!("http://{addr}/v1/jobs"))
+        .json(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let line = loop {
+        let v = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the job run is logged");
+        if v["message"] == "job succeeded" {
+            break v;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(line["span"]["job_id"], id, "{line}");
+    assert_eq!(line["span"]["kind"], "demo");
+    assert_eq!(line["span"]["attempt"], 1);
+    assert!(line["elapsed_ms"].is_number());
+    assert_eq!(line["level"], "INFO");
+}
