@@ -198,6 +198,12 @@ impl Application {
                 worker_stop.clone(),
             ),
         );
+        let retention = tokio::spawn(crate::retention::run(
+            state.store.clone(),
+            Duration::from_secs_f64(config.retention_hours.max(0.0) * 3600.0),
+            Duration::from_secs(config.retention_sweep_secs.max(1)),
+            worker_stop.clone(),
+        ));
         tracing::info!(%addr, database = %config.database_url, "herald listening");
 
         let signal = {
@@ -245,6 +251,7 @@ impl Application {
             tracing::warn!("queue worker did not stop in time");
         }
         reconciler.abort();
+        retention.abort();
         tracing::info!("herald stopped");
         Ok(())
     }

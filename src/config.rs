@@ -233,6 +233,15 @@ pub struct Config {
     #[arg(long, env = "HERALD_SUBMIT_RATE_PER_SEC", default_value_t = 100)]
     pub submit_rate_per_sec: u32,
 
+    /// Finished jobs and their events are deleted this many hours after they
+    /// ended (fractions allowed). Running and queued jobs are never deleted.
+    #[arg(long, env = "HERALD_RETENTION_HOURS", default_value_t = 168.0)]
+    pub retention_hours: f64,
+
+    /// How often the retention sweep runs.
+    #[arg(long, env = "HERALD_RETENTION_SWEEP_SECS", default_value_t = 60)]
+    pub retention_sweep_secs: u64,
+
     /// How often the reconciler looks for queued jobs that lost their queue task.
     #[arg(long, env = "HERALD_RECONCILE_SECS", default_value_t = 10)]
     pub reconcile_secs: u64,

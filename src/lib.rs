@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: `Config`, every setting a flag and an `HERALD_*` variable.
 //! - [`app`]: `Application::build` / `run`: store, queue, workers, HTTP, shutdown order.
+//! - [`retention`]: deletes finished jobs past `HERALD_RETENTION_HOURS`.
 //! - [`server`]: the HTTP/1.1 accept loop (hyper) that serves the poem app.
 //! - [`shutdown`]: SIGTERM / Ctrl-C → the shutdown token.
 //! - [`client`]: the `herald submit` / `herald watch` client commands.
@@ -33,6 +34,7 @@ pub mod downstream;
 pub mod error;
 pub mod hub;
 pub mod limits;
+pub mod retention;
 pub mod server;
 pub mod shutdown;
 pub mod store;

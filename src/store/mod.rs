@@ -20,6 +20,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored row could not be read: {0}")]
     Corrupt(String),
+    #[error("the write was not committed: {0}")]
+    WriteFailed(String),
 }
 
 /// What a submission did.
@@ -136,6 +138,10 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the job's queue task: a stale one before pushing it again under the
     /// same id, or a spent one once the runner is done with the job.
     async fn delete_task(&self, id: JobId) -> Result<(), StoreError>;
+
+    /// Deletes up to `limit` terminal jobs that finished before `before`, with
+    /// their events and any queue task left; returns how many.
+    async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError>;
 
     /// How many jobs are queued, and when the oldest of them was created.
     async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError>;

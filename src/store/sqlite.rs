@@ -416,6 +416,11 @@ enum WriteOp {
         id: JobId,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    Purge {
+        before: Timestamp,
+        limit: i64,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
 }
 
 /// The outcome of one op inside a batch, held back until the batch commits.
@@ -436,17 +441,34 @@ enum Done {
         oneshot::Sender<Result<(), StoreError>>,
         Result<(), StoreError>,
     ),
+    Purge(
+        oneshot::Sender<Result<usize, StoreError>>,
+        Result<usize, StoreError>,
+    ),
 }
 
 impl Done {
-    /// Replaces a success by `err` (the commit failed: nothing was written).
-    fn fail(self, err: &str) -> Done {
-        let e = || StoreError::Corrupt(format!("commit failed: {err}"));
+    /// The op, answered with `msg` as an error: nothing of it was written.
+    fn failed(op: WriteOp, msg: &str) -> Done {
+        let e = || StoreError::WriteFailed(msg.to_owned());
+        match op {
+            WriteOp::Submit { reply, .. } => Done::Submit(reply, Err(e())),
+            WriteOp::Apply { reply, .. } => Done::Apply(reply, Err(ApplyError::Store(e()))),
+            WriteOp::Cancel { reply, .. } => Done::Cancel(reply, Err(e())),
+            WriteOp::DeleteTask { reply, .. } => Done::DeleteTask(reply, Err(e())),
+            WriteOp::Purge { reply, .. } => Done::Purge(reply, Err(e())),
+        }
+    }
+
+    /// Replaces a success by `msg` (the commit failed: nothing was written).
+    fn fail(self, msg: &str) -> Done {
+        let e = || StoreError::WriteFailed(msg.to_owned());
         match self {
             Done::Submit(r, Ok(_)) => Done::Submit(r, Err(e())),
             Done::Apply(r, Ok(_)) => Done::Apply(r, Err(ApplyError::Store(e()))),
             Done::Cancel(r, Ok(_)) => Done::Cancel(r, Err(e())),
             Done::DeleteTask(r, Ok(_)) => Done::DeleteTask(r, Err(e())),
+            Done::Purge(r, Ok(_)) => Done::Purge(r, Err(e())),
             other => other,
         }
     }
@@ -458,6 +480,7 @@ impl Done {
             Done::Apply(r, v) => drop(r.send(v)),
             Done::Cancel(r, v) => drop(r.send(v)),
             Done::DeleteTask(r, v) => drop(r.send(v)),
+            Done::Purge(r, v) => drop(r.send(v)),
         }
     }
 }
@@ -488,24 +511,9 @@ async fn write_batch(pool: &SqlitePool, ops: impl Iterator<Item = WriteOp>) {
     let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(e) => {
-            let msg = e.to_string();
-            for op in ops {
-                match op {
-                    WriteOp::Submit { reply, .. } => {
-                        drop(reply.send(Err(StoreError::Db(sqlx::Error::Protocol(msg.clone())))))
-                    }
-                    WriteOp::Apply { reply, .. } => drop(reply.send(Err(ApplyError::Store(
-                        StoreError::Db(sqlx::Error::Protocol(msg.clone())),
-                    )))),
-                    WriteOp::Cancel { reply, .. } => {
-                        drop(reply.send(Err(StoreError::Db(sqlx::Error::Protocol(msg.clone())))))
-                    }
-                    WriteOp::DeleteTask { reply, .. } => {
-                        drop(reply.send(Err(StoreError::Db(sqlx::Error::Protocol(msg.clone())))))
-                    }
-                }
-            }
             tracing::error!(error = %e, "could not begin a write transaction");
+            let msg = format!("could not begin a transaction: {e}");
+            ops.for_each(|op| Done::failed(op, &msg).send());
             return;
         }
     };
@@ -539,16 +547,46 @@ async fn write_batch(pool: &SqlitePool, ops: impl Iterator<Item = WriteOp>) {
                     .map_err(StoreError::from);
                 Done::DeleteTask(reply, r)
             }
+            WriteOp::Purge {
+                before,
+                limit,
+                reply,
+            } => Done::Purge(reply, purge_in(&mut tx, before, limit).await),
         });
     }
     match tx.commit().await {
         Ok(()) => done.into_iter().for_each(Done::send),
         Err(e) => {
             tracing::error!(error = %e, writes = done.len(), "write batch failed to commit");
-            let msg = e.to_string();
+            let msg = format!("the commit failed: {e}");
             done.into_iter().for_each(|d| d.fail(&msg).send());
         }
     }
+}
+
+/// Deletes the oldest terminal jobs finished before `before` (events follow by
+/// ON DELETE CASCADE), and their queue tasks if any are left.
+async fn purge_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    before: Timestamp,
+    limit: i64,
+) -> Result<usize, StoreError> {
+    let ids: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, task_id FROM herald_jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 \
+         AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?2",
+    )
+    .bind(before.0)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (id, task_id) in &ids {
+        sqlx::query("DELETE FROM Jobs WHERE id = ?2; DELETE FROM herald_jobs WHERE id = ?1;")
+            .bind(id)
+            .bind(task_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(ids.len())
 }
 
 fn writer_gone() -> StoreError {
@@ -746,6 +784,17 @@ impl Store for SqliteStore {
     async fn delete_task(&self, id: JobId) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(WriteOp::DeleteTask { id, reply }).await?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+
+    async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::Purge {
+            before,
+            limit,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| writer_gone())?
     }
 

@@ -158,3 +158,64 @@ async fn a_json_log_line_of_a_job_run_carries_job_id_and_kind() {
     assert!(line["elapsed_ms"].is_number());
     assert_eq!(line["level"], "INFO");
 }
+
+#[tokio::test]
+async fn retention_deletes_only_old_terminal_jobs() {
+    let app = TestApp::spawn_with(|c| {
+        c.retention_hours = 1.0 / 3600.0; // one second
+        c.retention_sweep_secs = 1;
+    })
+    .await;
+    let done = app
+        .submit(json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
+        .await;
+    let done = done["id"].as_str().unwrap().to_owned();
+    let failed = app
+        .submit(json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0, "fail_at": 1}, "max_attempts": 1}))
+        .await;
+    let failed = failed["id"].as_str().unwrap().to_owned();
+    let running = app
+        .submit(json!({"kind": "demo", "input": {"steps": 200, "step_ms": 100}}))
+        .await;
+    let running = running["id"].as_str().unwrap().to_owned();
+    app.wait_status(&done, "succeeded").await;
+    app.wait_status(&failed, "failed").await;
+    app.wait_status(&running, "running").await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let a = app
+            .client
+            .get(app.url(&format!("/v1/jobs/{done}")))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let b = app
+            .client
+            .get(app.url(&format!("/v1/jobs/{failed}")))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if a == 404 && b == 404 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "finished jobs were not purged ({a}, {b})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its history is gone too: a client resuming it learns so.
+    assert_eq!(
+        open_stream(&app, &done, Some("1"), None).await.status(),
+        404
+    );
+    assert!(app.events(&done).await.is_empty());
+    // The running job, older than the horizon, survives.
+    let job = app.get_job(&running).await;
+    assert_eq!(job["status"], "running");
+    assert!(!app.events(&running).await.is_empty());
+    app.stop().await;
+}
