@@ -115,6 +115,11 @@ fn start(args: &Args) -> Server {
             format!("sqlite://{}", dir.path().join("b.db").display()),
         )
         .env("HERALD_WORKER_CONCURRENCY", (args.jobs * 2 + 8).to_string())
+        // All streams belong to one tenant here; lift its stream limit.
+        .env(
+            "HERALD_MAX_STREAMS_PER_TENANT",
+            (args.streams * 2).to_string(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
@@ -231,6 +236,33 @@ async fn follow(
     }
 }
 
+/// The cumulative buckets of herald_event_delivery_lag_seconds: (le, count).
+async fn lag_buckets(http: &reqwest::Client, port: u16) -> Vec<(f64, f64)> {
+    let text = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut out: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("herald_event_delivery_lag_seconds_bucket{le=\""))
+        .filter_map(|rest| {
+            let (le, n) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, n.trim().parse().ok()?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    out
+}
+
 fn pct(sorted: &[i64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -343,6 +375,7 @@ async fn main() {
     }
     // Measure from the moment every stream is open: connecting is not delivering.
     wait_connected(&connected, per_job * args.jobs).await;
+    let lag_before = lag_buckets(&http, server.port).await;
     let cpu0 = server.cpu_secs();
     let t0 = Instant::now();
     let live_from = now_micros();
@@ -352,6 +385,7 @@ async fn main() {
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = server.cpu_secs() - cpu0;
+    let lag_after = lag_buckets(&http, server.port).await;
 
     let mut lost = 0usize;
     let mut dup = 0usize;
@@ -397,6 +431,33 @@ async fn main() {
         delivered as f64 / elapsed,
         cpu,
         cpu * 1e6 / delivered as f64
+    );
+    // The server's own view: /metrics' lag histogram over the same window.
+    let window: Vec<(f64, f64)> = lag_after
+        .iter()
+        .map(|(le, n)| {
+            (
+                *le,
+                n - lag_before
+                    .iter()
+                    .find(|(l, _)| l == le)
+                    .map_or(0.0, |b| b.1),
+            )
+        })
+        .collect();
+    let total = window.last().map_or(0.0, |b| b.1);
+    let p99 = window
+        .iter()
+        .find(|(_, n)| *n >= total * 0.99)
+        .map_or(f64::NAN, |b| b.0);
+    let p50 = window
+        .iter()
+        .find(|(_, n)| *n >= total * 0.5)
+        .map_or(f64::NAN, |b| b.0);
+    println!(
+        "server-side lag from /metrics over {total:.0} deliveries: p50 <= {:.1} ms, p99 <= {:.1} ms (histogram bucket bounds)",
+        p50 * 1000.0,
+        p99 * 1000.0
     );
     println!("lost {lost}, duplicated {dup}, streams that did not reach the result {unfinished}");
 }
