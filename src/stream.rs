@@ -78,10 +78,17 @@ pub fn frame(ev: &StoredEvent) -> Frame {
 /// (seq, is terminal, appended at, SSE bytes).
 pub type Frame = (EventSeq, bool, Timestamp, Bytes);
 
-/// Records each frame's append → hand-over lag.
+/// Records each frame's append → hand-over lag. The handle is looked up once:
+/// this runs for every frame of every stream.
 fn record_lag(at: Timestamp) {
+    static LAG: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
     let lag = (Timestamp::now().0 - at.0).max(0) as f64 / 1e6;
-    metrics::histogram!("herald_event_delivery_lag_seconds").record(lag);
+    LAG.get_or_init(|| {
+        // Bind to our recorder, never to the no-op one.
+        crate::telemetry::prometheus();
+        metrics::histogram!("herald_event_delivery_lag_seconds")
+    })
+    .record(lag);
 }
 
 struct State {
