@@ -21,7 +21,7 @@
 //! - [`stream`]: a job's SSE stream: subscribe, replay, tail, heartbeat, end.
 //! - [`api`]: the HTTP API (poem + poem-openapi) and its DTOs.
 //! - [`error`]: `ApiError` → RFC 9457 problem+json.
-//! - [`telemetry`]: tracing set-up.
+//! - [`telemetry`]: tracing set-up, and the Prometheus metrics (recorder, labels, helpers).
 
 pub mod api;
 pub mod app;
