@@ -231,11 +231,13 @@ impl Auth {
 
     /// A token that opens `job`'s stream for `tenant` until it expires.
     pub fn mint_stream_token(&self, tenant: &Tenant, job: JobId) -> (String, SystemTime) {
-        let expires = SystemTime::now() + self.stream_ttl;
-        let exp = expires
+        // Rounded up to the next whole second: a token lives at least its TTL
+        // (rounding down let a 1 s token expire at once, in the next second).
+        let until = (SystemTime::now() + self.stream_ttl)
             .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+            .unwrap_or_default();
+        let exp = until.as_secs() + u64::from(until.subsec_nanos() > 0);
+        let expires = UNIX_EPOCH + Duration::from_secs(exp);
         let claims = StreamClaims {
             j: job.to_string(),
             t: tenant.0.clone(),
@@ -361,6 +363,26 @@ mod tests {
             Err(AuthError::Invalid)
         );
         assert_eq!(a.verify_stream_token(payload, job), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn a_stream_token_lives_at_least_its_ttl() {
+        let a = keys_auth();
+        let earliest_end = (SystemTime::now() + a.stream_ttl)
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let (token, expires) = a.mint_stream_token(&Tenant("acme".into()), JobId::new());
+        let payload = URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap();
+        let claims: StreamClaims = serde_json::from_slice(&payload).unwrap();
+        assert!(
+            claims.e as f64 >= earliest_end,
+            "{} < {earliest_end}",
+            claims.e
+        );
+        assert_eq!(expires, UNIX_EPOCH + Duration::from_secs(claims.e));
     }
 
     #[test]
