@@ -6,7 +6,7 @@ use herald::auth::AuthMode;
 use herald::config::Secret;
 use serde_json::{json, Value};
 
-use crate::common::{ids, read_to_end, TestApp};
+use crate::common::{ids, read_to_end, HeraldProcess, TestApp};
 
 const ACME: &str = "acme-key-0123456789abcdef";
 const GLOBEX: &str = "globex-key-0123456789abcdef";
@@ -504,41 +504,14 @@ async fn none_is_refused_off_loopback() {
 
 #[tokio::test]
 async fn tokens_and_keys_never_reach_the_logs() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .env("HERALD_LISTEN", "127.0.0.1:0")
-        .env(
-            "HERALD_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("h.db").display()),
-        )
-        .env("HERALD_LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug")
-        .env("HERALD_AUTH", "api-keys")
-        .env("HERALD_API_KEYS", format!("acme:{ACME}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut lines = Vec::new();
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("herald logs its address");
-        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        lines.push(line);
-        if v["message"] == "herald listening" {
-            break v["addr"].as_str().unwrap().to_owned();
-        }
-    };
+    let keys = format!("acme:{ACME}");
+    let herald = HeraldProcess::start(
+        &dir.path().join("h.db"),
+        "debug",
+        &[("HERALD_AUTH", "api-keys"), ("HERALD_API_KEYS", &keys)],
+    );
+    let addr = herald.base.trim_start_matches("http://").to_owned();
     let client = reqwest::Client::new();
     let job: Value = client
         .post(format!("http://{addr}/v1/jobs"))
@@ -562,12 +535,7 @@ async fn tokens_and_keys_never_reach_the_logs() {
         .unwrap();
     assert!(body.contains("event: result"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    while let Ok(line) = rx.try_recv() {
-        lines.push(line);
-    }
-    let all = lines.join("\n");
+    let all = herald.kill().join("\n");
     assert!(
         all.contains("/events"),
         "the stream request was logged: {all}"

@@ -1,8 +1,6 @@
 //! A killed process loses nothing: the next start runs the interrupted job
 //! again (next attempt) and its events continue the same gapless sequence.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald::domain::{EventSeq, JobId};
@@ -10,38 +8,7 @@ use herald::store::sqlite::{self, SqliteStore};
 use herald::store::Store;
 use serde_json::{json, Value};
 
-use crate::common::{assert_gapless, statuses};
-
-/// Starts the real `herald` binary on `db` and returns it with its base URL.
-fn start_herald(db: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .env("HERALD_LISTEN", "127.0.0.1:0")
-        .env("HERALD_DATABASE_URL", format!("sqlite://{}", db.display()))
-        .env("HERALD_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("herald starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "herald listening" {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
-                    }
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("herald logs its address");
-    (child, format!("http://{addr}"))
-}
+use crate::common::{assert_gapless, statuses, HeraldProcess};
 
 async fn job(client: &reqwest::Client, base: &str, id: &str) -> Value {
     client
@@ -60,7 +27,8 @@ async fn kill_9_mid_job_then_restart_resumes_with_gapless_seq() {
     let db = dir.path().join("herald.db");
     let client = reqwest::Client::new();
 
-    let (mut first, base) = start_herald(&db);
+    let first = HeraldProcess::start(&db, "info", &[]);
+    let base = first.base.clone();
     let resp = client
         .post(format!("{base}/v1/jobs"))
         .json(&json!({"kind": "demo", "input": {"steps": 30, "step_ms": 50}}))
@@ -82,10 +50,10 @@ async fn kill_9_mid_job_then_restart_resumes_with_gapless_seq() {
         assert!(Instant::now() < deadline, "job never progressed: {j}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    first.kill().expect("SIGKILL"); // kill -9: no shutdown code runs
-    first.wait().unwrap();
+    first.kill(); // kill -9: no shutdown code runs
 
-    let (mut second, base) = start_herald(&db);
+    let second = HeraldProcess::start(&db, "info", &[]);
+    let base = second.base.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     let done = loop {
         let j = job(&client, &base, &id).await;
@@ -103,8 +71,7 @@ async fn kill_9_mid_job_then_restart_resumes_with_gapless_seq() {
         "a re-run after a crash counts the next attempt"
     );
     assert_eq!(done["result"], json!({"steps": 30}));
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
 
     let store = SqliteStore::new(
         sqlite::connect(&format!("sqlite://{}", db.display()))

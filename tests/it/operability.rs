@@ -6,7 +6,7 @@ use std::time::Duration;
 use herald::config::Secret;
 use serde_json::{json, Value};
 
-use crate::common::{open_stream, read_to_end, TestApp};
+use crate::common::{open_stream, read_to_end, HeraldProcess, TestApp};
 
 /// The scrape as (metric name + sorted labels) → value.
 async fn scrape(app: &TestApp, token: Option<&str>) -> (HashMap<String, f64>, String) {
@@ -100,37 +100,10 @@ async fn the_metrics_token_protects_the_scrape() {
 
 #[tokio::test]
 async fn a_json_log_line_of_a_job_run_carries_job_id_and_kind() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .env("HERALD_LISTEN", "127.0.0.1:0")
-        .env(
-            "HERALD_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("h.db").display()),
-        )
-        .env("HERALD_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let v: Value = serde_json::from_str(&line).expect("every log line is JSON");
-            let _ = tx.send(v);
-        }
-    });
-    let addr = loop {
-        let v = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("herald logs its address");
-        if v["message"] == "herald listening" {
-            break v["addr"].as_str().unwrap().to_owned();
-        }
-    };
+    // `next_json` panics on any line that is not JSON.
+    let mut herald = HeraldProcess::start(&dir.path().join("h.db"), "info", &[]);
+    let addr = herald.base.trim_start_matches("http://").to_owned();
     let client = reqwest::Client::new();
     let job: Value = client
         .post(format!("http://{addr}/v1/jobs"))
@@ -142,16 +115,10 @@ async fn a_json_log_line_of_a_job_run_carries_job_id_and_kind() {
         .await
         .unwrap();
     let id = job["id"].as_str().unwrap().to_owned();
-    let line = loop {
-        let v = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the job run is logged");
-        if v["message"] == "job succeeded" {
-            break v;
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
+    let line = herald
+        .next_json(Duration::from_secs(20), |v| v["message"] == "job succeeded")
+        .expect("the job run is logged");
+    herald.kill();
     assert_eq!(line["span"]["job_id"], id, "{line}");
     assert_eq!(line["span"]["kind"], "demo");
     assert_eq!(line["span"]["attempt"], 1);
