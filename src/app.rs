@@ -8,13 +8,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use poem::EndpointExt;
+use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, AuthMode};
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
+use crate::config::Role;
 use crate::hub::Hub;
 use crate::limits::{StreamLimit, SubmitRate};
+use crate::notify::Wakers;
+use crate::store::postgres::{self, NodeIdentity, PgStore};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::Store;
 use crate::stream::{StreamCounter, StreamSettings};
@@ -22,6 +26,10 @@ use crate::worker::queue::{Queue, Wakeups};
 use crate::worker::reconcile::Reconciler;
 use crate::worker::runner::{Runner, RunnerConfig};
 use crate::worker::{registry, Registry};
+
+/// How often a node that runs jobs checks the store for cancel requests it
+/// may have missed (the backup for a lost notification).
+const CANCEL_SWEEP: Duration = Duration::from_secs(2);
 
 /// What request handlers share.
 #[derive(Clone)]
@@ -52,6 +60,28 @@ pub struct Application {
     wakeups: Wakeups,
     shutdown: CancellationToken,
     jobs_root: CancellationToken,
+    node_id: String,
+    /// PostgreSQL: the options of the node's LISTEN connection.
+    listen: Option<PgConnectOptions>,
+}
+
+/// What a database URL opens.
+struct Backend {
+    store: Arc<dyn Store>,
+    queue: Queue,
+    wakeups: Wakeups,
+    listen: Option<PgConnectOptions>,
+}
+
+/// The URL with its password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Application {
@@ -70,20 +100,65 @@ impl Application {
         );
         // Install the metrics recorder before anything records.
         crate::telemetry::prometheus();
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
         let url = config.database_url.clone();
-        if !url.starts_with("sqlite:") {
+        let backend = if url.starts_with("sqlite:") {
+            if config.role != Role::All {
+                anyhow::bail!(
+                    "HERALD_ROLE={} needs PostgreSQL: separate processes on one SQLite file cannot wake each other. \
+                     Use HERALD_ROLE=all, or HERALD_DATABASE_URL=postgres://…",
+                    config.role.as_str()
+                );
+            }
+            let pools = sqlite::connect(&url)
+                .await
+                .with_context(|| format!("opening the SQLite database {url}"))?;
+            sqlite::migrate(&pools.writer)
+                .await
+                .context("running database migrations")?;
+            let (queue, wakeups) = Queue::sqlite(&pools.queue, config.worker_concurrency);
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::new(pools));
+            Backend {
+                store,
+                queue,
+                wakeups,
+                listen: None,
+            }
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pools = postgres::connect(&url, config.database_pool, &node_id)
+                .await
+                .with_context(|| format!("connecting to PostgreSQL at {}", redact_url(&url)))?;
+            postgres::migrate(&pools.main)
+                .await
+                .context("running database migrations")?;
+            let (queue, wakeups) = Queue::postgres(&pools.queue, config.worker_concurrency);
+            let node = NodeIdentity {
+                id: node_id.clone(),
+                role: config.role.as_str(),
+                lease: Duration::from_secs(config.worker_lease_secs.max(1)),
+            };
+            let listen = Some(pools.listen.clone());
+            Backend {
+                store: Arc::new(PgStore::new(pools, node)),
+                queue,
+                wakeups,
+                listen,
+            }
+        } else {
             anyhow::bail!(
-                "HERALD_DATABASE_URL={url:?} is not supported: use sqlite://PATH (PostgreSQL support is not in this build yet)"
+                "HERALD_DATABASE_URL={:?} is not supported: use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE",
+                redact_url(&url)
             );
-        }
-        let pools = sqlite::connect(&url)
-            .await
-            .with_context(|| format!("opening the SQLite database {url}"))?;
-        sqlite::migrate(&pools.writer)
-            .await
-            .context("running database migrations")?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::new(pools.clone()));
-        let (queue, wakeups) = Queue::sqlite(&pools.queue, config.worker_concurrency);
+        };
+        let Backend {
+            store,
+            queue,
+            wakeups,
+            listen,
+        } = backend;
 
         let jobs_root = CancellationToken::new();
         let cancels = CancelRegistry::new(jobs_root.clone());
@@ -105,16 +180,22 @@ impl Application {
             },
         });
 
-        let pushed = Reconciler {
-            store: store.clone(),
-            queue: queue.clone(),
-            cancels: cancels.clone(),
-        }
-        .at_startup()
-        .await
-        .context("recovering jobs at start-up")?;
-        if pushed > 0 {
-            tracing::info!(pushed, "queued jobs given a fresh queue task at start-up");
+        if config.role.runs_jobs() {
+            store
+                .heartbeat()
+                .await
+                .context("registering this node in the database")?;
+            let pushed = Reconciler {
+                store: store.clone(),
+                queue: queue.clone(),
+                cancels: cancels.clone(),
+            }
+            .at_startup()
+            .await
+            .context("recovering jobs at start-up")?;
+            if pushed > 0 {
+                tracing::info!(pushed, "queued jobs given a fresh queue task at start-up");
+            }
         }
 
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -145,6 +226,8 @@ impl Application {
             wakeups,
             shutdown: CancellationToken::new(),
             jobs_root,
+            node_id,
+            listen,
         })
     }
 
@@ -178,33 +261,68 @@ impl Application {
             wakeups,
             shutdown,
             jobs_root,
+            node_id,
+            listen,
         } = self;
         let config = state.config.clone();
         let worker_stop = CancellationToken::new();
-        let worker = state.queue.spawn_worker(
-            wakeups,
-            runner,
-            config.worker_concurrency,
-            worker_stop.clone(),
-        );
-        let reconciler = tokio::spawn(
-            Reconciler {
-                store: state.store.clone(),
-                queue: state.queue.clone(),
+        // Stops what must outlive the jobs (the listener: a cancel may still
+        // arrive during the shutdown grace).
+        let background_stop = CancellationToken::new();
+        let runs_jobs = config.role.runs_jobs();
+        if let Some(opts) = listen {
+            let wakers = Wakers {
+                hub: state.hub.clone(),
                 cancels: state.cancels.clone(),
+                queue: runs_jobs.then(|| state.queue.waker()),
+            };
+            tokio::spawn(crate::notify::listen(opts, wakers, background_stop.clone()));
+            if runs_jobs {
+                tokio::spawn(crate::notify::sweep_cancels(
+                    state.store.clone(),
+                    state.cancels.clone(),
+                    CANCEL_SWEEP,
+                    background_stop.clone(),
+                ));
             }
-            .run_periodically(
-                Duration::from_secs(config.reconcile_secs.max(1)),
+        }
+        let mut background = Vec::new();
+        let worker = runs_jobs.then(|| {
+            state.queue.spawn_worker(
+                node_id.clone(),
+                wakeups,
+                runner,
+                config.worker_concurrency,
                 worker_stop.clone(),
-            ),
-        );
-        let retention = tokio::spawn(crate::retention::run(
-            state.store.clone(),
-            Duration::from_secs_f64(config.retention_hours.max(0.0) * 3600.0),
-            Duration::from_secs(config.retention_sweep_secs.max(1)),
-            worker_stop.clone(),
-        ));
-        tracing::info!(%addr, database = %config.database_url, "herald listening");
+            )
+        });
+        if runs_jobs {
+            let lease = Duration::from_secs(config.worker_lease_secs.max(1));
+            background.push(tokio::spawn(crate::worker::reconcile::heartbeat(
+                state.store.clone(),
+                lease / 3,
+                background_stop.clone(),
+            )));
+            background.push(tokio::spawn(
+                Reconciler {
+                    store: state.store.clone(),
+                    queue: state.queue.clone(),
+                    cancels: state.cancels.clone(),
+                }
+                .run_periodically(
+                    Duration::from_secs(config.reconcile_secs.max(1)),
+                    worker_stop.clone(),
+                ),
+            ));
+            background.push(tokio::spawn(crate::retention::run(
+                state.store.clone(),
+                Duration::from_secs_f64(config.retention_hours.max(0.0) * 3600.0),
+                Duration::from_secs(config.retention_sweep_secs.max(1)),
+                worker_stop.clone(),
+            )));
+        }
+        tracing::info!(%addr, database = %redact_url(&config.database_url), node = %node_id,
+            role = config.role.as_str(), "herald listening");
 
         let signal = {
             let state = state.clone();
@@ -244,14 +362,22 @@ impl Application {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        if tokio::time::timeout(Duration::from_secs(5), worker)
-            .await
-            .is_err()
-        {
-            tracing::warn!("queue worker did not stop in time");
+        if let Some(worker) = worker {
+            if tokio::time::timeout(Duration::from_secs(5), worker)
+                .await
+                .is_err()
+            {
+                tracing::warn!("queue worker did not stop in time");
+            }
         }
-        reconciler.abort();
-        retention.abort();
+        background_stop.cancel();
+        background.iter().for_each(|t| t.abort());
+        if runs_jobs {
+            // Whatever is still marked running here is taken over at once.
+            if let Err(e) = state.store.leave().await {
+                tracing::warn!(error = %e, "could not remove this node's liveness record");
+            }
+        }
         tracing::info!("herald stopped");
         Ok(())
     }

@@ -79,6 +79,17 @@ impl CancelRegistry {
             .contains_key(&id)
     }
 
+    /// Jobs running here that no cancel has reached yet.
+    pub fn running_not_cancelled(&self) -> Vec<JobId> {
+        self.running
+            .lock()
+            .expect("cancel registry poisoned")
+            .iter()
+            .filter(|(_, e)| !e.cancel_requested.load(Ordering::SeqCst))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     pub fn running_count(&self) -> usize {
         self.running.lock().expect("cancel registry poisoned").len()
     }

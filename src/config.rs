@@ -77,6 +77,34 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// What a node does (see `--role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    All,
+    Api,
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Api => "api",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// Serves `/v1` and the streams.
+    pub fn serves_api(self) -> bool {
+        self != Role::Worker
+    }
+
+    /// Runs jobs (and the reconciler, the lease check and retention).
+    pub fn runs_jobs(self) -> bool {
+        self != Role::Api
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -89,13 +117,36 @@ pub struct Config {
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Database URL: `sqlite://PATH` (created if missing).
+    /// Database URL: `sqlite://PATH` (created if missing), or
+    /// `postgres://USER@HOST:PORT/DB` for several nodes on one database.
     #[arg(
         long,
         env = "HERALD_DATABASE_URL",
         default_value = "sqlite://herald.db"
     )]
     pub database_url: String,
+
+    /// What this node does: `all` (API, streams and workers), `api` (API and
+    /// streams only) or `worker` (runs jobs; answers only /healthz, /readyz
+    /// and /metrics). Roles other than `all` need PostgreSQL.
+    #[arg(long, env = "HERALD_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+
+    /// This node's name among the nodes on one PostgreSQL database (the
+    /// default is made up at start). A node restarted under the same name
+    /// takes its interrupted jobs back at once instead of after the lease.
+    #[arg(long, env = "HERALD_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// PostgreSQL: a node that has not heart-beaten for this long is
+    /// considered gone, and its running jobs are run again by another node.
+    #[arg(long, env = "HERALD_WORKER_LEASE_SECS", default_value_t = 15)]
+    pub worker_lease_secs: u64,
+
+    /// PostgreSQL: the most connections this node opens for herald's own
+    /// queries (the queue and the listener take 5 more).
+    #[arg(long, env = "HERALD_DATABASE_POOL", default_value_t = 16)]
+    pub database_pool: u32,
 
     /// How many jobs this process runs at once.
     #[arg(long, env = "HERALD_WORKER_CONCURRENCY", default_value_t = 32)]

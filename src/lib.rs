@@ -11,13 +11,15 @@
 //! - [`client`]: the `herald submit` / `herald watch` client commands.
 //! - [`auth`]: API keys, JWTs and stream tokens → the request's tenant.
 //! - [`domain`]: job ids, `JobStatus` and its transitions, progress, events; no I/O.
-//! - [`store`]: the `Store` trait (`herald_jobs`, `herald_job_events`) and its SQLite backend.
+//! - [`store`]: the `Store` trait (`herald_jobs`, `herald_job_events`) and its two backends,
+//!   SQLite (one process) and PostgreSQL (several nodes, leases in `herald_nodes`).
 //! - [`worker`]: the `JobKind` trait and registry, the runner (attempts, timeout,
 //!   cancel grace, retries), the apalis queue, the crash reconciler, the kinds.
 //! - [`cancel`]: job id → `CancellationToken` for the jobs running here.
 //! - [`downstream`]: the named downstreams `aggregate` may call, and the SSRF guard.
 //! - [`limits`]: per-tenant stream and submission limits.
 //! - [`hub`]: per-job wake-ups ("look again"; the store holds the events).
+//! - [`notify`]: PostgreSQL LISTEN: other nodes' events, cancels and queue pushes wake this node.
 //! - [`stream`]: a job's SSE stream: subscribe, replay, tail, heartbeat, end.
 //! - [`api`]: the HTTP API (poem + poem-openapi) and its DTOs.
 //! - [`error`]: `ApiError` → RFC 9457 problem+json.
@@ -34,6 +36,7 @@ pub mod downstream;
 pub mod error;
 pub mod hub;
 pub mod limits;
+pub mod notify;
 pub mod retention;
 pub mod server;
 pub mod shutdown;

@@ -62,11 +62,20 @@ pub fn routes(state: AppState) -> impl Endpoint {
             .expose_headers(["location", "retry-after"])
             .max_age(600)
     });
-    Route::new()
-        .at("/openapi.json", spec)
-        .at("/metrics", poem::get(metrics_endpoint))
-        .nest("/docs", docs)
-        .nest("/", api.around(authenticate))
+    let route = Route::new().at("/metrics", poem::get(metrics_endpoint));
+    // Worker nodes answer the probes and /metrics only.
+    let route = if state.config.role.serves_api() {
+        route
+            .at("/openapi.json", spec)
+            .nest("/docs", docs)
+            .nest("/", api.around(authenticate))
+    } else {
+        route.nest(
+            "/",
+            OpenApiService::new(health::HealthApi, "herald", env!("CARGO_PKG_VERSION")),
+        )
+    };
+    route
         .data(state)
         .data(limit)
         .catch_all_error(render_any_error)

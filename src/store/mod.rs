@@ -4,6 +4,8 @@
 //! transaction (see [`Store::apply`]), so a job's row and its event log never
 //! disagree, and a crash loses nothing that was acknowledged.
 
+pub mod postgres;
+mod row;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -148,4 +150,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Readiness: can the store answer a trivial query?
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records that this node is alive; nodes that run jobs call it every
+    /// third of the lease. On SQLite (one process) there is nothing to record.
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Removes this node's liveness record at a clean shutdown, so what it
+    /// leaves running is taken over at once rather than after the lease.
+    async fn leave(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Jobs running on nodes whose lease ran out: the next attempt, or failed
+    /// after their last. On SQLite one process runs everything, and start-up
+    /// recovery covers it.
+    async fn recover_expired(&self) -> Result<Recovered, StoreError> {
+        Ok(Recovered::default())
+    }
+
+    /// Which of these jobs have a cancel request stored (the periodic backup
+    /// for a cancel notification that another node sent and this one missed).
+    async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError>;
 }

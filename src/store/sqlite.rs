@@ -17,6 +17,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::row::{corrupt, to_json, JobRow};
 use super::{
     ApplyError, CancelOutcome, ListQuery, Recovered, Store, StoreError, StoredEvent, Submitted,
 };
@@ -123,69 +124,6 @@ macro_rules! job_columns {
         "id, tenant, kind, status, input, progress, result, error, attempt, max_attempts, \
          timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq"
     };
-}
-
-#[derive(sqlx::FromRow)]
-struct JobRow {
-    id: String,
-    tenant: String,
-    kind: String,
-    status: String,
-    input: String,
-    progress: Option<String>,
-    result: Option<String>,
-    error: Option<String>,
-    attempt: i64,
-    max_attempts: i64,
-    timeout_secs: Option<i64>,
-    cancel_requested: bool,
-    idempotency_key: Option<String>,
-    created_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-    last_seq: i64,
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(
-    what: &str,
-    s: Option<String>,
-) -> Result<Option<T>, StoreError> {
-    s.map(|s| serde_json::from_str(&s).map_err(|e| corrupt(what, e)))
-        .transpose()
-}
-
-impl TryFrom<JobRow> for JobRecord {
-    type Error = StoreError;
-    fn try_from(r: JobRow) -> Result<Self, StoreError> {
-        Ok(JobRecord {
-            id: r.id.parse().map_err(|e| corrupt("job id", e))?,
-            tenant: r.tenant,
-            kind: r.kind,
-            status: r.status.parse().map_err(|e| corrupt("status", e))?,
-            input: serde_json::from_str(&r.input).map_err(|e| corrupt("input", e))?,
-            progress: parse_json("progress", r.progress)?,
-            result: parse_json("result", r.result)?,
-            error: parse_json::<JobError>("error", r.error)?,
-            attempt: r.attempt as i32,
-            max_attempts: r.max_attempts as i32,
-            timeout_secs: r.timeout_secs,
-            cancel_requested: r.cancel_requested,
-            idempotency_key: r.idempotency_key,
-            created_at: Timestamp(r.created_at),
-            started_at: r.started_at.map(Timestamp),
-            finished_at: r.finished_at.map(Timestamp),
-            last_seq: EventSeq(r.last_seq),
-        })
-    }
-}
-
-fn to_json<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
-    v.as_ref()
-        .map(|v| serde_json::to_string(v).expect("JSON values serialize"))
 }
 
 /// Writes a transition's new job state and its event in one round trip to the
@@ -810,5 +748,22 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pools.reader).await?;
         Ok(())
+    }
+
+    async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+        let mut found = Vec::new();
+        for id in ids {
+            let requested: Option<bool> = sqlx::query_scalar(
+                "SELECT cancel_requested FROM herald_jobs WHERE id = ?1 \
+                 AND status IN ('queued', 'running')",
+            )
+            .bind(id.to_string())
+            .fetch_optional(&self.pools.reader)
+            .await?;
+            if requested == Some(true) {
+                found.push(*id);
+            }
+        }
+        Ok(found)
     }
 }

@@ -11,6 +11,12 @@
 //!   left behind);
 //! - its lock and ack queries scan the whole task table, so herald turns them
 //!   off and deletes a task's row itself once the job is done with it.
+//!
+//! On PostgreSQL the queue is apalis-postgres (schema `apalis`), and the
+//! worker is named after the node, so a task's `lock_by` says which node holds
+//! it (the reconciler uses that to tell a live holder from a dead one). Its
+//! wake-ups come from the node's LISTEN connection (`notify.rs`), which hears
+//! apalis's insert trigger, so a task pushed by any node wakes every worker.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apalis::prelude::*;
+use apalis_postgres::PostgresStorage;
 use apalis_sqlite::{SqlitePool, SqliteStorage};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -46,8 +53,15 @@ const QUEUE_NAME: &str = "herald";
 /// Pushes tasks and wakes the local worker.
 #[derive(Clone)]
 pub struct Queue {
-    storage: SqliteStorage<JobMessage>,
+    storage: Storage,
     pushes: mpsc::Sender<JobId>,
+    wake: mpsc::Sender<()>,
+}
+
+#[derive(Clone)]
+enum Storage {
+    Sqlite(SqliteStorage<JobMessage>),
+    Postgres(PostgresStorage<JobMessage>),
 }
 
 /// The receiving half of the wake-up channel, as the stream apalis polls on.
@@ -73,15 +87,45 @@ fn storage_config(batch_size: usize) -> apalis_sqlite::Config {
         .lock_tasks(false)
 }
 
+fn postgres_config(batch_size: usize) -> apalis_postgres::Config {
+    apalis_postgres::Config::default()
+        .queue(QUEUE_NAME)
+        .batch_size(batch_size.max(1))
+        .persist_results(false)
+        .lock_tasks(false)
+}
+
 impl Queue {
     /// Starts the pusher task (so: call it inside a tokio runtime).
     pub fn sqlite(pool: &SqlitePool, batch_size: usize) -> (Queue, Wakeups) {
+        let storage = SqliteStorage::new(pool).with_config(storage_config(batch_size));
+        Queue::start(Storage::Sqlite(storage))
+    }
+
+    /// Starts the pusher task (so: call it inside a tokio runtime).
+    pub fn postgres(pool: &apalis_postgres::PgPool, batch_size: usize) -> (Queue, Wakeups) {
+        let storage = PostgresStorage::new(pool).with_config(postgres_config(batch_size));
+        Queue::start(Storage::Postgres(storage))
+    }
+
+    fn start(storage: Storage) -> (Queue, Wakeups) {
         // Capacity 1: wake-ups that arrive while one is pending collapse into it.
         let (wake, wake_rx) = mpsc::channel(1);
         let (pushes, pushes_rx) = mpsc::channel(4 * MAX_PUSH_BATCH);
-        let storage = SqliteStorage::new(pool).with_config(storage_config(batch_size));
-        tokio::spawn(run_pusher(storage.clone(), pushes_rx, wake));
-        (Queue { storage, pushes }, Wakeups(wake_rx))
+        tokio::spawn(run_pusher(storage.clone(), pushes_rx, wake.clone()));
+        (
+            Queue {
+                storage,
+                pushes,
+                wake,
+            },
+            Wakeups(wake_rx),
+        )
+    }
+
+    /// Wakes the local worker (a task was pushed by another node).
+    pub fn waker(&self) -> mpsc::Sender<()> {
+        self.wake.clone()
     }
 
     /// Hands the job to the pusher, which writes the task (batched with other
@@ -94,10 +138,12 @@ impl Queue {
         })
     }
 
-    /// Starts the apalis worker; it stops fetching when `stop` fires and ends
-    /// once its in-flight jobs have returned.
+    /// Starts the apalis worker, named `name` (on PostgreSQL: the node id); it
+    /// stops fetching when `stop` fires and ends once its in-flight jobs have
+    /// returned.
     pub fn spawn_worker(
         &self,
+        name: String,
         wakeups: Wakeups,
         runner: Arc<Runner>,
         concurrency: usize,
@@ -106,22 +152,30 @@ impl Queue {
         let strategy = Strategy::new()
             .stream(wakeups)
             .interval(Duration::from_secs(1));
-        let backend = self.storage.clone().poll_with_strategy(strategy);
-        let name = format!("herald-{}", Uuid::now_v7().simple());
-        let worker = WorkerBuilder::new(name.as_str())
-            .backend(backend)
-            .concurrency(concurrency.max(1))
-            .data(runner)
-            .build(handle_task);
-        tokio::spawn(async move {
-            let signal = async move {
-                stop.cancelled().await;
-                Ok::<(), WorkerError>(())
-            };
-            if let Err(e) = worker.run_until(signal).await {
-                tracing::error!(worker = %name, error = %e, "queue worker stopped with an error");
-            }
-        })
+        let signal = async move {
+            stop.cancelled().await;
+            Ok::<(), WorkerError>(())
+        };
+        // The two backends are different types; the worker is built the same way.
+        macro_rules! run_worker {
+            ($storage:expr) => {{
+                let backend = $storage.clone().poll_with_strategy(strategy);
+                let worker = WorkerBuilder::new(name.as_str())
+                    .backend(backend)
+                    .concurrency(concurrency.max(1))
+                    .data(runner)
+                    .build(handle_task);
+                tokio::spawn(async move {
+                    if let Err(e) = worker.run_until(signal).await {
+                        tracing::error!(worker = %name, error = %e, "queue worker stopped with an error");
+                    }
+                })
+            }};
+        }
+        match &self.storage {
+            Storage::Sqlite(s) => run_worker!(s),
+            Storage::Postgres(s) => run_worker!(s),
+        }
     }
 }
 
@@ -136,11 +190,7 @@ fn task_for(id: JobId) -> Task<JobMessage> {
 
 /// Writes waiting pushes in one transaction each batch (apalis's sink buffers
 /// what `push_all` feeds it and flushes once), then wakes the worker.
-async fn run_pusher(
-    storage: SqliteStorage<JobMessage>,
-    mut rx: mpsc::Receiver<JobId>,
-    wake: mpsc::Sender<()>,
-) {
+async fn run_pusher(storage: Storage, mut rx: mpsc::Receiver<JobId>, wake: mpsc::Sender<()>) {
     let mut batch = Vec::with_capacity(MAX_PUSH_BATCH);
     while let Some(id) = rx.recv().await {
         batch.push(id);
@@ -152,17 +202,25 @@ async fn run_pusher(
         }
         batch.sort();
         batch.dedup();
-        let mut s = storage.clone();
-        let all = futures::stream::iter(batch.iter().copied().map(task_for));
-        if let Err(e) = s.push_all(all).await {
-            // One bad task (say, one pushed twice) fails the whole batch's
-            // transaction: push them one by one so the others still go in.
-            tracing::debug!(error = %e, tasks = batch.len(), "batched push failed; pushing one by one");
-            for id in &batch {
-                if let Err(e) = s.push_task(task_for(*id)).await {
-                    tracing::warn!(job_id = %id, error = %e, "queue push failed; the reconciler will retry it");
+        macro_rules! push_batch {
+            ($storage:expr) => {{
+                let mut s = $storage.clone();
+                let all = futures::stream::iter(batch.iter().copied().map(task_for));
+                if let Err(e) = s.push_all(all).await {
+                    // One bad task (say, one pushed twice) fails the whole batch's
+                    // transaction: push them one by one so the others still go in.
+                    tracing::debug!(error = %e, tasks = batch.len(), "batched push failed; pushing one by one");
+                    for id in &batch {
+                        if let Err(e) = s.push_task(task_for(*id)).await {
+                            tracing::warn!(job_id = %id, error = %e, "queue push failed; the reconciler will retry it");
+                        }
+                    }
                 }
-            }
+            }};
+        }
+        match &storage {
+            Storage::Sqlite(s) => push_batch!(s),
+            Storage::Postgres(s) => push_batch!(s),
         }
         batch.clear();
         let _ = wake.try_send(());

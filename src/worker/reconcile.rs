@@ -75,12 +75,36 @@ impl Reconciler {
         }
     }
 
+    /// Jobs running on nodes whose lease ran out go back to the queue (next
+    /// attempt) with a fresh task, which any live node may fetch.
+    async fn take_over_expired(&self) -> Result<(), StoreError> {
+        let recovered = self.store.recover_expired().await?;
+        if recovered.requeued.is_empty() && recovered.failed.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            requeued = recovered.requeued.len(),
+            failed = recovered.failed.len(),
+            "took over jobs of a node whose lease ran out"
+        );
+        for id in recovered.requeued {
+            self.store.delete_task(id).await?;
+            if let Err(e) = self.queue.push(id).await {
+                tracing::warn!(job_id = %id, error = %e, "re-push failed; will try again");
+            }
+        }
+        Ok(())
+    }
+
     /// Runs until `stop` fires.
     pub async fn run_periodically(self, every: Duration, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.cancelled() => return,
+            }
+            if let Err(e) = self.take_over_expired().await {
+                tracing::warn!(error = %e, "lease check failed; will try again");
             }
             let cutoff = Timestamp(Timestamp::now().0 - ORPHAN_AGE.as_micros() as i64);
             match self.push_orphans(false, cutoff).await {
@@ -91,6 +115,19 @@ impl Reconciler {
                 ),
                 Err(e) => tracing::warn!(error = %e, "reconciler pass failed; will try again"),
             }
+        }
+    }
+}
+
+/// Keeps this node's liveness record fresh until `stop` fires.
+pub async fn heartbeat(store: Arc<dyn Store>, every: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = store.heartbeat().await {
+            tracing::warn!(error = %e, "heartbeat failed; other nodes take this node's jobs over if it stays silent for the lease");
         }
     }
 }

@@ -1,0 +1,167 @@
+//! Cross-node wake-ups on PostgreSQL: one dedicated LISTEN connection per node.
+//!
+//! Three channels, each carrying an id or nothing, never a payload:
+//! - `herald_events` (job id): another node appended an event; wake this
+//!   node's subscribers of that job, and they read the store;
+//! - `herald_cancel` (job id): a cancel was requested; fire the job's token if
+//!   it runs here;
+//! - `apalis::job::insert` (apalis's own trigger): a task was pushed; wake
+//!   this node's queue worker so it fetches now rather than on its interval.
+//!
+//! Notifications sent while the connection is down are lost. So after every
+//! (re)connect, once LISTEN is in place again, the node wakes every local
+//! subscriber and its worker once: they look at the store, which has
+//! everything. LISTEN comes first, then the wake-up: the same
+//! subscribe-before-read rule as the streams.
+//!
+//! A lost cancel notification is also covered by [`sweep_cancels`], which
+//! asks the store about the jobs running here every few seconds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cancel::CancelRegistry;
+use crate::domain::JobId;
+use crate::hub::Hub;
+use crate::store::postgres::{CANCEL_CHANNEL, EVENTS_CHANNEL};
+use crate::store::Store;
+
+/// apalis-postgres's insert trigger notifies this channel.
+const QUEUE_CHANNEL: &str = "apalis::job::insert";
+
+/// What the listener wakes on this node.
+#[derive(Clone)]
+pub struct Wakers {
+    pub hub: Arc<Hub>,
+    pub cancels: Arc<CancelRegistry>,
+    /// The local queue worker's wake-up, on nodes that run jobs.
+    pub queue: Option<mpsc::Sender<()>>,
+}
+
+impl Wakers {
+    fn everything(&self) {
+        self.hub.notify_all();
+        if let Some(q) = &self.queue {
+            let _ = q.try_send(());
+        }
+    }
+}
+
+/// Listens until `stop` fires, reconnecting with a growing pause (up to 5 s).
+pub async fn listen(opts: PgConnectOptions, wakers: Wakers, stop: CancellationToken) {
+    // A pool of one, used only to (re)open the listener's connection.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(opts);
+    let mut pause = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let connected = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen_all([EVENTS_CHANNEL, CANCEL_CHANNEL, QUEUE_CHANNEL])
+                .await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = connected => match r {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64,
+                        "cannot open the LISTEN connection; streams fed by other nodes wait until it is back");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        };
+        pause = Duration::from_millis(100);
+        if !first {
+            tracing::info!("LISTEN connection back; waking every local stream to catch up");
+        }
+        first = false;
+        wakers.everything();
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = listener.try_recv() => n,
+            };
+            match next {
+                Ok(Some(n)) => dispatch(&wakers, n.channel(), n.payload()),
+                // The connection dropped (try_recv says so once before it would
+                // reconnect by itself); reconnect here so the catch-up wake-up
+                // comes after LISTEN is in place.
+                Ok(None) => {
+                    tracing::warn!("LISTEN connection lost; reconnecting");
+                    metrics::counter!("herald_listener_reconnects_total").increment(1);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
+                    metrics::counter!("herald_listener_reconnects_total").increment(1);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn dispatch(wakers: &Wakers, channel: &str, payload: &str) {
+    match channel {
+        EVENTS_CHANNEL => match payload.parse::<JobId>() {
+            Ok(id) => wakers.hub.notify(id),
+            Err(_) => tracing::warn!(channel, payload, "notification without a job id ignored"),
+        },
+        CANCEL_CHANNEL => match payload.parse::<JobId>() {
+            Ok(id) => {
+                if wakers.cancels.cancel(id) {
+                    tracing::info!(job_id = %id, "cancel requested on another node; stopping the job here");
+                }
+            }
+            Err(_) => tracing::warn!(channel, payload, "notification without a job id ignored"),
+        },
+        QUEUE_CHANNEL => {
+            if let Some(q) = &wakers.queue {
+                let _ = q.try_send(());
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every `every`, fires the token of each job running here whose cancel
+/// request is stored: the backup for a lost `herald_cancel` notification.
+pub async fn sweep_cancels(
+    store: Arc<dyn Store>,
+    cancels: Arc<CancelRegistry>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let running = cancels.running_not_cancelled();
+        if running.is_empty() {
+            continue;
+        }
+        match store.cancel_requested_among(&running).await {
+            Ok(ids) => {
+                for id in ids {
+                    if cancels.cancel(id) {
+                        tracing::info!(job_id = %id, "stored cancel request found by the periodic check; stopping the job");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cancel check failed; will try again"),
+        }
+    }
+}

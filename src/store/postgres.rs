@@ -1,0 +1,627 @@
+//! The PostgreSQL store: several herald nodes on one database.
+//!
+//! Every write that appends an event also runs `pg_notify('herald_events',
+//! job_id)` in the same transaction, so the notification goes out exactly when
+//! the event becomes visible, carries the job id only (payloads are capped at
+//! 8000 bytes), and costs one notify per transaction. A cancel request of a
+//! running job notifies `herald_cancel` the same way. Each node's listener
+//! (`notify.rs`) turns those into local wake-ups.
+//!
+//! Writes are single statements where they can be (a transition is one
+//! `WITH … UPDATE … INSERT … pg_notify` round trip, atomic on its own); the
+//! ones that must read first lock the job row (`FOR UPDATE`) in a transaction.
+//!
+//! Node liveness: a node that runs jobs upserts its row in `herald_nodes`
+//! every third of the lease, with the database's clock (nodes' clocks may
+//! disagree). A job is `running` on the node named in its `node_id`; once that
+//! node's heartbeat is older than the lease, any node may run the job again.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::row::{corrupt, to_json, JobRow};
+use super::{
+    ApplyError, CancelOutcome, ListQuery, Recovered, Store, StoreError, StoredEvent, Submitted,
+};
+use crate::domain::{
+    CancelDecision, EventKind, EventSeq, JobError, JobId, JobRecord, JobStatus, NewEvent, Refused,
+    Submission, Timestamp, Transition,
+};
+
+/// The channel that carries "job X has a new event".
+pub const EVENTS_CHANNEL: &str = "herald_events";
+/// The channel that carries "job X was asked to cancel".
+pub const CANCEL_CHANNEL: &str = "herald_cancel";
+
+/// Who this node is, for leases.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub id: String,
+    pub role: &'static str,
+    /// A node silent for this long is gone; its jobs run again elsewhere.
+    pub lease: Duration,
+}
+
+/// The pools a PostgreSQL deployment uses. apalis gets its own pool so its
+/// fetches never wait behind herald's writes (and vice versa).
+#[derive(Clone, Debug)]
+pub struct Pools {
+    pub main: PgPool,
+    pub queue: PgPool,
+    /// Options for the node's dedicated LISTEN connection.
+    pub listen: PgConnectOptions,
+}
+
+pub async fn connect(url: &str, pool_size: u32, node: &str) -> Result<Pools, StoreError> {
+    let opts: PgConnectOptions = url.parse()?;
+    let opts = opts.application_name(&format!("herald {node}"));
+    let main = PgPoolOptions::new()
+        .max_connections(pool_size.max(2))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts.clone())
+        .await?;
+    let queue = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts.clone())
+        .await?;
+    Ok(Pools {
+        main,
+        queue,
+        listen: opts.application_name(&format!("herald-listener {node}")),
+    })
+}
+
+/// Runs herald's migrations (tracked in `herald_migrations`) and apalis's.
+/// Two nodes starting at once serialize on sqlx's migration lock.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let mut ours = sqlx::migrate!("./migrations/postgres");
+    ours.dangerous_set_table_name("herald_migrations");
+    ours.run(pool).await?;
+    apalis_postgres::PostgresStorage::migrations()
+        .run(pool)
+        .await?;
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pools: Pools,
+    node: NodeIdentity,
+}
+
+impl PgStore {
+    pub fn new(pools: Pools, node: NodeIdentity) -> Self {
+        PgStore { pools, node }
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    pub fn node(&self) -> &NodeIdentity {
+        &self.node
+    }
+
+    fn lease_secs(&self) -> f64 {
+        self.node.lease.as_secs_f64()
+    }
+}
+
+macro_rules! job_columns {
+    () => {
+        "id::text AS id, tenant, kind, status, input, progress, result, error, attempt, max_attempts, \
+         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq"
+    };
+}
+
+/// Writes a transition's new state and its event, and notifies, in one
+/// statement. With `if_seq`, only while the job's `last_seq` is still that;
+/// `Ok(false)` says it had moved on. A transition to `running` records this
+/// node as the one running the attempt.
+async fn write_transition<'e, E>(
+    exec: E,
+    node: &str,
+    job: &JobRecord,
+    ev: &NewEvent,
+    if_seq: Option<EventSeq>,
+) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let written: i64 = sqlx::query_scalar(
+        "WITH upd AS ( \
+           UPDATE herald_jobs SET status = $2, progress = $3, result = $4, error = $5, attempt = $6, \
+             started_at = $7, finished_at = $8, last_seq = $9, updated_at = $10, \
+             node_id = CASE WHEN $2 = 'running' THEN $14 ELSE node_id END \
+           WHERE id = $1 AND ($13::bigint IS NULL OR last_seq = $13) RETURNING id), \
+         ins AS ( \
+           INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+           SELECT id, $9, $11, $12, $10 FROM upd RETURNING job_id) \
+         SELECT count(*) FROM (SELECT pg_notify('herald_events', job_id::text) FROM ins) n",
+    )
+    .bind(job.id.0)
+    .bind(job.status.as_str())
+    .bind(to_json(&job.progress))
+    .bind(to_json(&job.result))
+    .bind(to_json(&job.error))
+    .bind(job.attempt as i64)
+    .bind(job.started_at.map(|t| t.0))
+    .bind(job.finished_at.map(|t| t.0))
+    .bind(ev.seq.0)
+    .bind(ev.at.0)
+    .bind(ev.kind.as_str())
+    .bind(&ev.data)
+    .bind(if_seq.map(|s| s.0))
+    .bind(node)
+    .fetch_one(exec)
+    .await?;
+    if written == 0 && if_seq.is_some() {
+        return Ok(false);
+    }
+    if written != 1 {
+        return Err(sqlx::Error::Protocol(format!(
+            "transition of job {} wrote {written} events instead of 1",
+            job.id
+        )));
+    }
+    Ok(true)
+}
+
+async fn lock_job(
+    tx: &mut Transaction<'static, Postgres>,
+    id: JobId,
+) -> Result<Option<JobRecord>, StoreError> {
+    let row: Option<JobRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM herald_jobs WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id.0)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(JobRecord::try_from).transpose()
+}
+
+/// Applies `t` inside an open transaction, the job's row locked.
+async fn apply_in(
+    tx: &mut Transaction<'static, Postgres>,
+    node: &str,
+    id: JobId,
+    t: &Transition,
+) -> Result<JobRecord, ApplyError> {
+    let job = lock_job(tx, id).await?.ok_or(ApplyError::NotFound)?;
+    let (next, ev) = job.apply(t, Timestamp::now())?;
+    write_transition(&mut **tx, node, &next, &ev, None).await?;
+    Ok(next)
+}
+
+impl PgStore {
+    async fn apply_tx(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError> {
+        let mut tx = self.pools.main.begin().await?;
+        let job = apply_in(&mut tx, &self.node.id, id, t).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    /// Recovers the running jobs that `which` selects (ids of jobs whose node is
+    /// gone): the next attempt, or `failed` with `worker_lost` after the last.
+    async fn recover(&self, ids: Vec<Uuid>, why: &str) -> Result<Recovered, StoreError> {
+        let mut out = Recovered::default();
+        for id in ids {
+            let id = JobId(id);
+            let mut tx = self.pools.main.begin().await?;
+            // Re-checked under the row lock: another node may have got here first.
+            let Some(job) = lock_job(&mut tx, id).await? else {
+                continue;
+            };
+            if job.status != JobStatus::Running {
+                continue;
+            }
+            let lost = JobError::new(
+                "worker_lost",
+                format!("attempt {} was interrupted: {why}", job.attempt),
+            );
+            let (t, list) = if job.has_attempts_left() {
+                (Transition::Retry(lost), &mut out.requeued)
+            } else {
+                (Transition::Fail(lost), &mut out.failed)
+            };
+            match apply_in(&mut tx, &self.node.id, id, &t).await {
+                Ok(job) => {
+                    tx.commit().await?;
+                    crate::telemetry::applied(&t, &job);
+                    list.push(id);
+                }
+                Err(ApplyError::Store(e)) => return Err(e),
+                Err(_) => continue,
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError> {
+        let now = Timestamp::now();
+        let job = JobRecord {
+            id: JobId::new(),
+            tenant: tenant.to_owned(),
+            kind: sub.kind.clone(),
+            status: JobStatus::Queued,
+            input: sub.input.clone(),
+            progress: None,
+            result: None,
+            error: None,
+            attempt: 1,
+            max_attempts: sub.max_attempts,
+            timeout_secs: sub.timeout_secs,
+            cancel_requested: false,
+            idempotency_key: sub.idempotency_key.clone(),
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            last_seq: EventSeq(1),
+        };
+        let first = job.created_event();
+        // One statement: the job, its first event and the notify, or nothing at
+        // all when the idempotency key is taken (then the earlier job answers).
+        let inserted: i64 = sqlx::query_scalar(
+            "WITH j AS ( \
+               INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
+                 timeout_secs, idempotency_key, created_at, updated_at, last_seq) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) \
+               ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+               RETURNING id), \
+             e AS ( \
+               INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+               SELECT id, $12, $13, $14, $11 FROM j RETURNING job_id) \
+             SELECT count(*) FROM (SELECT pg_notify('herald_events', job_id::text) FROM e) n",
+        )
+        .bind(job.id.0)
+        .bind(job.id.task_id().to_string())
+        .bind(&job.tenant)
+        .bind(&job.kind)
+        .bind(job.status.as_str())
+        .bind(serde_json::to_string(&job.input).expect("JSON values serialize"))
+        .bind(job.attempt as i64)
+        .bind(job.max_attempts as i64)
+        .bind(job.timeout_secs)
+        .bind(&job.idempotency_key)
+        .bind(now.0)
+        .bind(first.seq.0)
+        .bind(first.kind.as_str())
+        .bind(&first.data)
+        .fetch_one(&self.pools.main)
+        .await?;
+        if inserted == 1 {
+            metrics::counter!("herald_events_appended_total", "event" => "status").increment(1);
+            metrics::counter!("herald_jobs_submitted_total", "kind" => job.kind.clone())
+                .increment(1);
+            return Ok(Submitted::Created(job));
+        }
+        let key = sub.idempotency_key.as_deref().ok_or_else(|| {
+            StoreError::WriteFailed("the job insert wrote nothing without a conflict".to_owned())
+        })?;
+        let row: JobRow = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM herald_jobs WHERE tenant = $1 AND idempotency_key = $2"
+        ))
+        .bind(tenant)
+        .bind(key)
+        .fetch_one(&self.pools.main)
+        .await?;
+        let existing = JobRecord::try_from(row)?;
+        let same = sub.same_request(
+            &existing.kind,
+            &existing.input,
+            existing.max_attempts,
+            existing.timeout_secs,
+        );
+        Ok(if same {
+            Submitted::Existing(existing)
+        } else {
+            Submitted::Conflict(existing)
+        })
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM herald_jobs WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pools.main)
+        .await?;
+        row.map(JobRecord::try_from).transpose()
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<JobRecord>, StoreError> {
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM herald_jobs WHERE tenant = $1 \
+             AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR kind = $3) \
+             AND ($4::uuid IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(&q.tenant)
+        .bind(q.status.map(|s| s.as_str()))
+        .bind(q.kind.as_deref())
+        .bind(q.before.map(|id| id.0))
+        .bind(q.limit)
+        .fetch_all(&self.pools.main)
+        .await?;
+        rows.into_iter().map(JobRecord::try_from).collect()
+    }
+
+    async fn apply(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError> {
+        let job = self.apply_tx(id, t).await?;
+        crate::telemetry::applied(t, &job);
+        Ok(job)
+    }
+
+    async fn apply_known(
+        &self,
+        known: &JobRecord,
+        t: &Transition,
+    ) -> Result<JobRecord, ApplyError> {
+        if let Ok((next, ev)) = known.apply(t, Timestamp::now()) {
+            if write_transition(
+                &self.pools.main,
+                &self.node.id,
+                &next,
+                &ev,
+                Some(known.last_seq),
+            )
+            .await?
+            {
+                crate::telemetry::applied(t, &next);
+                return Ok(next);
+            }
+        }
+        // The job moved on without us. If it is no longer in the attempt we
+        // knew (its node was declared gone and another one took it over), this
+        // attempt has lost the job: its writes must not touch the new attempt.
+        let mut tx = self.pools.main.begin().await?;
+        let fresh = lock_job(&mut tx, known.id)
+            .await?
+            .ok_or(ApplyError::NotFound)?;
+        if fresh.status != known.status || fresh.attempt != known.attempt {
+            return Err(ApplyError::Refused(Refused {
+                status: fresh.status,
+                action: "record the outcome of an attempt that lost its lease",
+            }));
+        }
+        let (next, ev) = fresh.apply(t, Timestamp::now())?;
+        write_transition(&mut *tx, &self.node.id, &next, &ev, None).await?;
+        tx.commit().await?;
+        crate::telemetry::applied(t, &next);
+        Ok(next)
+    }
+
+    async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {
+        let mut tx = self.pools.main.begin().await?;
+        let Some(job) = lock_job(&mut tx, id).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let outcome = match job.cancel_decision() {
+            CancelDecision::Terminal => return Ok(CancelOutcome::Terminal(job)),
+            CancelDecision::CancelNow => {
+                let t = Transition::Cancel {
+                    reason: reason.to_owned(),
+                };
+                let job = match apply_in(&mut tx, &self.node.id, id, &t).await {
+                    Ok(job) => job,
+                    Err(ApplyError::Store(e)) => return Err(e),
+                    Err(e) => {
+                        return Err(StoreError::Corrupt(format!("cancel of a queued job: {e}")))
+                    }
+                };
+                tx.commit().await?;
+                crate::telemetry::applied(&t, &job);
+                return Ok(CancelOutcome::CancelledNow(job));
+            }
+            CancelDecision::Request => {
+                // The node running the job hears the notify and fires its token.
+                sqlx::query(
+                    "UPDATE herald_jobs SET cancel_requested = true, updated_at = $2 WHERE id = $1",
+                )
+                .bind(id.0)
+                .bind(Timestamp::now().0)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("SELECT pg_notify('herald_cancel', $1)")
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                CancelOutcome::Requested(JobRecord {
+                    cancel_requested: true,
+                    ..job
+                })
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn events_after(
+        &self,
+        id: JobId,
+        after: EventSeq,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT seq, event, data, at FROM herald_job_events WHERE job_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(id.0)
+        .bind(after.0)
+        .bind(limit)
+        .fetch_all(&self.pools.main)
+        .await?;
+        rows.into_iter()
+            .map(|(seq, event, data, at)| {
+                Ok(StoredEvent {
+                    seq: EventSeq(seq),
+                    kind: EventKind::parse(&event).ok_or_else(|| corrupt("event name", &event))?,
+                    data,
+                    at: Timestamp(at),
+                })
+            })
+            .collect()
+    }
+
+    /// At start-up: this node's own jobs (a restart under the same
+    /// `HERALD_NODE_ID`) and those of nodes whose lease ran out.
+    async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM herald_jobs WHERE status = 'running' AND (node_id IS NULL OR node_id = $1 \
+               OR node_id NOT IN (SELECT id FROM herald_nodes \
+                 WHERE heartbeat_at > now() - make_interval(secs => $2))) ORDER BY id",
+        )
+        .bind(&self.node.id)
+        .bind(self.lease_secs())
+        .fetch_all(&self.pools.main)
+        .await?;
+        self.recover(ids, "the node running it stopped without finishing it")
+            .await
+    }
+
+    async fn recover_expired(&self) -> Result<Recovered, StoreError> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM herald_jobs WHERE status = 'running' AND node_id IS DISTINCT FROM $1 \
+               AND (node_id IS NULL OR node_id NOT IN (SELECT id FROM herald_nodes \
+                 WHERE heartbeat_at > now() - make_interval(secs => $2))) ORDER BY id LIMIT 500",
+        )
+        .bind(&self.node.id)
+        .bind(self.lease_secs())
+        .fetch_all(&self.pools.main)
+        .await?;
+        if ids.is_empty() {
+            return Ok(Recovered::default());
+        }
+        let why = format!(
+            "the node running it stopped heart-beating for longer than the {} s lease (HERALD_WORKER_LEASE_SECS)",
+            self.node.lease.as_secs()
+        );
+        self.recover(ids, &why).await
+    }
+
+    async fn queued_without_task(
+        &self,
+        startup: bool,
+        older_than: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<JobId>, StoreError> {
+        // A task is alive while it waits (Pending), or while a live node holds
+        // it (apalis names its worker after the node). At start-up, tasks
+        // held under this node's own id belong to a process that is gone.
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT h.id FROM herald_jobs h WHERE h.status = 'queued' AND h.updated_at <= $1 \
+             AND NOT EXISTS (SELECT 1 FROM apalis.jobs t WHERE t.id = h.task_id \
+               AND (t.status = 'Pending' OR (t.status IN ('Queued', 'Running') \
+                 AND NOT ($3 AND t.lock_by = $4) \
+                 AND t.lock_by IN (SELECT id FROM herald_nodes \
+                   WHERE heartbeat_at > now() - make_interval(secs => $5))))) \
+             ORDER BY h.id LIMIT $2",
+        )
+        .bind(older_than.0)
+        .bind(limit)
+        .bind(startup)
+        .bind(&self.node.id)
+        .bind(self.lease_secs())
+        .fetch_all(&self.pools.main)
+        .await?;
+        Ok(ids.into_iter().map(JobId).collect())
+    }
+
+    async fn delete_task(&self, id: JobId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM apalis.jobs WHERE id = $1")
+            .bind(id.task_id().to_string())
+            .execute(&self.pools.main)
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError> {
+        // SKIP LOCKED: two nodes sweeping at once take different rows. The
+        // events go by ON DELETE CASCADE.
+        let mut tx = self.pools.main.begin().await?;
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, task_id FROM herald_jobs WHERE finished_at IS NOT NULL AND finished_at < $1 \
+             AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT $2 \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(before.0)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let (ids, task_ids): (Vec<Uuid>, Vec<String>) = rows.into_iter().unzip();
+        sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1)")
+            .bind(&task_ids)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM herald_jobs WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ids.len())
+    }
+
+    async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError> {
+        let (n, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM herald_jobs WHERE status = 'queued'",
+        )
+        .fetch_one(&self.pools.main)
+        .await?;
+        Ok((n, oldest.map(Timestamp)))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pools.main).await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO herald_nodes (id, role) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), role = EXCLUDED.role",
+        )
+        .bind(&self.node.id)
+        .bind(self.node.role)
+        .execute(&self.pools.main)
+        .await?;
+        Ok(())
+    }
+
+    async fn leave(&self) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM herald_nodes WHERE id = $1")
+            .bind(&self.node.id)
+            .execute(&self.pools.main)
+            .await?;
+        Ok(())
+    }
+
+    async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let found: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM herald_jobs WHERE id = ANY($1) AND cancel_requested \
+             AND status IN ('queued', 'running')",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pools.main)
+        .await?;
+        Ok(found.into_iter().map(JobId).collect())
+    }
+}
