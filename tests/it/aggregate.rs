@@ -37,7 +37,6 @@ fn fetch_progress(events: &[Sse]) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test]
 async fn sources_run_concurrently_and_report_in_completion_order() {
     let ds = FakeDownstream::start().await;
     let app = app_with(&ds, |_| {}).await;
@@ -81,7 +80,6 @@ async fn sources_run_concurrently_and_report_in_completion_order() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn a_5xx_is_retried_and_a_404_is_not() {
     let ds = FakeDownstream::start().await;
     let app = app_with(&ds, |_| {}).await;
@@ -126,7 +124,6 @@ async fn a_5xx_is_retried_and_a_404_is_not() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn retry_after_is_honoured() {
     let ds = FakeDownstream::start().await;
     let app = app_with(&ds, |_| {}).await;
@@ -146,7 +143,6 @@ async fn retry_after_is_honoured() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn timeouts_body_caps_and_allow_partial() {
     let ds = FakeDownstream::start().await;
     let app = app_with(&ds, |c| c.downstream_max_body_bytes = 64 * 1024).await;
@@ -202,7 +198,6 @@ async fn timeouts_body_caps_and_allow_partial() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn cancel_closes_the_downstream_connections() {
     let ds = FakeDownstream::start().await;
     let silent = SilentDownstream::start().await;
@@ -243,7 +238,6 @@ async fn cancel_closes_the_downstream_connections() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn no_request_leaves_the_configured_downstreams() {
     let ds = FakeDownstream::start().await;
     let app = app_with(&ds, |_| {}).await;
@@ -324,7 +318,6 @@ async fn no_request_leaves_the_configured_downstreams() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn the_gateway_story_end_to_end() {
     // Downstreams take 12 s in all; the "gateway" cuts every response at 5 s.
     let ds = FakeDownstream::start().await;
@@ -379,3 +372,13 @@ async fn the_gateway_story_end_to_end() {
     assert_eq!(progress, ["crews", "permits", "weather"]);
     app.stop().await;
 }
+
+backend_tests!(
+    sources_run_concurrently_and_report_in_completion_order,
+    a_5xx_is_retried_and_a_404_is_not,
+    retry_after_is_honoured,
+    timeouts_body_caps_and_allow_partial,
+    cancel_closes_the_downstream_connections,
+    no_request_leaves_the_configured_downstreams,
+    the_gateway_story_end_to_end,
+);

@@ -47,7 +47,6 @@ async fn submit_as(app: &TestApp, key: &str, body: Value) -> Value {
     resp.json().await.unwrap()
 }
 
-#[tokio::test]
 async fn api_keys_are_required_and_tenants_are_separate() {
     let app = keyed(|_| {}).await;
     for key in [None, Some("wrong-key-0123456789abcdef")] {
@@ -164,7 +163,6 @@ fn in_secs(s: i64) -> i64 {
         + s
 }
 
-#[tokio::test]
 async fn jwts_are_checked_for_signature_issuer_audience_and_expiry() {
     let app = TestApp::spawn_with(|c| {
         c.auth = AuthMode::Jwt;
@@ -216,7 +214,6 @@ async fn jwts_are_checked_for_signature_issuer_audience_and_expiry() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn rs256_jwts_verify_with_the_public_key() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let app = TestApp::spawn_with(|c| {
@@ -256,7 +253,6 @@ async fn rs256_jwts_verify_with_the_public_key() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn stream_tokens_open_streams_without_headers_and_expire() {
     let app = keyed(|c| {
         c.stream_token_ttl_secs = 1;
@@ -347,7 +343,6 @@ async fn stream_tokens_open_streams_without_headers_and_expire() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn cors_answers_allowed_origins_only() {
     let app = keyed(|c| c.cors_origins = vec!["https://dash.example".into()]).await;
     let preflight = app
@@ -392,7 +387,6 @@ async fn cors_answers_allowed_origins_only() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn each_limit_answers_with_its_status_and_retry_after() {
     let app = keyed(|c| {
         c.max_streams_per_tenant = 2;
@@ -543,3 +537,12 @@ async fn tokens_and_keys_never_reach_the_logs() {
     assert!(!all.contains(&token), "a stream token leaked into the logs");
     assert!(!all.contains(ACME), "an API key leaked into the logs");
 }
+
+backend_tests!(
+    api_keys_are_required_and_tenants_are_separate,
+    jwts_are_checked_for_signature_issuer_audience_and_expiry,
+    rs256_jwts_verify_with_the_public_key,
+    stream_tokens_open_streams_without_headers_and_expire,
+    cors_answers_allowed_origins_only,
+    each_limit_answers_with_its_status_and_retry_after,
+);

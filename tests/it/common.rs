@@ -18,8 +18,156 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub shutdown: CancellationToken,
     pub state: AppState,
-    pub dir: Arc<TempDir>,
+    pub db: TestDb,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Which database a test runs on. The test functions are backend-neutral;
+/// [`backend_tests!`] runs each on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+tokio::task_local! {
+    static BACKEND: Backend;
+}
+
+/// The backend of the running test (SQLite outside [`backend_tests!`]).
+pub fn backend() -> Backend {
+    BACKEND.try_with(|b| *b).unwrap_or(Backend::Sqlite)
+}
+
+/// The PostgreSQL server tests may create databases on, if any.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("HERALD_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// Runs `test` with `backend` as the backend of every app it spawns; on
+/// PostgreSQL without `HERALD_TEST_POSTGRES_URL` it prints why and skips.
+pub async fn on_backend(backend: Backend, name: &str, test: impl std::future::Future<Output = ()>) {
+    if backend == Backend::Postgres && postgres_url().is_none() {
+        // Once, and past the test harness's capture, so `cargo test` shows it.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: the postgres:: tests are skipped: HERALD_TEST_POSTGRES_URL is not set \
+                 (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
+            );
+        });
+        let _ = name;
+        return;
+    }
+    BACKEND.scope(backend, test).await
+}
+
+/// Generates `sqlite::name` and `postgres::name` tests for each listed
+/// `async fn name()` of the calling module.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::common::on_backend($crate::common::Backend::Sqlite, stringify!($name), super::$name()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    $crate::common::on_backend($crate::common::Backend::Postgres, stringify!($name), super::$name()).await
+                }
+            )*
+        }
+    };
+}
+
+/// A test's database: a SQLite file in a temp dir, or a fresh PostgreSQL
+/// database (apalis-postgres fixes its schema name, so a schema per test would
+/// not isolate), dropped when the last clone goes. Clone it to restart an app
+/// on the same data.
+#[derive(Clone)]
+pub struct TestDb(Arc<DbInner>);
+
+struct DbInner {
+    dir: TempDir,
+    url: String,
+    /// PostgreSQL: (admin URL, database name) to drop at the end.
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        Self::on(backend()).await
+    }
+
+    pub async fn on(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+                TestDb(Arc::new(DbInner { dir, url, pg: None }))
+            }
+            Backend::Postgres => {
+                use sqlx::Connection;
+                let admin = postgres_url().expect("HERALD_TEST_POSTGRES_URL is set");
+                let name = format!("herald_t_{}", uuid::Uuid::now_v7().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to HERALD_TEST_POSTGRES_URL");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create the test database");
+                let mut url = url::Url::parse(&admin).expect("a URL");
+                url.set_path(&name);
+                TestDb(Arc::new(DbInner {
+                    dir,
+                    url: url.to_string(),
+                    pg: Some((admin, name)),
+                }))
+            }
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.0.url
+    }
+}
+
+impl Drop for DbInner {
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.pg.take() else {
+            return;
+        };
+        // Drop is not async: a thread with its own runtime. FORCE ends the
+        // connections of an app that is still shutting down.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 pub fn test_config(dir: &TempDir) -> Config {
@@ -30,6 +178,8 @@ pub fn test_config(dir: &TempDir) -> Config {
     config.reconcile_secs = 1;
     // Tests stop apps with long demo jobs still running: do not wait 30 s for them.
     config.shutdown_grace_secs = 1;
+    // PostgreSQL: tests run in parallel on one server (100 connections).
+    config.database_pool = 4;
     config
 }
 
@@ -38,18 +188,19 @@ impl TestApp {
         Self::spawn_with(|_| {}).await
     }
 
+    /// On a fresh database of the test's backend.
     pub async fn spawn_with(f: impl FnOnce(&mut Config)) -> TestApp {
-        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        Self::spawn_in(dir, f).await
+        Self::spawn_in(TestDb::new().await, f).await
     }
 
-    /// Starts herald on the database in `dir` (a restart when one ran there before).
-    pub async fn spawn_in(dir: Arc<TempDir>, f: impl FnOnce(&mut Config)) -> TestApp {
+    /// Starts herald on `db` (a restart when one ran there before).
+    pub async fn spawn_in(db: TestDb, f: impl FnOnce(&mut Config)) -> TestApp {
         // RUST_LOG=debug cargo test … shows the server's logs.
         if std::env::var_os("RUST_LOG").is_some() {
             herald::telemetry::init(herald::config::LogFormat::Text);
         }
-        let mut config = test_config(&dir);
+        let mut config = test_config(&db.0.dir);
+        config.database_url = db.url().to_owned();
         f(&mut config);
         let app = Application::build(config)
             .await
@@ -63,7 +214,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             shutdown,
             state,
-            dir,
+            db,
             handle: Some(handle),
         }
     }

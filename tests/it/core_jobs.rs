@@ -11,7 +11,6 @@ fn job_id(job: &serde_json::Value) -> String {
     job["id"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
 async fn a_demo_job_runs_to_its_result() {
     // Every report written, so the event count is exact.
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
@@ -71,7 +70,6 @@ async fn a_demo_job_runs_to_its_result() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn list_filters_and_pages_newest_first() {
     let app = TestApp::spawn().await;
     let mut ids = Vec::new();
@@ -153,7 +151,6 @@ async fn list_filters_and_pages_newest_first() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn idempotency_key_returns_the_same_job_or_409() {
     let app = TestApp::spawn().await;
     let body =
@@ -196,7 +193,6 @@ async fn idempotency_key_returns_the_same_job_or_409() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn cancelling_a_queued_job_ends_it_at_once() {
     // One worker slot, held by a long job, keeps the second job queued.
     let app = TestApp::spawn_with(|c| c.worker_concurrency = 1).await;
@@ -239,7 +235,6 @@ async fn cancelling_a_queued_job_ends_it_at_once() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn cancelling_a_running_job_stops_its_handler() {
     let app = TestApp::spawn().await;
     let id = job_id(
@@ -277,7 +272,6 @@ async fn cancelling_a_running_job_stops_its_handler() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn a_handler_that_ignores_its_token_is_stopped_after_the_cancel_grace() {
     let app = TestApp::spawn_with(|c| c.cancel_grace_secs = 1).await;
     let id = job_id(
@@ -305,7 +299,6 @@ async fn a_handler_that_ignores_its_token_is_stopped_after_the_cancel_grace() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn a_failing_job_is_retried_up_to_max_attempts() {
     let app = TestApp::spawn().await;
     let id = job_id(
@@ -347,7 +340,6 @@ async fn a_failing_job_is_retried_up_to_max_attempts() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn timeout_secs_fails_a_slow_attempt() {
     let app = TestApp::spawn().await;
     let id = job_id(
@@ -373,10 +365,9 @@ async fn timeout_secs_fails_a_slow_attempt() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn shutdown_puts_a_running_job_back_in_the_queue_with_the_same_attempt() {
     let app = TestApp::spawn_with(|c| c.shutdown_grace_secs = 0).await;
-    let dir = app.dir.clone();
+    let db = app.db.clone();
     let id = job_id(
         &app.submit(json!({"kind": "demo", "input": {"steps": 20, "step_ms": 50}}))
             .await,
@@ -393,7 +384,7 @@ async fn shutdown_puts_a_running_job_back_in_the_queue_with_the_same_attempt() {
         "a requeue at shutdown keeps the attempt number"
     );
 
-    let app = TestApp::spawn_in(dir, |_| {}).await;
+    let app = TestApp::spawn_in(db, |_| {}).await;
     let done = app.wait_status(&id, "succeeded").await;
     assert_eq!(done["attempt"], 1);
     let events = app.events(&id).await;
@@ -410,7 +401,6 @@ async fn shutdown_puts_a_running_job_back_in_the_queue_with_the_same_attempt() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn readiness_turns_503_while_draining() {
     let app = TestApp::spawn_with(|c| c.drain_delay_secs = 2).await;
     assert_eq!(
@@ -470,3 +460,16 @@ async fn the_committed_openapi_document_is_current() {
     assert_eq!(docs.status(), 200);
     app.stop().await;
 }
+
+backend_tests!(
+    a_demo_job_runs_to_its_result,
+    list_filters_and_pages_newest_first,
+    idempotency_key_returns_the_same_job_or_409,
+    cancelling_a_queued_job_ends_it_at_once,
+    cancelling_a_running_job_stops_its_handler,
+    a_handler_that_ignores_its_token_is_stopped_after_the_cancel_grace,
+    a_failing_job_is_retried_up_to_max_attempts,
+    timeout_secs_fails_a_slow_attempt,
+    shutdown_puts_a_running_job_back_in_the_queue_with_the_same_attempt,
+    readiness_turns_503_while_draining,
+);

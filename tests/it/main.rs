@@ -1,11 +1,14 @@
 //! herald's integration tests: one binary (it links once), one module per area.
-//! Every test starts the real server on port 0 against a fresh SQLite file and
-//! talks HTTP over loopback.
+//! Every test starts the real server on port 0 against a fresh SQLite file, or
+//! a fresh PostgreSQL database (`sqlite::` and `postgres::` variants, see
+//! `backend_tests!`), and talks HTTP over loopback.
+
+#[macro_use]
+mod common;
 
 mod aggregate;
 mod auth;
 mod cli;
-mod common;
 mod core_jobs;
 mod crash;
 mod downstream;

@@ -39,7 +39,6 @@ fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)
 }
 
-#[tokio::test]
 async fn metrics_parse_and_move_as_jobs_run_and_streams_deliver() {
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
     let (before, _) = scrape(&app, None).await;
@@ -78,7 +77,6 @@ async fn metrics_parse_and_move_as_jobs_run_and_streams_deliver() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn the_metrics_token_protects_the_scrape() {
     let app =
         TestApp::spawn_with(|c| c.metrics_token = Some(Secret("scrape-token-0123456789".into())))
@@ -126,7 +124,6 @@ async fn a_json_log_line_of_a_job_run_carries_job_id_and_kind() {
     assert_eq!(line["level"], "INFO");
 }
 
-#[tokio::test]
 async fn retention_deletes_only_old_terminal_jobs() {
     let app = TestApp::spawn_with(|c| {
         c.retention_hours = 1.0 / 3600.0; // one second
@@ -186,3 +183,9 @@ async fn retention_deletes_only_old_terminal_jobs() {
     assert!(!app.events(&running).await.is_empty());
     app.stop().await;
 }
+
+backend_tests!(
+    metrics_parse_and_move_as_jobs_run_and_streams_deliver,
+    the_metrics_token_protects_the_scrape,
+    retention_deletes_only_old_terminal_jobs,
+);

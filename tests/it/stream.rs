@@ -23,7 +23,6 @@ async fn wait_streams(app: &TestApp, n: usize) {
     }
 }
 
-#[tokio::test]
 async fn the_stream_delivers_every_event_then_ends_after_the_result() {
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
     let id = job_id(
@@ -60,7 +59,6 @@ async fn the_stream_delivers_every_event_then_ends_after_the_result() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn the_raw_stream_opens_with_retry() {
     let app = TestApp::spawn_with(|c| c.retry_ms = 1234).await;
     let id = job_id(
@@ -79,7 +77,6 @@ async fn the_raw_stream_opens_with_retry() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn resume_by_header_or_query_loses_and_repeats_nothing() {
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
     let id = job_id(
@@ -110,7 +107,6 @@ async fn resume_by_header_or_query_loses_and_repeats_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn bad_last_event_ids_and_unknown_jobs() {
     let app = TestApp::spawn().await;
     let id = job_id(
@@ -137,7 +133,6 @@ async fn bad_last_event_ids_and_unknown_jobs() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn a_late_subscriber_gets_the_whole_history() {
     let app = TestApp::spawn().await;
     let id = job_id(
@@ -156,7 +151,6 @@ async fn a_late_subscriber_gets_the_whole_history() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn a_hundred_subscribers_see_identical_sequences() {
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
     let id = job_id(
@@ -183,7 +177,6 @@ async fn a_hundred_subscribers_see_identical_sequences() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn a_slow_reader_still_gets_everything_in_order() {
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
     let id = job_id(
@@ -214,7 +207,6 @@ async fn a_slow_reader_still_gets_everything_in_order() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn cancel_ends_every_stream_with_cancelled() {
     let app = TestApp::spawn().await;
     let id = job_id(
@@ -239,7 +231,6 @@ async fn cancel_ends_every_stream_with_cancelled() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn shutdown_ends_open_streams() {
     let app = TestApp::spawn_with(|c| c.shutdown_grace_secs = 0).await;
     let id = job_id(
@@ -268,7 +259,6 @@ async fn shutdown_ends_open_streams() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn a_client_that_disconnects_releases_its_stream() {
     let app = TestApp::spawn().await;
     let id = job_id(
@@ -288,7 +278,6 @@ async fn a_client_that_disconnects_releases_its_stream() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn heartbeats_keep_an_idle_stream_alive() {
     let app = TestApp::spawn_with(|c| c.heartbeat_secs = 1).await;
     let id = job_id(
@@ -316,7 +305,6 @@ async fn heartbeats_keep_an_idle_stream_alive() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn max_stream_secs_with_reconnects_delivers_each_event_exactly_once() {
     let app = TestApp::spawn_with(|c| {
         c.max_stream_secs = Some(2);
@@ -368,7 +356,6 @@ async fn max_stream_secs_with_reconnects_delivers_each_event_exactly_once() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn progress_coalescing_keeps_the_latest_and_the_last() {
     let app = TestApp::spawn().await; // default interval: 50 ms
     let id = job_id(
@@ -396,3 +383,19 @@ async fn progress_coalescing_keeps_the_latest_and_the_last() {
     assert_eq!(ids(&events), (1..=events.len() as i64).collect::<Vec<_>>());
     app.stop().await;
 }
+
+backend_tests!(
+    the_stream_delivers_every_event_then_ends_after_the_result,
+    the_raw_stream_opens_with_retry,
+    resume_by_header_or_query_loses_and_repeats_nothing,
+    bad_last_event_ids_and_unknown_jobs,
+    a_late_subscriber_gets_the_whole_history,
+    a_hundred_subscribers_see_identical_sequences,
+    a_slow_reader_still_gets_everything_in_order,
+    cancel_ends_every_stream_with_cancelled,
+    shutdown_ends_open_streams,
+    a_client_that_disconnects_releases_its_stream,
+    heartbeats_keep_an_idle_stream_alive,
+    max_stream_secs_with_reconnects_delivers_each_event_exactly_once,
+    progress_coalescing_keeps_the_latest_and_the_last,
+);

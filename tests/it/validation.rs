@@ -32,7 +32,6 @@ fn pointers(problem: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
 async fn bad_submissions_are_refused_and_write_nothing() {
     let app = TestApp::spawn().await;
 
@@ -123,7 +122,6 @@ async fn bad_submissions_are_refused_and_write_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn a_body_over_the_limit_is_413_chunked_or_not() {
     let app = TestApp::spawn().await;
     let big = format!(
@@ -160,7 +158,6 @@ async fn a_body_over_the_limit_is_413_chunked_or_not() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn bad_ids_and_unknown_jobs() {
     let app = TestApp::spawn().await;
     for path in ["/v1/jobs/not-a-uuid", "/v1/jobs/123"] {
@@ -186,3 +183,9 @@ async fn bad_ids_and_unknown_jobs() {
     problem(resp, 405, "method_not_allowed").await;
     app.stop().await;
 }
+
+backend_tests!(
+    bad_submissions_are_refused_and_write_nothing,
+    a_body_over_the_limit_is_413_chunked_or_not,
+    bad_ids_and_unknown_jobs,
+);
