@@ -361,6 +361,20 @@ pub struct Sse {
     pub data: Value,
 }
 
+/// Opens a job's event stream on the server at `base`.
+pub async fn open_stream_at(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    last: Option<&str>,
+) -> reqwest::Response {
+    let mut req = client.get(format!("{base}/v1/jobs/{id}/events"));
+    if let Some(l) = last {
+        req = req.header("Last-Event-ID", l);
+    }
+    req.send().await.expect("stream request sent")
+}
+
 /// Opens a job's event stream; `last` goes in the Last-Event-ID header.
 pub async fn open_stream(
     app: &TestApp,
@@ -417,11 +431,16 @@ impl HeraldProcess {
     /// Starts it on the SQLite file `db` with `RUST_LOG=log` and `env`, and
     /// waits for the "herald listening" line.
     pub fn start(db: &std::path::Path, log: &str, env: &[(&str, &str)]) -> HeraldProcess {
+        Self::start_url(&format!("sqlite://{}", db.display()), log, env)
+    }
+
+    /// Starts it on the database at `url`.
+    pub fn start_url(url: &str, log: &str, env: &[(&str, &str)]) -> HeraldProcess {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .env("HERALD_LISTEN", "127.0.0.1:0")
-            .env("HERALD_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("HERALD_DATABASE_URL", url)
             .env("HERALD_LOG_FORMAT", "json")
             .env("RUST_LOG", log)
             .envs(env.iter().copied())
@@ -475,6 +494,14 @@ impl HeraldProcess {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
             self.seen.push(line);
         }
-        self.seen
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for HeraldProcess {
+    /// A failing test must not leave herald processes behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
