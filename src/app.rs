@@ -22,7 +22,7 @@ use crate::store::postgres::{self, NodeIdentity, PgStore};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::Store;
 use crate::stream::{StreamCounter, StreamSettings};
-use crate::worker::queue::{Queue, Wakeups};
+use crate::worker::queue::Queue;
 use crate::worker::reconcile::Reconciler;
 use crate::worker::runner::{Runner, RunnerConfig};
 use crate::worker::{registry, Registry};
@@ -57,7 +57,6 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     state: AppState,
     runner: Arc<Runner>,
-    wakeups: Wakeups,
     shutdown: CancellationToken,
     jobs_root: CancellationToken,
     node_id: String,
@@ -69,7 +68,6 @@ pub struct Application {
 struct Backend {
     store: Arc<dyn Store>,
     queue: Queue,
-    wakeups: Wakeups,
     listen: Option<PgConnectOptions>,
 }
 
@@ -119,12 +117,11 @@ impl Application {
             sqlite::migrate(&pools.writer)
                 .await
                 .context("running database migrations")?;
-            let (queue, wakeups) = Queue::sqlite(&pools.queue, config.worker_concurrency);
+            let queue = Queue::sqlite(&pools.queue, config.worker_concurrency);
             let store: Arc<dyn Store> = Arc::new(SqliteStore::new(pools));
             Backend {
                 store,
                 queue,
-                wakeups,
                 listen: None,
             }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -134,7 +131,7 @@ impl Application {
             postgres::migrate(&pools.main)
                 .await
                 .context("running database migrations")?;
-            let (queue, wakeups) = Queue::postgres(&pools.queue, config.worker_concurrency);
+            let queue = Queue::postgres(&pools.queue, config.worker_concurrency);
             let node = NodeIdentity {
                 id: node_id.clone(),
                 role: config.role.as_str(),
@@ -144,7 +141,6 @@ impl Application {
             Backend {
                 store: Arc::new(PgStore::new(pools, node)),
                 queue,
-                wakeups,
                 listen,
             }
         } else {
@@ -156,7 +152,6 @@ impl Application {
         let Backend {
             store,
             queue,
-            wakeups,
             listen,
         } = backend;
 
@@ -223,7 +218,6 @@ impl Application {
             listener,
             state,
             runner,
-            wakeups,
             shutdown: CancellationToken::new(),
             jobs_root,
             node_id,
@@ -258,7 +252,6 @@ impl Application {
             listener,
             state,
             runner,
-            wakeups,
             shutdown,
             jobs_root,
             node_id,
@@ -290,7 +283,6 @@ impl Application {
         let worker = runs_jobs.then(|| {
             state.queue.spawn_worker(
                 node_id.clone(),
-                wakeups,
                 runner,
                 config.worker_concurrency,
                 worker_stop.clone(),

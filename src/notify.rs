@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelRegistry;
@@ -29,6 +28,7 @@ use crate::domain::JobId;
 use crate::hub::Hub;
 use crate::store::postgres::{CANCEL_CHANNEL, EVENTS_CHANNEL};
 use crate::store::Store;
+use crate::worker::queue::QueueWaker;
 
 /// apalis-postgres's insert trigger notifies this channel.
 const QUEUE_CHANNEL: &str = "apalis::job::insert";
@@ -39,14 +39,14 @@ pub struct Wakers {
     pub hub: Arc<Hub>,
     pub cancels: Arc<CancelRegistry>,
     /// The local queue worker's wake-up, on nodes that run jobs.
-    pub queue: Option<mpsc::Sender<()>>,
+    pub queue: Option<QueueWaker>,
 }
 
 impl Wakers {
     fn everything(&self) {
         self.hub.notify_all();
         if let Some(q) = &self.queue {
-            let _ = q.try_send(());
+            q.wake();
         }
     }
 }
@@ -129,7 +129,7 @@ fn dispatch(wakers: &Wakers, channel: &str, payload: &str) {
         },
         QUEUE_CHANNEL => {
             if let Some(q) = &wakers.queue {
-                let _ = q.try_send(());
+                q.wake();
             }
         }
         _ => {}

@@ -41,7 +41,14 @@ impl HealthApi {
                 detail: "this node is shutting down; send requests to another node".to_owned(),
             });
         }
-        if let Err(e) = state.store.ping().await {
+        // A database that does not answer at all must not hang the probe.
+        let ping = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping());
+        let failed = match ping.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer within 2 s".to_owned()),
+        };
+        if let Some(e) = failed {
             tracing::warn!(error = %e, "readiness check: store unreachable");
             return Err(ApiError::Unavailable {
                 code: "store_unavailable",

@@ -18,6 +18,7 @@
 //! wake-ups come from the node's LISTEN connection (`notify.rs`), which hears
 //! apalis's insert trigger, so a task pushed by any node wakes every worker.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,7 +29,7 @@ use apalis_postgres::PostgresStorage;
 use apalis_sqlite::{SqlitePool, SqliteStorage};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -55,7 +56,7 @@ const QUEUE_NAME: &str = "herald";
 pub struct Queue {
     storage: Storage,
     pushes: mpsc::Sender<JobId>,
-    wake: mpsc::Sender<()>,
+    wake: QueueWaker,
 }
 
 #[derive(Clone)]
@@ -64,13 +65,38 @@ enum Storage {
     Postgres(PostgresStorage<JobMessage>),
 }
 
-/// The receiving half of the wake-up channel, as the stream apalis polls on.
-pub struct Wakeups(mpsc::Receiver<()>);
+/// Wakes the local worker. Wake-ups that arrive while one is pending collapse
+/// into it (`Notify` keeps one permit).
+#[derive(Clone, Default)]
+pub struct QueueWaker(Arc<Notify>);
+
+impl QueueWaker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// The wake-ups as the stream apalis polls on; one per worker run, so a
+/// worker restarted after an error gets a fresh one.
+struct Wakeups {
+    notify: Arc<Notify>,
+    waiting: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+}
 
 impl Stream for Wakeups {
     type Item = ();
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
-        self.0.poll_recv(cx)
+        let notify = self.notify.clone();
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(notify.notified_owned()));
+        match waiting.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.waiting = None;
+                Poll::Ready(Some(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -97,34 +123,30 @@ fn postgres_config(batch_size: usize) -> apalis_postgres::Config {
 
 impl Queue {
     /// Starts the pusher task (so: call it inside a tokio runtime).
-    pub fn sqlite(pool: &SqlitePool, batch_size: usize) -> (Queue, Wakeups) {
+    pub fn sqlite(pool: &SqlitePool, batch_size: usize) -> Queue {
         let storage = SqliteStorage::new(pool).with_config(storage_config(batch_size));
         Queue::start(Storage::Sqlite(storage))
     }
 
     /// Starts the pusher task (so: call it inside a tokio runtime).
-    pub fn postgres(pool: &apalis_postgres::PgPool, batch_size: usize) -> (Queue, Wakeups) {
+    pub fn postgres(pool: &apalis_postgres::PgPool, batch_size: usize) -> Queue {
         let storage = PostgresStorage::new(pool).with_config(postgres_config(batch_size));
         Queue::start(Storage::Postgres(storage))
     }
 
-    fn start(storage: Storage) -> (Queue, Wakeups) {
-        // Capacity 1: wake-ups that arrive while one is pending collapse into it.
-        let (wake, wake_rx) = mpsc::channel(1);
+    fn start(storage: Storage) -> Queue {
+        let wake = QueueWaker::default();
         let (pushes, pushes_rx) = mpsc::channel(4 * MAX_PUSH_BATCH);
         tokio::spawn(run_pusher(storage.clone(), pushes_rx, wake.clone()));
-        (
-            Queue {
-                storage,
-                pushes,
-                wake,
-            },
-            Wakeups(wake_rx),
-        )
+        Queue {
+            storage,
+            pushes,
+            wake,
+        }
     }
 
     /// Wakes the local worker (a task was pushed by another node).
-    pub fn waker(&self) -> mpsc::Sender<()> {
+    pub fn waker(&self) -> QueueWaker {
         self.wake.clone()
     }
 
@@ -140,15 +162,51 @@ impl Queue {
 
     /// Starts the apalis worker, named `name` (on PostgreSQL: the node id); it
     /// stops fetching when `stop` fires and ends once its in-flight jobs have
-    /// returned.
+    /// returned. apalis ends a worker whose backend fails (the database went
+    /// away for a moment); this starts it again, after a pause that grows to 5 s.
     pub fn spawn_worker(
         &self,
         name: String,
-        wakeups: Wakeups,
         runner: Arc<Runner>,
         concurrency: usize,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        let queue = self.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            loop {
+                let ran = queue
+                    .run_worker(&name, runner.clone(), concurrency, stop.clone())
+                    .await;
+                if stop.is_cancelled() {
+                    return;
+                }
+                let error = match ran {
+                    Ok(()) => "it ended on its own".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(worker = %name, %error, restart_in_ms = pause.as_millis() as u64,
+                    "queue worker stopped; starting it again");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        })
+    }
+
+    async fn run_worker(
+        &self,
+        name: &str,
+        runner: Arc<Runner>,
+        concurrency: usize,
+        stop: CancellationToken,
+    ) -> Result<(), WorkerError> {
+        let wakeups = Wakeups {
+            notify: self.wake.0.clone(),
+            waiting: None,
+        };
         let strategy = Strategy::new()
             .stream(wakeups)
             .interval(Duration::from_secs(1));
@@ -160,16 +218,13 @@ impl Queue {
         macro_rules! run_worker {
             ($storage:expr) => {{
                 let backend = $storage.clone().poll_with_strategy(strategy);
-                let worker = WorkerBuilder::new(name.as_str())
+                WorkerBuilder::new(name)
                     .backend(backend)
                     .concurrency(concurrency.max(1))
                     .data(runner)
-                    .build(handle_task);
-                tokio::spawn(async move {
-                    if let Err(e) = worker.run_until(signal).await {
-                        tracing::error!(worker = %name, error = %e, "queue worker stopped with an error");
-                    }
-                })
+                    .build(handle_task)
+                    .run_until(signal)
+                    .await
             }};
         }
         match &self.storage {
@@ -190,7 +245,7 @@ fn task_for(id: JobId) -> Task<JobMessage> {
 
 /// Writes waiting pushes in one transaction each batch (apalis's sink buffers
 /// what `push_all` feeds it and flushes once), then wakes the worker.
-async fn run_pusher(storage: Storage, mut rx: mpsc::Receiver<JobId>, wake: mpsc::Sender<()>) {
+async fn run_pusher(storage: Storage, mut rx: mpsc::Receiver<JobId>, wake: QueueWaker) {
     let mut batch = Vec::with_capacity(MAX_PUSH_BATCH);
     while let Some(id) = rx.recv().await {
         batch.push(id);
@@ -223,7 +278,7 @@ async fn run_pusher(storage: Storage, mut rx: mpsc::Receiver<JobId>, wake: mpsc:
             Storage::Postgres(s) => push_batch!(s),
         }
         batch.clear();
-        let _ = wake.try_send(());
+        wake.wake();
     }
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 use herald::config::Secret;
 use serde_json::{json, Value};
 
-use crate::common::{open_stream, read_to_end, HeraldProcess, TestApp};
+use crate::common::{
+    open_stream, postgres_url, read_to_end, Backend, HeraldProcess, TestApp, TestDb, WAIT,
+};
 
 /// The scrape as (metric name + sorted labels) → value.
 async fn scrape(app: &TestApp, token: Option<&str>) -> (HashMap<String, f64>, String) {
@@ -181,6 +183,93 @@ async fn retention_deletes_only_old_terminal_jobs() {
     let job = app.get_job(&running).await;
     assert_eq!(job["status"], "running");
     assert!(!app.events(&running).await.is_empty());
+    app.stop().await;
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut: while it is
+/// down it ends every open connection and refuses new ones (accepts and
+/// closes), which is what herald sees when the database goes away.
+struct DbProxy {
+    addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl DbProxy {
+    async fn start(upstream: String) -> DbProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let watch = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut down = watch.subscribe();
+                if !*down.borrow() {
+                    continue; // dropped: the connection closes at once
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        DbProxy { addr, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+async fn wait_ready(app: &TestApp, want: u16) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let resp = app.client.get(app.url("/readyz")).send().await.unwrap();
+        if resp.status() == want {
+            return resp.json().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never answered {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// PostgreSQL only: a SQLite file cannot go away from under an open connection.
+#[tokio::test]
+async fn readiness_is_503_while_the_database_is_away_and_200_when_it_returns() {
+    let Some(_) = postgres_url() else {
+        eprintln!("skipped: needs HERALD_TEST_POSTGRES_URL");
+        return;
+    };
+    let db = TestDb::on(Backend::Postgres).await;
+    let mut url = url::Url::parse(db.url()).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let proxy = DbProxy::start(upstream).await;
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let proxied = url.to_string();
+    let app = TestApp::spawn_in(db, |c| c.database_url = proxied).await;
+
+    wait_ready(&app, 200).await;
+    proxy.set_up(false);
+    let problem = wait_ready(&app, 503).await;
+    assert_eq!(problem["code"], "store_unavailable", "{problem}");
+    proxy.set_up(true);
+    let ok = wait_ready(&app, 200).await;
+    assert_eq!(ok["status"], "ready");
+
+    // And the node works again: a job runs to its end.
+    let job = app
+        .submit(json!({"kind": "demo", "input": {"steps": 2, "step_ms": 10}}))
+        .await;
+    app.wait_status(job["id"].as_str().unwrap(), "succeeded")
+        .await;
     app.stop().await;
 }
 
