@@ -1,10 +1,13 @@
 //! Job benchmark: POST → `running` latency and end-to-end throughput of no-op
 //! `demo` jobs (steps 1, step_ms 0), against the release `herald` binary on a
-//! fresh SQLite file.
+//! fresh SQLite file, or a fresh PostgreSQL database with one `all` node or one
+//! `api` node and `--worker-nodes` worker nodes.
 //!
 //! ```sh
 //! cargo build --release --bins --examples
 //! taskset -c 1 target/release/examples/bench_jobs --server-cpu 0
+//! target/release/examples/bench_jobs --postgres postgres://postgres@127.0.0.1:5432/postgres
+//! target/release/examples/bench_jobs --postgres postgres://postgres@127.0.0.1:5432/postgres --worker-nodes 2
 //! ```
 //!
 //! Latency phase: jobs are submitted one at a time at `--rate` per second and
@@ -45,6 +48,46 @@ struct Args {
     /// Extra environment for the server, KEY=VALUE.
     #[arg(long)]
     server_env: Vec<String>,
+    /// Run on PostgreSQL: a server URL on which a fresh database is created
+    /// for each phase (and dropped after).
+    #[arg(long)]
+    postgres: Option<String>,
+    /// PostgreSQL only: 0 runs one `all` node; N runs one `api` node (which
+    /// takes the submissions) and N `worker` nodes.
+    #[arg(long, default_value_t = 0)]
+    worker_nodes: usize,
+}
+
+/// The benchmark's own view of the database, to count finished jobs.
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Db {
+    async fn connect(url: &str) -> Db {
+        if url.starts_with("sqlite:") {
+            Db::Sqlite(SqlitePool::connect(url).await.unwrap())
+        } else {
+            Db::Postgres(sqlx::PgPool::connect(url).await.unwrap())
+        }
+    }
+
+    async fn succeeded(&self) -> i64 {
+        let q = "SELECT count(*) FROM herald_jobs WHERE status = 'succeeded'";
+        match self {
+            Db::Sqlite(p) => sqlx::query_scalar(q).fetch_one(p).await.unwrap(),
+            Db::Postgres(p) => sqlx::query_scalar(q).fetch_one(p).await.unwrap(),
+        }
+    }
+
+    async fn last_finish(&self) -> i64 {
+        let q = "SELECT max(finished_at) FROM herald_jobs";
+        match self {
+            Db::Sqlite(p) => sqlx::query_scalar(q).fetch_one(p).await.unwrap(),
+            Db::Postgres(p) => sqlx::query_scalar(q).fetch_one(p).await.unwrap(),
+        }
+    }
 }
 
 fn now_micros() -> i64 {
@@ -65,28 +108,49 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// The herald processes of one phase, and the database they share.
 struct Server {
-    child: Child,
+    children: Vec<Child>,
+    /// Where submissions go (the `all` or `api` node).
     base: String,
     db_url: String,
+    /// PostgreSQL: (admin URL, database) to drop at the end.
+    pg: Option<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some((admin, name)) = self.pg.take() {
+            let _ = Command::new("psql")
+                .arg(admin)
+                .arg("-qc")
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .status();
+        }
     }
 }
 
-fn start(bin: &str, cpu: Option<usize>, extra_env: &[String]) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+fn spawn_node(
+    bin: &str,
+    cpu: Option<usize>,
+    extra_env: &[String],
+    db_url: &str,
+    port: u16,
+    role: &str,
+) -> Child {
     let mut cmd = match cpu {
         Some(cpu) => {
             let mut c = Command::new("taskset");
@@ -95,22 +159,78 @@ fn start(bin: &str, cpu: Option<usize>, extra_env: &[String]) -> Server {
         }
         None => Command::new(bin),
     };
+    // The benchmark is one tenant submitting as fast as it can.
+    cmd.env("HERALD_SUBMIT_RATE_PER_SEC", "1000000");
     for kv in extra_env {
         let (k, v) = kv.split_once('=').expect("--server-env KEY=VALUE");
         cmd.env(k, v);
     }
-    let child = cmd
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HERALD_DATABASE_URL", &db_url)
+    cmd.env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_DATABASE_URL", db_url)
+        .env("HERALD_ROLE", role)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start herald (did you `cargo build --release`?)");
+        .expect("start herald (did you `cargo build --release --bins`?)")
+}
+
+async fn start(args: &Args, bin: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let (db_url, pg) = match &args.postgres {
+        None => (
+            format!("sqlite://{}", dir.path().join("bench.db").display()),
+            None,
+        ),
+        Some(admin) => {
+            use sqlx::Connection;
+            let name = format!("herald_bench_{}", std::process::id());
+            let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let mut url = url::Url::parse(admin).unwrap();
+            url.set_path(&name);
+            (url.to_string(), Some((admin.clone(), name)))
+        }
+    };
+    let port = free_port();
+    let front_role = if args.worker_nodes > 0 { "api" } else { "all" };
+    let mut children = vec![spawn_node(
+        bin,
+        args.server_cpu,
+        &args.server_env,
+        &db_url,
+        port,
+        front_role,
+    )];
+    let base = format!("http://127.0.0.1:{port}");
+    // Workers start once the first node has run the migrations.
+    wait_ready(&reqwest::Client::new(), &base).await;
+    for _ in 0..args.worker_nodes {
+        let port = free_port();
+        children.push(spawn_node(
+            bin,
+            args.server_cpu,
+            &args.server_env,
+            &db_url,
+            port,
+            "worker",
+        ));
+        wait_ready(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}")).await;
+    }
     Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
+        children,
+        base,
         db_url,
+        pg,
         _dir: dir,
     }
 }
@@ -142,14 +262,10 @@ async fn submit(client: &reqwest::Client, base: &str) -> String {
         .to_owned()
 }
 
-async fn wait_all_done(pool: &SqlitePool, n: usize) {
+async fn wait_all_done(db: &Db, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let (done,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM herald_jobs WHERE status = 'succeeded'")
-                .fetch_one(pool)
-                .await
-                .unwrap();
+        let done = db.succeeded().await;
         if done as usize >= n {
             return;
         }
@@ -173,9 +289,8 @@ async fn main() {
         .unwrap();
 
     // Latency phase.
-    let server = start(&bin, args.server_cpu, &args.server_env);
-    wait_ready(&client, &server.base).await;
-    let pool = SqlitePool::connect(&server.db_url).await.unwrap();
+    let server = start(&args, &bin).await;
+    let pool = Db::connect(&server.db_url).await;
     let gap = Duration::from_micros(1_000_000 / args.rate.max(1));
     let mut sent = Vec::with_capacity(args.jobs);
     let mut tick = tokio::time::interval(gap);
@@ -210,11 +325,11 @@ async fn main() {
     );
     drop(pool);
     drop(server);
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Throughput phase, on a fresh database.
-    let server = Arc::new(start(&bin, args.server_cpu, &args.server_env));
-    wait_ready(&client, &server.base).await;
-    let pool = SqlitePool::connect(&server.db_url).await.unwrap();
+    let server = Arc::new(start(&args, &bin).await);
+    let pool = Db::connect(&server.db_url).await;
     let first_post = now_micros();
     let started = Instant::now();
     let per_client = args.throughput_jobs / args.clients;
@@ -234,10 +349,7 @@ async fn main() {
     let submitted = per_client * args.clients;
     let submit_secs = started.elapsed().as_secs_f64();
     wait_all_done(&pool, submitted).await;
-    let (last_finish,): (i64,) = sqlx::query_as("SELECT max(finished_at) FROM herald_jobs")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let last_finish = pool.last_finish().await;
     let secs = (last_finish - first_post) as f64 / 1e6;
     println!(
         "throughput: {submitted} no-op demo jobs by {} clients: {:.0} jobs/s end to end ({:.1} s; submissions alone {:.0}/s)",

@@ -14,7 +14,9 @@
 //! everything. LISTEN comes first, then the wake-up: the same
 //! subscribe-before-read rule as the streams.
 //!
-//! A lost cancel notification is also covered by [`sweep_cancels`], which
+//! A notification that was never sent (the node that committed the event was
+//! killed before its notifier ran) is covered by a wake-up of everything every
+//! 10 s. A lost cancel notification is covered by [`sweep_cancels`], which
 //! asks the store about the jobs running here every few seconds.
 
 use std::sync::Arc;
@@ -29,6 +31,9 @@ use crate::hub::Hub;
 use crate::store::postgres::{CANCEL_CHANNEL, EVENTS_CHANNEL};
 use crate::store::Store;
 use crate::worker::queue::QueueWaker;
+
+/// How often every local stream and the worker look at the store anyway.
+const BACKSTOP: Duration = Duration::from_secs(10);
 
 /// apalis-postgres's insert trigger notifies this channel.
 const QUEUE_CHANNEL: &str = "apalis::job::insert";
@@ -88,9 +93,17 @@ pub async fn listen(opts: PgConnectOptions, wakers: Wakers, stop: CancellationTo
         }
         first = false;
         wakers.everything();
+        let mut backstop =
+            tokio::time::interval_at(tokio::time::Instant::now() + BACKSTOP, BACKSTOP);
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = backstop.tick() => {
+                    // A notification that was never sent (its node died right
+                    // after the commit) must not leave a stream waiting forever.
+                    wakers.everything();
+                    continue;
+                }
                 n = listener.try_recv() => n,
             };
             match next {

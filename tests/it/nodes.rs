@@ -222,3 +222,115 @@ async fn wait_running(client: &reqwest::Client, base: &str, id: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The `environment` of each herald service in docker-compose.yml, with the
+/// YAML merge keys applied.
+fn compose_services() -> Vec<(String, Vec<(String, String)>)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+        .unwrap();
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    doc.apply_merge().unwrap();
+    let services = doc["services"].as_mapping().unwrap();
+    let mut out = Vec::new();
+    for (name, svc) in services {
+        let name = name.as_str().unwrap().to_owned();
+        if !name.starts_with("herald") {
+            continue;
+        }
+        let mut env_map = svc["environment"].clone();
+        env_map.apply_merge().unwrap();
+        let env = env_map
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_yaml::Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
+                };
+                (k.as_str().unwrap().to_owned(), v)
+            })
+            .collect();
+        out.push((name, env));
+    }
+    out
+}
+
+/// docker-compose.yml's layout, run as processes with its own settings (only
+/// the database URL points at the test's database): two `all` nodes and a
+/// `worker`, API keys on, one stream-token secret. A job submitted to one node
+/// streams from the other with the token the first one minted.
+#[tokio::test]
+async fn the_docker_compose_layout_runs_as_processes() {
+    if postgres_url().is_none() {
+        eprintln!("skipped: the compose layout test needs HERALD_TEST_POSTGRES_URL");
+        return;
+    }
+    let services = compose_services();
+    let names: Vec<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["herald-1", "herald-2", "herald-worker"]);
+    let db = TestDb::on(Backend::Postgres).await;
+    let mut nodes = Vec::new();
+    for (name, env) in &services {
+        let role = env.iter().find(|(k, _)| k == "HERALD_ROLE").unwrap();
+        assert!(role.1 == "all" || role.1 == "worker", "{name}: {role:?}");
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .filter(|(k, _)| k != "HERALD_DATABASE_URL")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        nodes.push(HeraldProcess::start_url(db.url(), "info", &env));
+    }
+    let client = reqwest::Client::new();
+    // The compose health check: /readyz on every node.
+    for n in &nodes {
+        let r = client
+            .get(format!("{}/readyz", n.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let key = services[0]
+        .1
+        .iter()
+        .find(|(k, _)| k == "HERALD_API_KEYS")
+        .map(|(_, v)| v.split_once(':').unwrap().1.to_owned())
+        .unwrap();
+    let (one, two, worker) = (&nodes[0], &nodes[1], &nodes[2]);
+    let unauthenticated = client
+        .post(format!("{}/v1/jobs", one.base))
+        .json(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let job: Value = client
+        .post(format!("{}/v1/jobs", one.base))
+        .bearer_auth(&key)
+        .json(&json!({"kind": "demo", "input": {"steps": 5, "step_ms": 50}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events_url = job["links"]["events"].as_str().unwrap();
+    assert!(events_url.contains("token="), "{events_url}");
+    let stream = client
+        .get(format!("{}{events_url}", two.base))
+        .send()
+        .await
+        .unwrap();
+    let events = read_to_end(stream).await;
+    let want: Vec<i64> = (1..=events.len() as i64).collect();
+    assert_eq!(ids(&events), want);
+    assert_eq!(events.last().unwrap().event, "result");
+    let api = client
+        .get(format!("{}/v1/jobs", worker.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 404, "the worker node serves no API");
+}
