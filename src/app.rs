@@ -47,6 +47,8 @@ pub struct AppState {
     pub stream_settings: StreamSettings,
     /// Open event streams.
     pub streams: Arc<StreamCounter>,
+    /// Open multiplexed feeds.
+    pub feeds: Arc<StreamCounter>,
     pub auth: Arc<Auth>,
     pub stream_limit: Arc<StreamLimit>,
     pub submit_rate: Arc<SubmitRate>,
@@ -208,6 +210,7 @@ impl Application {
             serving_stop: CancellationToken::new(),
             stream_settings: config.stream_settings(),
             streams: Arc::new(StreamCounter::default()),
+            feeds: Arc::new(StreamCounter::default()),
             auth,
             stream_limit: StreamLimit::new(config.max_streams_per_tenant),
             submit_rate: Arc::new(SubmitRate::new(config.submit_rate_per_sec)),

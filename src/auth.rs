@@ -229,8 +229,13 @@ impl Auth {
         }
     }
 
-    /// A token that opens `job`'s stream for `tenant` until it expires.
-    pub fn mint_stream_token(&self, tenant: &Tenant, job: JobId) -> (String, SystemTime) {
+    /// A token that opens `scope` (a job's stream, or the tenant's feed) for
+    /// `tenant` until it expires.
+    pub fn mint_stream_token(
+        &self,
+        tenant: &Tenant,
+        scope: impl Into<TokenScope>,
+    ) -> (String, SystemTime) {
         // Rounded up to the next whole second: a token lives at least its TTL
         // (rounding down let a 1 s token expire at once, in the next second).
         let until = (SystemTime::now() + self.stream_ttl)
@@ -239,7 +244,7 @@ impl Auth {
         let exp = until.as_secs() + u64::from(until.subsec_nanos() > 0);
         let expires = UNIX_EPOCH + Duration::from_secs(exp);
         let claims = StreamClaims {
-            j: job.to_string(),
+            j: scope.into().claim(),
             t: tenant.0.clone(),
             e: exp,
         };
@@ -250,8 +255,12 @@ impl Auth {
     }
 
     /// The tenant a stream token was minted for, if it is genuine, unexpired
-    /// and for this job.
-    pub fn verify_stream_token(&self, token: &str, job: JobId) -> Result<Tenant, AuthError> {
+    /// and for this scope.
+    pub fn verify_stream_token(
+        &self,
+        token: &str,
+        scope: impl Into<TokenScope>,
+    ) -> Result<Tenant, AuthError> {
         let (payload, sig) = token.split_once('.').ok_or(AuthError::Invalid)?;
         let sig = URL_SAFE_NO_PAD
             .decode(sig)
@@ -264,7 +273,7 @@ impl Auth {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or(AuthError::Invalid)?;
-        if claims.j != job.to_string() {
+        if claims.j != scope.into().claim() {
             return Err(AuthError::Invalid);
         }
         let now = SystemTime::now()
@@ -286,6 +295,30 @@ impl Auth {
     /// HMAC-SHA256 keyed with the stream-token secret.
     fn mac(&self) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(&self.stream_secret).expect("HMAC takes keys of any length")
+    }
+}
+
+/// What a stream token opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScope {
+    /// One job's stream.
+    Job(JobId),
+    /// The tenant's multiplexed feed (`GET /v1/events`).
+    Feed,
+}
+
+impl From<JobId> for TokenScope {
+    fn from(id: JobId) -> Self {
+        TokenScope::Job(id)
+    }
+}
+
+impl TokenScope {
+    fn claim(self) -> String {
+        match self {
+            TokenScope::Job(id) => id.to_string(),
+            TokenScope::Feed => "feed".to_owned(),
+        }
     }
 }
 

@@ -56,15 +56,36 @@ struct Signal {
     recent: tokio::sync::Mutex<Recent>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
     // Weak: a job's signal lives as long as some subscription holds it.
     jobs: Mutex<HashMap<JobId, Weak<Signal>>>,
+    /// Bumped by every wake-up of any job: the feeds look again.
+    feed: watch::Sender<u64>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            jobs: Mutex::default(),
+            feed: watch::channel(0).0,
+        }
+    }
 }
 
 impl Hub {
     pub fn new() -> Arc<Self> {
         Arc::new(Hub::default())
+    }
+
+    /// Wakes on any job's wake-up (the multiplexed feed). Subscribe before
+    /// reading the store, as for a job.
+    pub fn subscribe_feed(&self) -> watch::Receiver<u64> {
+        self.feed.subscribe()
+    }
+
+    fn bump_feed(&self) {
+        self.feed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// Registers interest in `id`. Subscribe before reading the store, so that an
@@ -91,8 +112,9 @@ impl Hub {
         }
     }
 
-    /// Wakes every local subscriber of `id`.
+    /// Wakes every local subscriber of `id`, and the feeds.
     pub fn notify(&self, id: JobId) {
+        self.bump_feed();
         let signal = self
             .jobs
             .lock()
@@ -106,6 +128,7 @@ impl Hub {
 
     /// Wakes every subscriber of every job (after a lost cross-node listener, say).
     pub fn notify_all(&self) {
+        self.bump_feed();
         let signals: Vec<_> = self
             .jobs
             .lock()

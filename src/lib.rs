@@ -21,6 +21,7 @@
 //! - [`hub`]: per-job wake-ups ("look again"; the store holds the events).
 //! - [`notify`]: PostgreSQL LISTEN: other nodes' events, cancels and queue pushes wake this node.
 //! - [`stream`]: a job's SSE stream: subscribe, replay, tail, heartbeat, end.
+//! - [`feed`]: the multiplexed feed (`GET /v1/events`): many jobs' events on one stream.
 //! - [`api`]: the HTTP API (poem + poem-openapi) and its DTOs.
 //! - [`error`]: `ApiError` → RFC 9457 problem+json.
 //! - [`telemetry`]: tracing set-up, and the Prometheus metrics (recorder, labels, helpers).
@@ -34,6 +35,7 @@ pub mod config;
 pub mod domain;
 pub mod downstream;
 pub mod error;
+pub mod feed;
 pub mod hub;
 pub mod limits;
 pub mod notify;

@@ -80,7 +80,7 @@ pub type Frame = (EventSeq, bool, Timestamp, Bytes);
 
 /// Records each frame's append → hand-over lag. The handle is looked up once:
 /// this runs for every frame of every stream.
-fn record_lag(at: Timestamp) {
+pub(crate) fn record_lag(at: Timestamp) {
     static LAG: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
     let lag = (Timestamp::now().0 - at.0).max(0) as f64 / 1e6;
     LAG.get_or_init(|| {

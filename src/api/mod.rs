@@ -2,11 +2,13 @@
 //!
 //! - [`jobs`]: the `/v1/jobs` routes (submit, list, get, cancel)
 //! - [`events`]: a job's Server-Sent Events stream
+//! - [`feed`]: the multiplexed feed of many jobs' events, and its tokens
 //! - [`health`]: `/healthz`, `/readyz`
 //! - [`models`]: DTOs; [`body`]: the JSON body extractor with a size limit
 
 pub mod body;
 pub mod events;
+pub mod feed;
 pub mod health;
 pub mod jobs;
 pub mod models;
@@ -18,7 +20,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::app::AppState;
-use crate::auth::{AuthError, AuthMode};
+use crate::auth::{AuthError, AuthMode, TokenScope};
 use crate::domain::JobId;
 use crate::error::{render_any_error, ApiError};
 
@@ -30,11 +32,21 @@ pub enum ApiTags {
     Health,
 }
 
-type Apis = (jobs::JobsApi, events::EventsApi, health::HealthApi);
+type Apis = (
+    jobs::JobsApi,
+    events::EventsApi,
+    feed::FeedApi,
+    health::HealthApi,
+);
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (jobs::JobsApi, events::EventsApi, health::HealthApi),
+        (
+            jobs::JobsApi,
+            events::EventsApi,
+            feed::FeedApi,
+            health::HealthApi,
+        ),
         "herald",
         env!("CARGO_PKG_VERSION"),
     )
@@ -107,6 +119,7 @@ async fn metrics_endpoint(req: &Request) -> poem::Result<Response> {
     // Gauges read at scrape time.
     metrics::gauge!("herald_jobs_running").set(state.cancels.running_count() as f64);
     metrics::gauge!("herald_streams_open", "type" => "job").set(state.streams.open() as f64);
+    metrics::gauge!("herald_streams_open", "type" => "feed").set(state.feeds.open() as f64);
     if let Ok((depth, oldest)) = state.store.queue_stats().await {
         metrics::gauge!("herald_queue_depth").set(depth as f64);
         let age = oldest.map_or(0.0, |t| {
@@ -162,8 +175,8 @@ async fn access_log<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Respo
 }
 
 /// Puts the caller's [`Tenant`] into the request, or answers 401. A job's
-/// stream also accepts `?token=` (a stream token for that job), since a
-/// browser's EventSource cannot send headers.
+/// stream also accepts `?token=` (a stream token for that job), and the feed
+/// a feed token, since a browser's EventSource cannot send headers.
 async fn authenticate<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
     let path = req.uri().path();
     let public = matches!(path, "/healthz" | "/readyz");
@@ -171,19 +184,23 @@ async fn authenticate<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result
         return Ok(ep.call(req).await?.into_response());
     }
     let state = req.data::<AppState>().expect("state is attached").clone();
-    let stream_job = path
-        .strip_prefix("/v1/jobs/")
-        .and_then(|rest| rest.strip_suffix("/events"))
-        .and_then(|id| id.parse::<JobId>().ok());
+    let stream_scope = if path == "/v1/events" {
+        Some(TokenScope::Feed)
+    } else {
+        path.strip_prefix("/v1/jobs/")
+            .and_then(|rest| rest.strip_suffix("/events"))
+            .and_then(|id| id.parse::<JobId>().ok())
+            .map(TokenScope::Job)
+    };
     let query_token = req.uri().query().and_then(|q| url_param(q, "token"));
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let tenant = match (stream_job, query_token, bearer) {
-        (Some(job), Some(token), None) if state.auth.mode != AuthMode::None => {
-            state.auth.verify_stream_token(&token, job)
+    let tenant = match (stream_scope, query_token, bearer) {
+        (Some(scope), Some(token), None) if state.auth.mode != AuthMode::None => {
+            state.auth.verify_stream_token(&token, scope)
         }
         (_, _, bearer) => state.auth.authenticate(bearer.as_deref()),
     };
@@ -195,7 +212,7 @@ async fn authenticate<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result
         Err(e) => Err(ApiError::Unauthorized(match e {
             AuthError::Missing => "no credentials: send Authorization: Bearer <API key or JWT>".to_owned(),
             AuthError::Invalid => "the credentials are not valid".to_owned(),
-            AuthError::Expired => "the token has expired; get a fresh one (POST /v1/jobs/{id}/stream-token for streams) and reconnect with Last-Event-ID".to_owned(),
+            AuthError::Expired => "the token has expired; get a fresh one (POST /v1/jobs/{id}/stream-token, or POST /v1/events/stream-token for the feed) and reconnect with Last-Event-ID".to_owned(),
         })
         .into()),
     }

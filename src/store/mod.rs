@@ -73,6 +73,51 @@ pub struct StoredEvent {
     pub at: Timestamp,
 }
 
+/// A position in the multiplexed feed: after this event. On SQLite the event's
+/// id alone orders the feed (`tx` is 0); on PostgreSQL (appending
+/// transaction id, event id), see `PgStore::feed_after`. Opaque to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct FeedCursor {
+    pub tx: i64,
+    pub id: i64,
+}
+
+impl std::fmt::Display for FeedCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.tx, self.id)
+    }
+}
+
+impl std::str::FromStr for FeedCursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a feed cursor (the `id` of a feed event)");
+        let (tx, id) = s.split_once('-').ok_or_else(bad)?;
+        let tx: i64 = tx.parse().map_err(|_| bad())?;
+        let id: i64 = id.parse().map_err(|_| bad())?;
+        if tx < 0 || id < 0 {
+            return Err(bad());
+        }
+        Ok(FeedCursor { tx, id })
+    }
+}
+
+/// Which events the feed carries: the tenant's, of these jobs or this kind.
+#[derive(Debug, Clone, Default)]
+pub struct FeedFilter {
+    pub tenant: String,
+    pub jobs: Option<Vec<JobId>>,
+    pub kind: Option<String>,
+}
+
+/// One event of the feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedEvent {
+    pub cursor: FeedCursor,
+    pub job_id: JobId,
+    pub event: StoredEvent,
+}
+
 /// Which jobs `list` returns: newest first, after the cursor.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -173,4 +218,15 @@ pub trait Store: Send + Sync + 'static {
     /// Which of these jobs have a cancel request stored (the periodic backup
     /// for a cancel notification that another node sent and this one missed).
     async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError>;
+
+    /// The feed's events after `after`, in feed order, at most `limit`.
+    async fn feed_after(
+        &self,
+        filter: &FeedFilter,
+        after: FeedCursor,
+        limit: i64,
+    ) -> Result<Vec<FeedEvent>, StoreError>;
+
+    /// The feed's current end: a feed that starts "from now" starts after it.
+    async fn feed_head(&self) -> Result<FeedCursor, StoreError>;
 }

@@ -35,7 +35,8 @@ use uuid::Uuid;
 
 use super::row::{corrupt, to_json, JobRow};
 use super::{
-    ApplyError, CancelOutcome, ListQuery, Recovered, Store, StoreError, StoredEvent, Submitted,
+    ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered, Store,
+    StoreError, StoredEvent, Submitted,
 };
 use crate::domain::{
     CancelDecision, EventKind, EventSeq, JobError, JobId, JobRecord, JobStatus, NewEvent, Refused,
@@ -696,6 +697,74 @@ impl Store for PgStore {
             .execute(&self.pools.main)
             .await?;
         Ok(())
+    }
+
+    /// The feed in (appending transaction id, event id) order, and only below
+    /// the oldest transaction still running.
+    ///
+    /// Why not `id > cursor`: ids come from a sequence when the row is
+    /// inserted, but transactions commit in any order, so event 41 can become
+    /// visible after event 42 was read; a reader that moved its cursor to 42
+    /// would never see 41. Here a transaction with an id below the snapshot's
+    /// `xmin` has finished, so the events at or below it are final: nothing
+    /// can still appear among them. Everything appended later has a
+    /// transaction id at or above that `xmin`, so it sorts after any cursor
+    /// already handed out. The cost: an event waits for every older
+    /// transaction in the database to end (a long transaction elsewhere holds
+    /// the feed back; it never makes it skip).
+    async fn feed_after(
+        &self,
+        filter: &FeedFilter,
+        after: FeedCursor,
+        limit: i64,
+    ) -> Result<Vec<FeedEvent>, StoreError> {
+        let jobs: Option<Vec<Uuid>> = filter
+            .jobs
+            .as_ref()
+            .map(|ids| ids.iter().map(|id| id.0).collect());
+        let rows: Vec<(i64, i64, Uuid, i64, String, String, i64)> = sqlx::query_as(
+            "SELECT e.txid::text::bigint, e.id, e.job_id, e.seq, e.event, e.data, e.at \
+             FROM herald_job_events e JOIN herald_jobs j ON j.id = e.job_id \
+             WHERE (e.txid, e.id) > ($1::text::xid8, $2) \
+               AND e.txid < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND j.tenant = $3 AND ($4::text IS NULL OR j.kind = $4) \
+               AND ($5::uuid[] IS NULL OR e.job_id = ANY($5)) \
+             ORDER BY e.txid, e.id LIMIT $6",
+        )
+        .bind(after.tx.to_string())
+        .bind(after.id)
+        .bind(&filter.tenant)
+        .bind(filter.kind.as_deref())
+        .bind(jobs)
+        .bind(limit)
+        .fetch_all(&self.pools.main)
+        .await?;
+        rows.into_iter()
+            .map(|(tx, id, job_id, seq, event, data, at)| {
+                Ok(FeedEvent {
+                    cursor: FeedCursor { tx, id },
+                    job_id: JobId(job_id),
+                    event: StoredEvent {
+                        seq: EventSeq(seq),
+                        kind: EventKind::parse(&event)
+                            .ok_or_else(|| corrupt("event name", &event))?,
+                        data,
+                        at: Timestamp(at),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
+        let head: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT txid::text::bigint, id FROM herald_job_events \
+             WHERE txid < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY txid DESC, id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pools.main)
+        .await?;
+        Ok(head.map_or(FeedCursor::default(), |(tx, id)| FeedCursor { tx, id }))
     }
 
     async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {

@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::row::{corrupt, to_json, JobRow};
 use super::{
-    ApplyError, CancelOutcome, ListQuery, Recovered, Store, StoreError, StoredEvent, Submitted,
+    ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered, Store,
+    StoreError, StoredEvent, Submitted,
 };
 use crate::domain::{
     CancelDecision, EventKind, EventSeq, JobError, JobId, JobRecord, JobStatus, NewEvent,
@@ -748,6 +749,56 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pools.reader).await?;
         Ok(())
+    }
+
+    /// One writer commits events in id order, and a reader sees whole
+    /// commits, so the event id alone is a lossless cursor here.
+    async fn feed_after(
+        &self,
+        filter: &FeedFilter,
+        after: FeedCursor,
+        limit: i64,
+    ) -> Result<Vec<FeedEvent>, StoreError> {
+        let jobs = filter.jobs.as_ref().map(|ids| {
+            serde_json::to_string(&ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
+                .expect("ids serialize")
+        });
+        let rows: Vec<(i64, String, i64, String, String, i64)> = sqlx::query_as(
+            "SELECT e.id, e.job_id, e.seq, e.event, e.data, e.at FROM herald_job_events e \
+             JOIN herald_jobs j ON j.id = e.job_id \
+             WHERE e.id > ?1 AND j.tenant = ?2 AND (?3 IS NULL OR j.kind = ?3) \
+             AND (?4 IS NULL OR e.job_id IN (SELECT value FROM json_each(?4))) \
+             ORDER BY e.id LIMIT ?5",
+        )
+        .bind(after.id)
+        .bind(&filter.tenant)
+        .bind(filter.kind.as_deref())
+        .bind(jobs)
+        .bind(limit)
+        .fetch_all(&self.pools.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(id, job_id, seq, event, data, at)| {
+                Ok(FeedEvent {
+                    cursor: FeedCursor { tx: 0, id },
+                    job_id: job_id.parse().map_err(|e| corrupt("job id", e))?,
+                    event: StoredEvent {
+                        seq: EventSeq(seq),
+                        kind: EventKind::parse(&event)
+                            .ok_or_else(|| corrupt("event name", &event))?,
+                        data,
+                        at: Timestamp(at),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
+        let id: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM herald_job_events")
+            .fetch_one(&self.pools.reader)
+            .await?;
+        Ok(FeedCursor { tx: 0, id })
     }
 
     async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {

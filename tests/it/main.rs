@@ -12,6 +12,7 @@ mod cli;
 mod core_jobs;
 mod crash;
 mod downstream;
+mod feed;
 mod nodes;
 mod operability;
 mod stream;

@@ -1,0 +1,187 @@
+//! `GET /v1/events`: the multiplexed feed, and `POST /v1/events/stream-token`.
+
+use poem::http::{header, StatusCode};
+use poem::web::Data;
+use poem::{Body, IntoResponse, Response};
+use poem_openapi::param::{Header, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiResponse, OpenApi};
+use uuid::Uuid;
+
+use super::events::JobEventDto;
+use super::jobs::StreamTokenResponse;
+use super::models::{JobStatusDto, StreamTokenDto};
+use super::ApiTags;
+use crate::app::AppState;
+use crate::auth::{Tenant, TokenScope};
+use crate::domain::{JobId, Timestamp};
+use crate::error::ApiError;
+use crate::store::{FeedCursor, FeedFilter, ListQuery};
+
+pub struct FeedApi;
+
+/// The most jobs a `status=` filter selects when the feed opens.
+const STATUS_FILTER_LIMIT: i64 = 1000;
+
+pub struct FeedResponse(Body);
+
+const FEED_DESCRIPTION: &str = "A `text/event-stream` of the events of every job of the caller's \
+tenant (or of the jobs the filters select). It opens with `retry: <ms>`, then sends each event as \
+`id: <cursor>` (an opaque feed position), `event: <name>` (the job event's name: status, progress, \
+result, failed or cancelled) and `data: <one line of JSON>`: the job event's data (see JobEvent) \
+plus `job_id` and `seq` (the event's id in the job's own stream). Comment lines (`: keep-alive`) \
+while idle. It does not end on its own: only at shutdown or after HERALD_MAX_STREAM_SECS; \
+reconnect with `Last-Event-ID` (or `last_event_id`) set to the last cursor to resume without loss \
+or repetition. Without a cursor it starts from now.";
+
+impl ApiResponse for FeedResponse {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: FEED_DESCRIPTION,
+                status: Some(200),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: "text/event-stream",
+                    schema: JobEventDto::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        JobEventDto::register(registry);
+    }
+}
+
+impl IntoResponse for FeedResponse {
+    fn into_response(self) -> Response {
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .header("X-Accel-Buffering", "no")
+            .body(self.0)
+    }
+}
+
+fn parse_cursor(raw: &str, source: &str) -> Result<FeedCursor, ApiError> {
+    raw.parse().map_err(|e| ApiError::BadRequest {
+        code: "bad_last_event_id",
+        detail: format!("{source}: {e}; send the `id` of the last feed event you received, or none to start from now"),
+    })
+}
+
+#[OpenApi(tag = "ApiTags::Jobs")]
+impl FeedApi {
+    /// Stream the events of many jobs
+    ///
+    /// Server-Sent Events: every job's events on one connection (a browser
+    /// allows only six per host). Filters select jobs, not events: once a job
+    /// is selected, all its later events follow, the terminal one included.
+    #[oai(path = "/v1/events", method = "get")]
+    #[allow(clippy::too_many_arguments)]
+    async fn feed(
+        &self,
+        state: Data<&AppState>,
+        tenant: Data<&Tenant>,
+        /// Only these jobs (repeat the parameter for several).
+        job: Query<Vec<Uuid>>,
+        /// Only jobs of this kind.
+        kind: Query<Option<String>>,
+        /// Only the jobs that are in this status when the feed opens (at most 1,000).
+        status: Query<Option<JobStatusDto>>,
+        /// Resume after this feed cursor (what a reconnecting EventSource sends).
+        #[oai(name = "Last-Event-ID")]
+        last_event_id_header: Header<Option<String>>,
+        /// Resume after this feed cursor, for clients that cannot set headers.
+        /// The header wins when both are present.
+        last_event_id: Query<Option<String>>,
+        /// A feed token (`POST /v1/events/stream-token`), for clients that
+        /// cannot send `Authorization`.
+        #[oai(name = "token")]
+        _token: Query<Option<String>>,
+    ) -> Result<FeedResponse, ApiError> {
+        let after = match (last_event_id_header.0, last_event_id.0) {
+            (Some(h), _) => Some(parse_cursor(&h, "the Last-Event-ID header")?),
+            (None, Some(q)) => Some(parse_cursor(&q, "the last_event_id parameter")?),
+            (None, None) => None,
+        };
+        let mut jobs: Option<Vec<JobId>> =
+            (!job.0.is_empty()).then(|| job.0.iter().copied().map(JobId).collect());
+        if let Some(status) = status.0 {
+            let in_status = state
+                .store
+                .list(&ListQuery {
+                    tenant: tenant.0 .0.clone(),
+                    status: Some(status.into()),
+                    kind: None,
+                    before: None,
+                    limit: STATUS_FILTER_LIMIT,
+                })
+                .await?;
+            let ids: Vec<JobId> = in_status.iter().map(|j| j.id).collect();
+            jobs = Some(match jobs {
+                Some(listed) => listed.into_iter().filter(|id| ids.contains(id)).collect(),
+                None => ids,
+            });
+        }
+        let filter = FeedFilter {
+            tenant: tenant.0 .0.clone(),
+            jobs,
+            kind: kind.0,
+        };
+        let Some(slot) = state.stream_limit.acquire(tenant.0) else {
+            return Err(ApiError::RateLimited {
+                detail: format!(
+                    "this tenant already has {} open streams (HERALD_MAX_STREAMS_PER_TENANT); close one or retry later",
+                    state.config.max_streams_per_tenant
+                ),
+                retry_after_secs: 5,
+            });
+        };
+        let after = match after {
+            Some(c) => c,
+            None => state.store.feed_head().await?,
+        };
+        let body = crate::feed::feed_events(
+            state.store.clone(),
+            &state.hub,
+            filter,
+            after,
+            state.stream_settings.clone(),
+            state.serving_stop.child_token(),
+            (state.feeds.guard(), slot),
+        );
+        Ok(FeedResponse(Body::from_bytes_stream(body)))
+    }
+
+    /// Mint a feed token
+    ///
+    /// A `?token=` for `GET /v1/events`, for clients (browsers) that cannot
+    /// send an `Authorization` header on a stream. It is bound to the tenant
+    /// and expires after HERALD_STREAM_TOKEN_TTL_SECS; reconnect with a fresh
+    /// one and `last_event_id` to resume.
+    #[oai(path = "/v1/events/stream-token", method = "post")]
+    async fn feed_token(
+        &self,
+        state: Data<&AppState>,
+        tenant: Data<&Tenant>,
+    ) -> Result<StreamTokenResponse, ApiError> {
+        let (token, expires) = state.auth.mint_stream_token(tenant.0, TokenScope::Feed);
+        let expires_at = Timestamp(
+            expires
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros() as i64,
+        );
+        Ok(StreamTokenResponse::Ok(Json(StreamTokenDto {
+            events_url: format!("/v1/events?token={token}"),
+            token,
+            expires_at: expires_at.to_rfc3339(),
+        })))
+    }
+}

@@ -1,0 +1,186 @@
+//! The multiplexed feed: the bytes of `GET /v1/events`, one stream with the
+//! events of many jobs, so a page that watches twenty jobs holds one
+//! connection instead of twenty (a browser allows six per host over HTTP/1.1).
+//!
+//! The same rule as a job's stream: subscribe to the hub first (the feed
+//! wakes on any job's wake-up), then read the store after the cursor, then
+//! read again after every wake-up. The cursor is the store's
+//! ([`FeedCursor`]): the store guarantees that nothing can appear behind a
+//! cursor it handed out, on PostgreSQL too (see `PgStore::feed_after`).
+//! Unlike a job's stream the feed does not end on its own: only at shutdown,
+//! at `HERALD_MAX_STREAM_SECS`, or when the client goes.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::Stream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::Timestamp;
+use crate::hub::Hub;
+use crate::limits::StreamSlot;
+use crate::store::{FeedCursor, FeedEvent, FeedFilter, Store};
+use crate::stream::{record_lag, StreamGuard, StreamSettings};
+
+/// How many events one store read fetches.
+const PAGE: i64 = 256;
+
+/// One feed event in SSE framing: `id` is the feed cursor, `event` the job
+/// event's name, `data` the job event's JSON with `job_id` and `seq` added.
+pub fn frame(ev: &FeedEvent) -> Bytes {
+    let data = ev.event.data.as_str();
+    let mut buf = BytesMut::with_capacity(data.len() + 128);
+    buf.put_slice(b"id: ");
+    buf.put_slice(ev.cursor.to_string().as_bytes());
+    buf.put_slice(b"\nevent: ");
+    buf.put_slice(ev.event.kind.as_str().as_bytes());
+    buf.put_slice(b"\ndata: {\"job_id\":\"");
+    buf.put_slice(ev.job_id.to_string().as_bytes());
+    buf.put_slice(b"\",\"seq\":");
+    buf.put_slice(ev.event.seq.0.to_string().as_bytes());
+    // The stored data is a JSON object: splice its members in after ours.
+    let members = data.strip_prefix('{').unwrap_or("}").trim_start();
+    if !members.starts_with('}') {
+        buf.put_u8(b',');
+    }
+    buf.put_slice(members.as_bytes());
+    buf.put_slice(b"\n\n");
+    buf.freeze()
+}
+
+struct State {
+    store: Arc<dyn Store>,
+    wake: watch::Receiver<u64>,
+    filter: FeedFilter,
+    cursor: FeedCursor,
+    pending: VecDeque<(Timestamp, Bytes)>,
+    settings: StreamSettings,
+    deadline: Option<Instant>,
+    stop: CancellationToken,
+    started: bool,
+    /// Released with the stream: the open-feed count and the tenant's slot.
+    _guards: (StreamGuard, StreamSlot),
+}
+
+/// The feed's SSE chunks after `after`, until `stop` fires or the max duration.
+pub fn feed_events(
+    store: Arc<dyn Store>,
+    hub: &Hub,
+    filter: FeedFilter,
+    after: FeedCursor,
+    settings: StreamSettings,
+    stop: CancellationToken,
+    guards: (StreamGuard, StreamSlot),
+) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
+    // Subscribe before the first read (see the module doc).
+    let wake = hub.subscribe_feed();
+    let state = State {
+        store,
+        wake,
+        filter,
+        cursor: after,
+        pending: VecDeque::new(),
+        deadline: settings.max_duration.map(|d| Instant::now() + d),
+        settings,
+        stop,
+        started: false,
+        _guards: guards,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        let chunk = next_chunk(&mut st).await?;
+        Some((Ok(chunk), st))
+    })
+}
+
+async fn next_chunk(st: &mut State) -> Option<Bytes> {
+    if !st.started {
+        st.started = true;
+        return Some(Bytes::from(format!("retry: {}\n\n", st.settings.retry_ms)));
+    }
+    loop {
+        if st.stop.is_cancelled() || st.deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        if !st.pending.is_empty() {
+            let mut buf = BytesMut::new();
+            for (at, bytes) in st.pending.drain(..) {
+                record_lag(at);
+                buf.put_slice(&bytes);
+            }
+            return Some(buf.freeze());
+        }
+        // Marked seen before the read: a wake-up during the read reads again.
+        st.wake.borrow_and_update();
+        match st.store.feed_after(&st.filter, st.cursor, PAGE).await {
+            Ok(events) if !events.is_empty() => {
+                st.cursor = events.last().expect("non-empty").cursor;
+                st.pending
+                    .extend(events.iter().map(|e| (e.event.at, frame(e))));
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // End the stream; the client resumes from its last cursor.
+                crate::telemetry::store_error();
+                tracing::warn!(error = %e, "feed ends: store read failed");
+                return None;
+            }
+        }
+        let deadline = async {
+            match st.deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = st.wake.changed() => continue,
+            _ = tokio::time::sleep(st.settings.heartbeat) => {
+                return Some(Bytes::from_static(b": keep-alive\n\n"));
+            }
+            _ = st.stop.cancelled() => return None,
+            _ = deadline => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EventKind, EventSeq, JobId};
+    use crate::store::StoredEvent;
+
+    fn event(data: &str) -> FeedEvent {
+        FeedEvent {
+            cursor: FeedCursor { tx: 7, id: 42 },
+            job_id: JobId(uuid::Uuid::nil()),
+            event: StoredEvent {
+                seq: EventSeq(3),
+                kind: EventKind::Progress,
+                data: data.to_owned(),
+                at: Timestamp(0),
+            },
+        }
+    }
+
+    #[test]
+    fn a_feed_frame_adds_job_id_and_seq_to_the_data() {
+        let f = frame(&event(r#"{"at":"x","percent":50.0}"#));
+        let text = std::str::from_utf8(&f).unwrap();
+        assert_eq!(
+            text,
+            "id: 7-42\nevent: progress\ndata: {\"job_id\":\"00000000-0000-0000-0000-000000000000\",\"seq\":3,\"at\":\"x\",\"percent\":50.0}\n\n"
+        );
+        let data: serde_json::Value =
+            serde_json::from_str(text.lines().nth(2).unwrap().strip_prefix("data: ").unwrap())
+                .unwrap();
+        assert_eq!(data["seq"], 3);
+        let empty = frame(&event("{}"));
+        assert!(std::str::from_utf8(&empty)
+            .unwrap()
+            .contains("\"seq\":3}\n\n"));
+    }
+}
