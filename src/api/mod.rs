@@ -4,9 +4,11 @@
 //! - [`events`]: a job's Server-Sent Events stream
 //! - [`feed`]: the multiplexed feed of many jobs' events, and its tokens
 //! - [`health`]: `/healthz`, `/readyz`
+//! - [`dashboard`]: the dashboard page at `/` (static files in the binary)
 //! - [`models`]: DTOs; [`body`]: the JSON body extractor with a size limit
 
 pub mod body;
+pub mod dashboard;
 pub mod events;
 pub mod feed;
 pub mod health;
@@ -33,6 +35,7 @@ pub enum ApiTags {
 }
 
 type Apis = (
+    dashboard::DashboardApi,
     jobs::JobsApi,
     events::EventsApi,
     feed::FeedApi,
@@ -42,6 +45,7 @@ type Apis = (
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
+            dashboard::DashboardApi,
             jobs::JobsApi,
             events::EventsApi,
             feed::FeedApi,
@@ -78,6 +82,8 @@ pub fn routes(state: AppState) -> impl Endpoint {
     // Worker nodes answer the probes and /metrics only.
     let route = if state.config.role.serves_api() {
         route
+            .at("/app.js", poem::get(dashboard::script))
+            .at("/style.css", poem::get(dashboard::style))
             .at("/openapi.json", spec)
             .nest("/docs", docs)
             .nest("/", api.around(authenticate))
@@ -179,7 +185,8 @@ async fn access_log<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Respo
 /// a feed token, since a browser's EventSource cannot send headers.
 async fn authenticate<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
     let path = req.uri().path();
-    let public = matches!(path, "/healthz" | "/readyz");
+    // The dashboard page is public (it asks for a key itself), as the probes are.
+    let public = matches!(path, "/healthz" | "/readyz" | "/");
     if public {
         return Ok(ep.call(req).await?.into_response());
     }

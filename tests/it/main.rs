@@ -11,6 +11,7 @@ mod auth;
 mod cli;
 mod core_jobs;
 mod crash;
+mod dashboard;
 mod downstream;
 mod feed;
 mod nodes;
