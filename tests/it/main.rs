@@ -8,6 +8,7 @@ mod common;
 
 mod aggregate;
 mod auth;
+mod browser;
 mod cli;
 mod core_jobs;
 mod crash;

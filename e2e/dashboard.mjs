@@ -1,0 +1,141 @@
+// Browser tests of herald's dashboard: headless Debian chromium driven by
+// playwright-core, against a real herald that `tests/it/browser.rs` starts.
+//
+//   node e2e/dashboard.mjs <base-url>
+//
+// Talks to the Rust test on stdio for the restart scenario: prints
+// `RESTART` and waits for a `RESTARTED` line (herald back on the same port).
+// Exits non-zero with a message on the first failed check; on success it
+// saves docs/dashboard.png (a page with jobs in progress) if asked to with
+// HERALD_SCREENSHOT=<path>.
+
+import { chromium } from 'playwright-core';
+import readline from 'node:readline';
+
+const base = process.argv[2];
+if (!base) throw new Error('usage: node e2e/dashboard.mjs <base-url>');
+const lines = readline.createInterface({ input: process.stdin });
+const nextLine = () => new Promise((resolve) => lines.once('line', resolve));
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+  console.log(`ok - ${what}`);
+}
+
+async function api(path, body) {
+  const r = await fetch(base + path, {
+    method: body === undefined ? 'GET' : 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return r.json();
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run',
+  ],
+});
+const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+const errors = [];
+page.on('pageerror', (e) => errors.push(String(e)));
+// Console errors count, except the browser's own note of a non-2xx answer:
+// the 422 below is expected, and so are failed requests while herald restarts.
+page.on('console', (m) => {
+  if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) errors.push(m.text());
+});
+
+try {
+  await page.goto(base + '/');
+  await page.waitForSelector('#conn-state[data-state="live"]', { timeout: 10000 });
+  check(true, 'the feed connects: connection state is live');
+
+  // 1. Submit from the form: the bar reaches 100 and the result appears.
+  await page.selectOption('#kind', 'demo');
+  await page.fill('#input', JSON.stringify({ steps: 5, step_ms: 150 }));
+  await page.click('#submit-button');
+  const row = page.locator('tr[data-job-id]').first();
+  await row.waitFor({ timeout: 10000 });
+  const id = await row.getAttribute('data-job-id');
+  await page.waitForSelector(`tr[data-job-id="${id}"][data-status="succeeded"]`, { timeout: 15000 });
+  const now = await page.getAttribute(`tr[data-job-id="${id}"] [role="progressbar"]`, 'aria-valuenow');
+  check(Number(now) === 100, `the submitted job's bar reached 100 (aria-valuenow=${now})`);
+  await page.click(`tr[data-job-id="${id}"] td:nth-child(2)`);
+  await page.waitForFunction(() => {
+    const pre = document.querySelector('#result');
+    return pre && pre.textContent.includes('"steps"');
+  }, null, { timeout: 10000 });
+  const result = await page.textContent('#result');
+  check(JSON.parse(result).steps === 5 || result.includes('"steps": 5'), 'the result is shown, pretty-printed');
+
+  // A validation error from the API shows next to the form.
+  await page.fill('#input', JSON.stringify({ steps: -1 }));
+  await page.click('#submit-button');
+  await page.waitForSelector('#submit-errors:not([hidden])', { timeout: 5000 });
+  const problems = await page.textContent('#submit-errors');
+  check(/steps/.test(problems), `the API's validation errors show by the form: ${problems.trim().slice(0, 80)}`);
+
+  // 2. Cancel from the page.
+  await page.fill('#input', JSON.stringify({ steps: 200, step_ms: 100 }));
+  await page.click('#submit-button');
+  const slow = page.locator('tr[data-job-id][data-status="running"]').first();
+  await slow.waitFor({ timeout: 10000 });
+  const slowId = await slow.getAttribute('data-job-id');
+  await page.click(`tr[data-job-id="${slowId}"] button.cancel`);
+  await page.waitForSelector(`tr[data-job-id="${slowId}"][data-status="cancelled"]`, { timeout: 10000 });
+  check(true, 'cancel from the page: the row turns cancelled');
+
+  // 3. Twenty concurrent jobs all update live on one connection.
+  const ids = [];
+  for (let i = 0; i < 20; i++) {
+    const job = await api('/v1/jobs', { kind: 'demo', input: { steps: 20, step_ms: 150 + 10 * i } });
+    ids.push(job.id);
+  }
+  await page.waitForFunction((ids) => ids.every((id) => {
+    const bar = document.querySelector(`tr[data-job-id="${id}"] [role="progressbar"]`);
+    return bar && Number(bar.getAttribute('aria-valuenow')) > 0;
+  }), ids, { timeout: 20000 });
+  check(true, 'all twenty rows show live progress');
+  if (process.env.HERALD_SCREENSHOT) {
+    await page.screenshot({ path: process.env.HERALD_SCREENSHOT });
+    console.log(`saved ${process.env.HERALD_SCREENSHOT}`);
+  }
+  await page.waitForFunction((ids) => ids.every((id) =>
+    document.querySelector(`tr[data-job-id="${id}"][data-status="succeeded"]`)), ids, { timeout: 30000 });
+  const feeds = await page.evaluate(() => window.herald.feedConnections);
+  check(feeds === 1, `twenty jobs, one EventSource (feedConnections=${feeds})`);
+
+  // 4. herald restarts mid-job: the page shows it, reconnects, and the job's
+  //    event log in the detail view holds every event once.
+  const watched = await api('/v1/jobs', { kind: 'demo', input: { steps: 30, step_ms: 100 } });
+  await page.waitForSelector(`tr[data-job-id="${watched.id}"]`, { timeout: 10000 });
+  await page.click(`tr[data-job-id="${watched.id}"] td:nth-child(2)`);
+  await page.waitForSelector('#event-log li[data-seq="3"]', { timeout: 10000 });
+  console.log('RESTART');
+  await page.waitForSelector('#conn-state:not([data-state="live"])', { timeout: 15000 });
+  check(true, 'the page notices the lost connection');
+  await nextLine(); // RESTARTED
+  await page.waitForSelector('#conn-state[data-state="live"]', { timeout: 30000 });
+  check(true, 'the page reconnects');
+  await page.waitForSelector(`tr[data-job-id="${watched.id}"][data-status="succeeded"]`, { timeout: 60000 });
+  const stored = await api(`/v1/jobs/${watched.id}`);
+  await page.waitForSelector(`#event-log li[data-seq="${stored.last_event_id}"]`, { timeout: 10000 });
+  const seqs = await page.$$eval('#event-log li[data-seq]', (lis) => lis.map((li) => Number(li.dataset.seq)));
+  const want = Array.from({ length: stored.last_event_id }, (_, i) => i + 1);
+  check(JSON.stringify(seqs) === JSON.stringify(want),
+    `the event log holds events 1..${stored.last_event_id} once each, in order (got ${seqs.length})`);
+
+  check(errors.length === 0, `no page errors (${errors.join('; ')})`);
+  console.log('DONE');
+} catch (e) {
+  console.error(String(e && e.stack || e));
+  if (errors.length) console.error('page errors:', errors.join('\n'));
+  await page.screenshot({ path: '/tmp/herald-e2e-failure.png' }).catch(() => {});
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  lines.close();
+}
