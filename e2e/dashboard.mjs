@@ -13,7 +13,9 @@ import { chromium } from 'playwright-core';
 import readline from 'node:readline';
 
 const base = process.argv[2];
-if (!base) throw new Error('usage: node e2e/dashboard.mjs <base-url>');
+// With `--api-key KEY`: herald runs with API keys; the short keyed flow runs.
+const apiKey = process.argv[3] === '--api-key' ? process.argv[4] : null;
+if (!base) throw new Error('usage: node e2e/dashboard.mjs <base-url> [--api-key KEY]');
 const lines = readline.createInterface({ input: process.stdin });
 const nextLine = () => new Promise((resolve) => lines.once('line', resolve));
 
@@ -23,9 +25,11 @@ function check(cond, what) {
 }
 
 async function api(path, body) {
+  const headers = { 'content-type': 'application/json' };
+  if (apiKey) headers.authorization = `Bearer ${apiKey}`;
   const r = await fetch(base + path, {
     method: body === undefined ? 'GET' : 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers,
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   return r.json();
@@ -48,7 +52,38 @@ page.on('console', (m) => {
   if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) errors.push(m.text());
 });
 
+const urls = [];
+page.on('request', (r) => urls.push(r.url()));
+
+/// API keys: the page asks once, keeps the key for the session, and its
+/// streams carry feed tokens, never the key.
+async function keyedFlow() {
+  await page.goto(base + '/');
+  await page.waitForSelector('#auth-panel:not([hidden])', { timeout: 10000 });
+  check(true, 'the page asks for an API key');
+  await page.fill('#api-key', apiKey);
+  await page.press('#api-key', 'Enter');
+  await page.waitForSelector('#conn-state[data-state="live"]', { timeout: 10000 });
+  check(true, 'with the key, the feed connects');
+  const job = await api('/v1/jobs', { kind: 'demo', input: { steps: 3, step_ms: 50 } });
+  await page.waitForSelector(`tr[data-job-id="${job.id}"][data-status="succeeded"]`, { timeout: 15000 });
+  check(true, 'a job submitted elsewhere shows up and finishes live');
+  const stored = await page.evaluate(() => Object.values(sessionStorage).join(' '));
+  check(stored.includes(apiKey), 'the key is kept in sessionStorage');
+  await page.reload();
+  await page.waitForSelector('#conn-state[data-state="live"]', { timeout: 10000 });
+  check(await page.isHidden('#auth-panel'), 'after a reload it does not ask again');
+  check(urls.every((u) => !u.includes(apiKey)), 'the key never appears in a URL');
+  check(urls.some((u) => u.includes('/v1/events?token=')), 'the feed is opened with a feed token');
+}
+
 try {
+  if (apiKey) {
+    await keyedFlow();
+    check(errors.length === 0, `no page errors (${errors.join('; ')})`);
+    console.log('DONE');
+    process.exit(0);
+  }
   await page.goto(base + '/');
   await page.waitForSelector('#conn-state[data-state="live"]', { timeout: 10000 });
   check(true, 'the feed connects: connection state is live');

@@ -87,3 +87,46 @@ async fn the_dashboard_works_in_a_real_browser() {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn the_dashboard_asks_for_an_api_key_once_and_streams_with_feed_tokens() {
+    use herald::auth::AuthMode;
+    use herald::config::Secret;
+    if let Some(why) = missing() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: the browser test is skipped: {why}"
+        );
+        return;
+    }
+    const KEY: &str = "acme-key-0123456789abcdef";
+    let app = TestApp::spawn_with(|c| {
+        c.auth = AuthMode::ApiKeys;
+        c.api_keys = vec![Secret(format!("acme:{KEY}"))];
+        c.stream_token_secret = Some(Secret("stream-secret-for-tests-0123".into()));
+    })
+    .await;
+    let out = tokio::task::spawn_blocking({
+        let base = app.base.clone();
+        move || {
+            Command::new("node")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/dashboard.mjs"))
+                .arg(&base)
+                .arg("--api-key")
+                .arg(KEY)
+                .stdin(Stdio::null())
+                .output()
+                .expect("node runs")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l == "DONE"),
+        "the browser checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.stop().await;
+}
