@@ -160,7 +160,7 @@ impl Application {
         let jobs_root = CancellationToken::new();
         let cancels = CancelRegistry::new(jobs_root.clone());
         let hub = Hub::new();
-        let kinds = Arc::new(registry(&config).context("configuring job kinds")?);
+        let kinds = Arc::new(registry(&config, store.clone()).context("configuring job kinds")?);
         if config.allow_any_url {
             tracing::warn!("HERALD_ALLOW_ANY_URL is on: aggregate jobs may call any URL; never run this in production");
         }

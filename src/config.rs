@@ -175,6 +175,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_DRAIN_DELAY_SECS", default_value_t = 0)]
     pub drain_delay_secs: u64,
 
+    /// Largest file `POST /v1/uploads` accepts (413 above it; nothing is kept).
+    #[arg(long, env = "HERALD_MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+
     /// Largest accepted request body, chunked or not (413 above it).
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

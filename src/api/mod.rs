@@ -5,6 +5,7 @@
 //! - [`feed`]: the multiplexed feed of many jobs' events, and its tokens
 //! - [`health`]: `/healthz`, `/readyz`
 //! - [`dashboard`]: the dashboard page at `/` (static files in the binary)
+//! - [`uploads`]: `POST /v1/uploads`, a file streamed into the store → an `import` job
 //! - [`models`]: DTOs; [`body`]: the JSON body extractor with a size limit
 
 pub mod body;
@@ -14,6 +15,7 @@ pub mod feed;
 pub mod health;
 pub mod jobs;
 pub mod models;
+pub mod uploads;
 
 use std::sync::Arc;
 
@@ -84,6 +86,10 @@ pub fn routes(state: AppState) -> impl Endpoint {
         route
             .at("/app.js", poem::get(dashboard::script))
             .at("/style.css", poem::get(dashboard::style))
+            .at(
+                "/v1/uploads",
+                poem::post(uploads::upload).around(authenticate),
+            )
             .at("/openapi.json", spec)
             .nest("/docs", docs)
             .nest("/", api.around(authenticate))

@@ -30,6 +30,9 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// A validated submission, with defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submission {
+    /// The id the job gets; new when not given (an upload names its job
+    /// before the body is stored).
+    pub job_id: Option<super::JobId>,
     pub kind: String,
     pub input: Value,
     pub idempotency_key: Option<String>,
@@ -105,6 +108,7 @@ impl Submission {
 
         match (kind, input) {
             (Some(kind), Some(input)) if errors.is_empty() => Ok(Submission {
+                job_id: None,
                 kind,
                 input,
                 idempotency_key,

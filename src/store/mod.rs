@@ -229,4 +229,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// The feed's current end: a feed that starts "from now" starts after it.
     async fn feed_head(&self) -> Result<FeedCursor, StoreError>;
+
+    /// Stores chunk `n` of the file uploaded for job `id` (not yet created).
+    async fn put_upload_chunk(&self, id: JobId, n: i64, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Chunk `n` of job `id`'s upload, if there is one.
+    async fn upload_chunk(&self, id: JobId, n: i64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Deletes job `id`'s upload (a refused or failed upload).
+    async fn delete_upload(&self, id: JobId) -> Result<(), StoreError>;
+
+    /// Records where the job's work stands, for a later attempt to resume.
+    async fn set_checkpoint(&self, id: JobId, checkpoint: &str) -> Result<(), StoreError>;
+
+    async fn checkpoint(&self, id: JobId) -> Result<Option<String>, StoreError>;
 }

@@ -332,7 +332,7 @@ impl Store for PgStore {
     async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError> {
         let now = Timestamp::now();
         let job = JobRecord {
-            id: JobId::new(),
+            id: sub.job_id.unwrap_or_default(),
             tenant: tenant.to_owned(),
             kind: sub.kind.clone(),
             status: JobStatus::Queued,
@@ -657,6 +657,10 @@ impl Store for PgStore {
             .bind(&task_ids)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM herald_upload_chunks WHERE job_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM herald_jobs WHERE id = ANY($1)")
             .bind(&ids)
             .execute(&mut *tx)
@@ -765,6 +769,54 @@ impl Store for PgStore {
         .fetch_optional(&self.pools.main)
         .await?;
         Ok(head.map_or(FeedCursor::default(), |(tx, id)| FeedCursor { tx, id }))
+    }
+
+    async fn put_upload_chunk(&self, id: JobId, n: i64, data: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO herald_upload_chunks (job_id, n, data) VALUES ($1, $2, $3)")
+            .bind(id.0)
+            .bind(n)
+            .bind(data)
+            .execute(&self.pools.main)
+            .await?;
+        Ok(())
+    }
+
+    async fn upload_chunk(&self, id: JobId, n: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT data FROM herald_upload_chunks WHERE job_id = $1 AND n = $2",
+            )
+            .bind(id.0)
+            .bind(n)
+            .fetch_optional(&self.pools.main)
+            .await?,
+        )
+    }
+
+    async fn delete_upload(&self, id: JobId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM herald_upload_chunks WHERE job_id = $1")
+            .bind(id.0)
+            .execute(&self.pools.main)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_checkpoint(&self, id: JobId, checkpoint: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE herald_jobs SET checkpoint = $2 WHERE id = $1")
+            .bind(id.0)
+            .bind(checkpoint)
+            .execute(&self.pools.main)
+            .await?;
+        Ok(())
+    }
+
+    async fn checkpoint(&self, id: JobId) -> Result<Option<String>, StoreError> {
+        let cp: Option<Option<String>> =
+            sqlx::query_scalar("SELECT checkpoint FROM herald_jobs WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.pools.main)
+                .await?;
+        Ok(cp.flatten())
     }
 
     async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {

@@ -110,6 +110,12 @@ impl SqliteStore {
         &self.pools
     }
 
+    async fn unit(&self, write: UnitWrite) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::Unit { write, reply }).await?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+
     /// `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction
     /// that reads first and writes later fails with SQLITE_BUSY when another
     /// writer commits in between, and busy_timeout cannot help it.
@@ -252,7 +258,7 @@ async fn submit_in(
     }
     let now = Timestamp::now();
     let job = JobRecord {
-        id: JobId::new(),
+        id: sub.job_id.unwrap_or_default(),
         tenant: tenant.to_owned(),
         kind: sub.kind.clone(),
         status: JobStatus::Queued,
@@ -360,6 +366,47 @@ enum WriteOp {
         limit: i64,
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// Upload chunks and checkpoints: writes that answer nothing but success.
+    Unit {
+        write: UnitWrite,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+enum UnitWrite {
+    PutChunk { id: JobId, n: i64, data: Vec<u8> },
+    DeleteUpload(JobId),
+    Checkpoint { id: JobId, checkpoint: String },
+}
+
+async fn unit_write(
+    tx: &mut Transaction<'static, Sqlite>,
+    write: UnitWrite,
+) -> Result<(), StoreError> {
+    match write {
+        UnitWrite::PutChunk { id, n, data } => {
+            sqlx::query("INSERT INTO herald_upload_chunks (job_id, n, data) VALUES (?1, ?2, ?3)")
+                .bind(id.to_string())
+                .bind(n)
+                .bind(data)
+                .execute(&mut **tx)
+                .await?;
+        }
+        UnitWrite::DeleteUpload(id) => {
+            sqlx::query("DELETE FROM herald_upload_chunks WHERE job_id = ?1")
+                .bind(id.to_string())
+                .execute(&mut **tx)
+                .await?;
+        }
+        UnitWrite::Checkpoint { id, checkpoint } => {
+            sqlx::query("UPDATE herald_jobs SET checkpoint = ?2 WHERE id = ?1")
+                .bind(id.to_string())
+                .bind(checkpoint)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The outcome of one op inside a batch, held back until the batch commits.
@@ -396,6 +443,7 @@ impl Done {
             WriteOp::Cancel { reply, .. } => Done::Cancel(reply, Err(e())),
             WriteOp::DeleteTask { reply, .. } => Done::DeleteTask(reply, Err(e())),
             WriteOp::Purge { reply, .. } => Done::Purge(reply, Err(e())),
+            WriteOp::Unit { reply, .. } => Done::DeleteTask(reply, Err(e())),
         }
     }
 
@@ -491,6 +539,9 @@ async fn write_batch(pool: &SqlitePool, ops: impl Iterator<Item = WriteOp>) {
                 limit,
                 reply,
             } => Done::Purge(reply, purge_in(&mut tx, before, limit).await),
+            WriteOp::Unit { write, reply } => {
+                Done::DeleteTask(reply, unit_write(&mut tx, write).await)
+            }
         });
     }
     match tx.commit().await {
@@ -519,11 +570,14 @@ async fn purge_in(
     .fetch_all(&mut **tx)
     .await?;
     for (id, task_id) in &ids {
-        sqlx::query("DELETE FROM Jobs WHERE id = ?2; DELETE FROM herald_jobs WHERE id = ?1;")
-            .bind(id)
-            .bind(task_id)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM Jobs WHERE id = ?2; DELETE FROM herald_upload_chunks WHERE job_id = ?1; \
+             DELETE FROM herald_jobs WHERE id = ?1;",
+        )
+        .bind(id)
+        .bind(task_id)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(ids.len())
 }
@@ -799,6 +853,48 @@ impl Store for SqliteStore {
             .fetch_one(&self.pools.reader)
             .await?;
         Ok(FeedCursor { tx: 0, id })
+    }
+
+    async fn put_upload_chunk(&self, id: JobId, n: i64, data: &[u8]) -> Result<(), StoreError> {
+        self.unit(UnitWrite::PutChunk {
+            id,
+            n,
+            data: data.to_vec(),
+        })
+        .await
+    }
+
+    async fn upload_chunk(&self, id: JobId, n: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT data FROM herald_upload_chunks WHERE job_id = ?1 AND n = ?2",
+            )
+            .bind(id.to_string())
+            .bind(n)
+            .fetch_optional(&self.pools.reader)
+            .await?,
+        )
+    }
+
+    async fn delete_upload(&self, id: JobId) -> Result<(), StoreError> {
+        self.unit(UnitWrite::DeleteUpload(id)).await
+    }
+
+    async fn set_checkpoint(&self, id: JobId, checkpoint: &str) -> Result<(), StoreError> {
+        self.unit(UnitWrite::Checkpoint {
+            id,
+            checkpoint: checkpoint.to_owned(),
+        })
+        .await
+    }
+
+    async fn checkpoint(&self, id: JobId) -> Result<Option<String>, StoreError> {
+        let cp: Option<Option<String>> =
+            sqlx::query_scalar("SELECT checkpoint FROM herald_jobs WHERE id = ?1")
+                .bind(id.to_string())
+                .fetch_optional(&self.pools.reader)
+                .await?;
+        Ok(cp.flatten())
     }
 
     async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {

@@ -98,7 +98,10 @@ impl Registry {
 }
 
 /// The one place where job kinds are registered.
-pub fn registry(config: &crate::config::Config) -> anyhow::Result<Registry> {
+pub fn registry(
+    config: &crate::config::Config,
+    store: Arc<dyn crate::store::Store>,
+) -> anyhow::Result<Registry> {
     let downstreams = Arc::new(crate::downstream::Downstreams::load(
         &config.downstreams,
         config.downstreams_file.as_deref(),
@@ -107,7 +110,8 @@ pub fn registry(config: &crate::config::Config) -> anyhow::Result<Registry> {
     Ok(Registry::default()
         .with(kinds::demo::Demo)
         .with(kinds::aggregate::Aggregate::new(
-            downstreams,
+            downstreams.clone(),
             config.downstream_max_body_bytes,
-        )?))
+        )?)
+        .with(kinds::import::Import::new(downstreams, store)?))
 }

@@ -18,4 +18,5 @@ mod feed;
 mod nodes;
 mod operability;
 mod stream;
+mod uploads;
 mod validation;

@@ -1,0 +1,10 @@
+-- Uploaded files (the `import` kind), in chunks, keyed by the job they feed;
+-- deleted with the job. And a job's checkpoint: where an interrupted attempt
+-- may resume (import: the last acknowledged batch).
+CREATE TABLE herald_upload_chunks (
+    job_id TEXT    NOT NULL,
+    n      INTEGER NOT NULL,   -- 0, 1, 2 ... in file order
+    data   BLOB    NOT NULL,
+    PRIMARY KEY (job_id, n)
+);
+ALTER TABLE herald_jobs ADD COLUMN checkpoint TEXT;

@@ -1,0 +1,364 @@
+//! Upload and import: `POST /v1/uploads` → an `import` job that sends the
+//! file's rows to a local downstream which records every batch.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use poem::web::{Data, Json};
+use poem::{handler, http::StatusCode, EndpointExt, Response, Route, Server};
+use serde_json::{json, Value};
+
+use crate::common::{TestApp, WAIT};
+
+/// What the downstream should do with a batch that holds a given row `id`.
+#[derive(Default)]
+struct Script {
+    /// Answer 503 this many times to a batch holding the id.
+    unavailable: BTreeMap<String, usize>,
+    /// Answer 400 to a batch holding the id.
+    refuse: Vec<String>,
+}
+
+#[derive(Default)]
+struct Recorder {
+    /// Every batch acknowledged with 2xx, in arrival order.
+    accepted: Mutex<Vec<Vec<Value>>>,
+    /// Every request, whatever the answer.
+    requests: Mutex<usize>,
+    script: Mutex<Script>,
+}
+
+#[handler]
+fn rows(Json(batch): Json<Vec<Value>>, rec: Data<&Arc<Recorder>>) -> Response {
+    *rec.requests.lock().unwrap() += 1;
+    let ids: Vec<String> = batch
+        .iter()
+        .map(|r| {
+            r["id"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| r["id"].to_string())
+        })
+        .collect();
+    {
+        let mut script = rec.script.lock().unwrap();
+        if ids.iter().any(|id| script.refuse.contains(id)) {
+            return Response::builder().status(StatusCode::BAD_REQUEST).finish();
+        }
+        for id in &ids {
+            if let Some(left) = script.unavailable.get_mut(id) {
+                if *left > 0 {
+                    *left -= 1;
+                    return Response::builder()
+                        .status(StatusCode::SERVICE_UNAVAILABLE)
+                        .finish();
+                }
+            }
+        }
+    }
+    rec.accepted.lock().unwrap().push(batch);
+    Response::builder().status(StatusCode::OK).finish()
+}
+
+async fn recorder() -> (String, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::default());
+    let app = Route::new().at("/rows", poem::post(rows)).data(rec.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).unwrap();
+    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+    (base, rec)
+}
+
+/// A CSV of `n` rows (`id,name,amount`) with the listed rows malformed
+/// (an extra field); returns the text and the malformed rows' line numbers.
+fn csv(n: usize, malformed: &[usize]) -> (String, Vec<u64>) {
+    let mut s = String::from("id,name,amount\n");
+    let mut lines = Vec::new();
+    for i in 1..=n {
+        if malformed.contains(&i) {
+            s.push_str(&format!("{i},broken,1,extra\n"));
+            lines.push(i as u64 + 1);
+        } else {
+            s.push_str(&format!("{i},name {i},{}\n", i * 3));
+        }
+    }
+    (s, lines)
+}
+
+async fn app_with(base: &str) -> TestApp {
+    let downstream = format!("sink={base}");
+    TestApp::spawn_with(move |c| {
+        c.downstreams = vec![downstream];
+        c.max_upload_bytes = 8 * 1024 * 1024;
+    })
+    .await
+}
+
+async fn upload(
+    app: &TestApp,
+    query: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/v1/uploads?{query}")))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Waits for the job's end; its final JSON.
+async fn finished(app: &TestApp, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + WAIT * 3;
+    loop {
+        let job = app.get_job(id).await;
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "import never ended: {job}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Every accepted row's id, with how many times it arrived.
+fn arrivals(rec: &Recorder) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for batch in rec.accepted.lock().unwrap().iter() {
+        for row in batch {
+            *m.entry(row["id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+async fn a_large_csv_arrives_exactly_once_in_bounded_batches_and_names_its_bad_lines() {
+    let (base, rec) = recorder().await;
+    let app = app_with(&base).await;
+    let (text, bad_lines) = csv(50_000, &[10, 25_000, 49_999]);
+    let resp = upload(
+        &app,
+        "downstream=sink&path=/rows&format=csv&batch_size=700",
+        "text/csv",
+        text.into_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(job["kind"], "import");
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result = &done["result"];
+    assert_eq!(result["rows_ok"], 49_997);
+    assert_eq!(result["rows_failed"], 3);
+    let lines: Vec<u64> = result["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, bad_lines);
+    let got = arrivals(&rec);
+    assert_eq!(got.len(), 49_997);
+    assert!(got.values().all(|n| *n == 1), "every row exactly once");
+    let batches = rec.accepted.lock().unwrap().clone();
+    assert!(
+        batches.iter().all(|b| b.len() <= 700),
+        "no batch over batch_size"
+    );
+    assert_eq!(result["batches"], batches.len());
+    // Rows arrive as objects keyed by the header.
+    assert_eq!(
+        batches[0][0],
+        json!({"id": "1", "name": "name 1", "amount": "3"})
+    );
+    // The progress events carry the import's counts and reach 100 %.
+    let events = app.events(done["id"].as_str().unwrap()).await;
+    let last_progress: Value = events
+        .iter()
+        .rev()
+        .find(|e| e.kind.as_str() == "progress")
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .unwrap();
+    assert_eq!(last_progress["stage"], "import");
+    assert_eq!(last_progress["percent"], 100.0);
+    assert_eq!(last_progress["data"]["rows_ok"], 49_997);
+    app.stop().await;
+}
+
+async fn ndjson_with_bad_lines_and_a_multipart_form_both_work() {
+    let (base, rec) = recorder().await;
+    let app = app_with(&base).await;
+    let mut text = String::new();
+    for i in 1..=2_000 {
+        match i {
+            100 => text.push_str("{not json\n"),
+            1500 => text.push_str("[1, 2]\n"),
+            _ => text.push_str(&format!("{{\"id\":\"{i}\",\"n\":{i}}}\n")),
+        }
+    }
+    let resp = upload(
+        &app,
+        "downstream=sink&path=/rows&format=ndjson&batch_size=250",
+        "application/x-ndjson",
+        text.clone().into_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let job: Value = resp.json().await.unwrap();
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["result"]["rows_ok"], 1_998, "{done}");
+    let lines: Vec<u64> = done["result"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, vec![100, 1500]);
+    assert_eq!(arrivals(&rec).len(), 1_998);
+
+    // The same file from a browser form.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(text.into_bytes()).file_name("rows.ndjson"),
+    );
+    let resp = app
+        .client
+        .post(app.url("/v1/uploads?downstream=sink&path=/rows&format=ndjson"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let job: Value = resp.json().await.unwrap();
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["result"]["rows_ok"], 1_998, "{done}");
+    assert!(
+        arrivals(&rec).values().all(|n| *n == 2),
+        "each row once per upload"
+    );
+    app.stop().await;
+}
+
+async fn a_503_twice_is_retried_and_a_400_fails_exactly_that_batch() {
+    let (base, rec) = recorder().await;
+    {
+        let mut s = rec.script.lock().unwrap();
+        s.unavailable.insert("150".into(), 2);
+        s.refuse.push("420".into());
+    }
+    let app = app_with(&base).await;
+    let (text, _) = csv(1_000, &[]);
+    let resp = upload(
+        &app,
+        "downstream=sink&path=/rows&format=csv&batch_size=100",
+        "text/csv",
+        text.into_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let job: Value = resp.json().await.unwrap();
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // Rows 401..=500 were in the refused batch; every other row arrived once.
+    assert_eq!(done["result"]["rows_ok"], 900);
+    assert_eq!(done["result"]["rows_failed"], 100);
+    let failed_lines: Vec<u64> = done["result"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(failed_lines, (402..=501).collect::<Vec<u64>>());
+    let got = arrivals(&rec);
+    assert_eq!(got.len(), 900);
+    assert!(got.values().all(|n| *n == 1));
+    assert!(
+        got.contains_key("150"),
+        "the batch answered 503 twice got through"
+    );
+    assert_eq!(
+        *rec.requests.lock().unwrap(),
+        10 + 2,
+        "10 batches, 2 retries"
+    );
+    app.stop().await;
+}
+
+async fn bad_parameters_and_an_oversized_body_store_nothing() {
+    let (base, _rec) = recorder().await;
+    let app = app_with(&base).await;
+    let cases = [
+        ("downstream=nope&path=/rows&format=csv", "/downstream"),
+        ("downstream=sink&path=/rows&format=xml", "/format"),
+        (
+            "downstream=sink&path=//evil.example/rows&format=csv",
+            "/downstream",
+        ),
+        (
+            "downstream=sink&path=/rows&format=csv&batch_size=0",
+            "/batch_size",
+        ),
+    ];
+    for (query, pointer) in cases {
+        let resp = upload(&app, query, "text/csv", b"id\n1\n".to_vec()).await;
+        assert_eq!(resp.status(), 422, "{query}");
+        let problem: Value = resp.json().await.unwrap();
+        assert!(
+            problem["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["pointer"] == pointer),
+            "{query}: {problem}"
+        );
+    }
+    let big = vec![b'x'; 8 * 1024 * 1024 + 1];
+    let resp = upload(
+        &app,
+        "downstream=sink&path=/rows&format=csv",
+        "text/csv",
+        big,
+    )
+    .await;
+    assert_eq!(resp.status(), 413);
+    // Nothing was kept: no job, no stored chunk.
+    let jobs = app.get_json("/v1/jobs").await;
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 0, "{jobs}");
+    assert_eq!(chunks_stored(&app).await, 0);
+    app.stop().await;
+}
+
+/// Stored upload chunks, counted in the test's database.
+async fn chunks_stored(app: &TestApp) -> i64 {
+    let url = app.db.url().to_owned();
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let n = sqlx::query_scalar("SELECT count(*) FROM herald_upload_chunks")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    } else {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let n = sqlx::query_scalar("SELECT count(*) FROM herald_upload_chunks")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    }
+}
+
+backend_tests!(
+    a_large_csv_arrives_exactly_once_in_bounded_batches_and_names_its_bad_lines,
+    ndjson_with_bad_lines_and_a_multipart_form_both_work,
+    a_503_twice_is_retried_and_a_400_fails_exactly_that_batch,
+    bad_parameters_and_an_oversized_body_store_nothing,
+);
