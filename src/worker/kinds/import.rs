@@ -10,8 +10,12 @@
 //!
 //! After each acknowledged batch the job's checkpoint records the counts and
 //! the last line sent. A later attempt (after a crash, say) parses the file
-//! again but sends only the rows after that line, so no batch goes out twice
-//! after it was acknowledged. A cancel stops before the next batch.
+//! again but sends only the rows after that line, so no batch goes out again
+//! once its acknowledgement is recorded. The one window left, a crash between
+//! the downstream's answer and the checkpoint's write, re-sends that one
+//! batch: each batch carries an `Idempotency-Key` (job id and batch number,
+//! the same in every attempt) so the downstream can drop the repeat. A cancel
+//! stops before the next batch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -376,6 +380,7 @@ impl Import {
     async fn send(
         &self,
         ctx: &JobContext,
+        key: &str,
         url: &Url,
         input: &ImportInput,
         batch: &[Row],
@@ -393,7 +398,12 @@ impl Import {
         let timeout = ds.timeout.unwrap_or(Duration::from_secs(30));
         let mut last = String::new();
         for attempt in 1..=TRIES {
-            let mut req = self.http.post(url.clone()).json(&body).timeout(timeout);
+            let mut req = self
+                .http
+                .post(url.clone())
+                .header("idempotency-key", key)
+                .json(&body)
+                .timeout(timeout);
             for (k, v) in &ds.headers {
                 req = req.header(k, v);
             }
@@ -569,7 +579,10 @@ impl Import {
             return Err(JobFailure::cancelled());
         }
         let last_line = batch.last().map_or(tally.line, |r| r.line);
-        match self.send(ctx, url, input, batch).await? {
+        // The same batch (same rows) gets the same key in every attempt: the
+        // checkpoint falls on batch boundaries, so batches are cut alike.
+        let key = format!("{}:{}", ctx.job_id, tally.batches);
+        match self.send(ctx, &key, url, input, batch).await? {
             Sent::Ok => tally.rows_ok += batch.len() as u64,
             Sent::Refused(reason) => {
                 for row in batch.iter() {
