@@ -143,7 +143,32 @@ try {
   const feeds = await page.evaluate(() => window.herald.feedConnections);
   check(feeds === 1, `twenty jobs, one EventSource (feedConnections=${feeds})`);
 
-  // 4. herald restarts mid-job: the page shows it, reconnects, and the job's
+  // 4. Upload from the page: the browser's upload progress, then the import's,
+  //    on one bar, and the row errors listed at the end.
+  const phases = new Set();
+  await page.exposeFunction('heraldPhase', (p) => phases.add(p));
+  await page.evaluate(() => {
+    const el = document.querySelector('#upload-progress');
+    new MutationObserver(() => window.heraldPhase(el.dataset.phase)).observe(el, { attributes: true });
+  });
+  let csv = 'id,name\n';
+  for (let i = 1; i <= 3000; i++) csv += i % 1000 === 0 ? `${i},bad,extra\n` : `${i},row ${i}\n`;
+  await page.setInputFiles('#upload-file', { name: 'rows.csv', mimeType: 'text/csv', buffer: Buffer.from(csv) });
+  await page.fill('#upload-downstream', 'sink');
+  await page.fill('#upload-path', '/rows');
+  await page.selectOption('#upload-format', 'csv');
+  await page.fill('#upload-batch-size', '100');
+  await page.click('#upload-button');
+  await page.waitForSelector('#upload-progress[data-phase="done"]', { timeout: 20000 });
+  const uploadNow = await page.getAttribute('#upload-progress', 'aria-valuenow');
+  check(Number(uploadNow) === 100, `the upload bar ends at 100 (aria-valuenow=${uploadNow})`);
+  check(phases.has('uploading') && phases.has('importing'),
+    `one bar went through uploading and importing (${[...phases].join(', ')})`);
+  const badLines = await page.$$eval('#upload-errors li[data-line]', (lis) => lis.map((li) => Number(li.dataset.line)));
+  check(JSON.stringify(badLines) === JSON.stringify([1001, 2001, 3001]),
+    `the row errors are listed by line (${badLines.join(', ')})`);
+
+  // 5. herald restarts mid-job: the page shows it, reconnects, and the job's
   //    event log in the detail view holds every event once.
   const watched = await api('/v1/jobs', { kind: 'demo', input: { steps: 30, step_ms: 100 } });
   await page.waitForSelector(`tr[data-job-id="${watched.id}"]`, { timeout: 10000 });

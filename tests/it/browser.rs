@@ -36,7 +36,31 @@ async fn the_dashboard_works_in_a_real_browser() {
         );
         return;
     }
-    let app = TestApp::spawn_with(|c| c.shutdown_grace_secs = 0).await;
+    // A downstream for the upload form's import: takes every batch.
+    let sink = {
+        use poem::{EndpointExt, Route, Server};
+        #[poem::handler]
+        fn rows(_batch: poem::web::Json<Vec<serde_json::Value>>) -> &'static str {
+            "ok"
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).unwrap();
+        tokio::spawn(
+            Server::new_with_acceptor(acceptor)
+                .run(Route::new().at("/rows", poem::post(rows)).boxed()),
+        );
+        base
+    };
+    let downstreams = vec![format!("sink={sink}")];
+    let app = TestApp::spawn_with({
+        let downstreams = downstreams.clone();
+        move |c| {
+            c.shutdown_grace_secs = 0;
+            c.downstreams = downstreams;
+        }
+    })
+    .await;
     let addr = app.state.config.listen;
     let base = app.base.clone();
     let bound: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
@@ -72,7 +96,14 @@ async fn the_dashboard_works_in_a_real_browser() {
             // port and database, as a deploy would.
             app.take().unwrap().stop().await;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            app = Some(TestApp::spawn_in(db.clone(), |c| c.listen = bound).await);
+            let downstreams = downstreams.clone();
+            app = Some(
+                TestApp::spawn_in(db.clone(), move |c| {
+                    c.listen = bound;
+                    c.downstreams = downstreams;
+                })
+                .await,
+            );
             writeln!(stdin, "RESTARTED").unwrap();
         }
         output.push(line);
