@@ -206,16 +206,17 @@ async fn ndjson_with_bad_lines_and_a_multipart_form_both_work() {
     let (base, rec) = recorder().await;
     let app = app_with(&base).await;
     let mut text = String::new();
-    for i in 1..=2_000 {
+    for i in 1..=50_000 {
         match i {
             100 => text.push_str("{not json\n"),
-            1500 => text.push_str("[1, 2]\n"),
+            25_000 => text.push_str("[1, 2]\n"),
+            49_999 => text.push_str("\"just a string\"\n"),
             _ => text.push_str(&format!("{{\"id\":\"{i}\",\"n\":{i}}}\n")),
         }
     }
     let resp = upload(
         &app,
-        "downstream=sink&path=/rows&format=ndjson&batch_size=250",
+        "downstream=sink&path=/rows&format=ndjson&batch_size=600",
         "application/x-ndjson",
         text.clone().into_bytes(),
     )
@@ -223,15 +224,17 @@ async fn ndjson_with_bad_lines_and_a_multipart_form_both_work() {
     assert_eq!(resp.status(), 202);
     let job: Value = resp.json().await.unwrap();
     let done = finished(&app, job["id"].as_str().unwrap()).await;
-    assert_eq!(done["result"]["rows_ok"], 1_998, "{done}");
+    assert_eq!(done["result"]["rows_ok"], 49_997, "{done}");
     let lines: Vec<u64> = done["result"]["errors"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["line"].as_u64().unwrap())
         .collect();
-    assert_eq!(lines, vec![100, 1500]);
-    assert_eq!(arrivals(&rec).len(), 1_998);
+    assert_eq!(lines, vec![100, 25_000, 49_999]);
+    assert_eq!(arrivals(&rec).len(), 49_997);
+    assert!(arrivals(&rec).values().all(|n| *n == 1));
+    assert!(rec.accepted.lock().unwrap().iter().all(|b| b.len() <= 600));
 
     // The same file from a browser form.
     let form = reqwest::multipart::Form::new().part(
@@ -248,7 +251,7 @@ async fn ndjson_with_bad_lines_and_a_multipart_form_both_work() {
     assert_eq!(resp.status(), 202);
     let job: Value = resp.json().await.unwrap();
     let done = finished(&app, job["id"].as_str().unwrap()).await;
-    assert_eq!(done["result"]["rows_ok"], 1_998, "{done}");
+    assert_eq!(done["result"]["rows_ok"], 49_997, "{done}");
     assert!(
         arrivals(&rec).values().all(|n| *n == 2),
         "each row once per upload"
@@ -402,7 +405,52 @@ async fn cancel_stops_the_batches() {
     app.stop().await;
 }
 
+async fn the_stored_file_is_deleted_with_its_job() {
+    let (base, _rec) = recorder().await;
+    let downstream = format!("sink={base}");
+    let app = TestApp::spawn_with(move |c| {
+        c.downstreams = vec![downstream];
+        // Finished jobs go at once, swept every second.
+        c.retention_hours = 0.0;
+        c.retention_sweep_secs = 1;
+    })
+    .await;
+    let (text, _) = csv(100, &[]);
+    let resp = upload(
+        &app,
+        "downstream=sink&path=/rows&format=csv",
+        "text/csv",
+        text.into_bytes(),
+    )
+    .await;
+    let id = resp.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(chunks_stored(&app).await > 0, "the file is stored");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let resp = app
+            .client
+            .get(app.url(&format!("/v1/jobs/{id}")))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 404 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job was never purged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(chunks_stored(&app).await, 0, "its file went with it");
+    app.stop().await;
+}
+
 backend_tests!(
+    the_stored_file_is_deleted_with_its_job,
     cancel_stops_the_batches,
     a_large_csv_arrives_exactly_once_in_bounded_batches_and_names_its_bad_lines,
     ndjson_with_bad_lines_and_a_multipart_form_both_work,
