@@ -14,7 +14,8 @@
 //! - [`store`]: the `Store` trait (`herald_jobs`, `herald_job_events`) and its two backends,
 //!   SQLite (one process) and PostgreSQL (several nodes, leases in `herald_nodes`).
 //! - [`worker`]: the `JobKind` trait and registry, the runner (attempts, timeout,
-//!   cancel grace, retries), the apalis queue, the crash reconciler, the kinds.
+//!   cancel grace, retries), the apalis queue, the crash reconciler, the kinds
+//!   (`demo`, `aggregate`, and `import`, which feeds an uploaded file to a downstream).
 //! - [`cancel`]: job id → `CancellationToken` for the jobs running here.
 //! - [`downstream`]: the named downstreams `aggregate` may call, and the SSRF guard.
 //! - [`limits`]: per-tenant stream and submission limits.
