@@ -13,6 +13,10 @@ use crate::store::Store;
 /// Jobs deleted per batch.
 const BATCH: i64 = 200;
 
+/// An upload's chunks without a job after this long belong to an upload that
+/// was cut off (the longest upload is far shorter).
+const ORPHAN_UPLOAD_AGE: Duration = Duration::from_secs(6 * 3600);
+
 pub async fn run(
     store: Arc<dyn Store>,
     retention: Duration,
@@ -45,6 +49,12 @@ pub async fn run(
         }
         if purged > 0 {
             tracing::info!(purged, "deleted finished jobs past the retention period");
+        }
+        // Uploads whose job never came (the process stopped mid-upload).
+        let stale = Timestamp(Timestamp::now().0 - ORPHAN_UPLOAD_AGE.as_micros() as i64);
+        if let Err(e) = store.purge_orphan_uploads(stale).await {
+            crate::telemetry::store_error();
+            tracing::warn!(error = %e, "deleting abandoned uploads failed; will try again");
         }
     }
 }

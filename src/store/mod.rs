@@ -239,6 +239,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes job `id`'s upload (a refused or failed upload).
     async fn delete_upload(&self, id: JobId) -> Result<(), StoreError>;
 
+    /// Deletes the chunks stored before `before` whose job does not exist
+    /// (an upload cut off by a stopped process).
+    async fn purge_orphan_uploads(&self, before: Timestamp) -> Result<(), StoreError>;
+
     /// Records where the job's work stands, for a later attempt to resume.
     async fn set_checkpoint(&self, id: JobId, checkpoint: &str) -> Result<(), StoreError>;
 

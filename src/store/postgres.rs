@@ -772,12 +772,15 @@ impl Store for PgStore {
     }
 
     async fn put_upload_chunk(&self, id: JobId, n: i64, data: &[u8]) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO herald_upload_chunks (job_id, n, data) VALUES ($1, $2, $3)")
-            .bind(id.0)
-            .bind(n)
-            .bind(data)
-            .execute(&self.pools.main)
-            .await?;
+        sqlx::query(
+            "INSERT INTO herald_upload_chunks (job_id, n, data, stored_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id.0)
+        .bind(n)
+        .bind(data)
+        .bind(Timestamp::now().0)
+        .execute(&self.pools.main)
+        .await?;
         Ok(())
     }
 
@@ -798,6 +801,17 @@ impl Store for PgStore {
             .bind(id.0)
             .execute(&self.pools.main)
             .await?;
+        Ok(())
+    }
+
+    async fn purge_orphan_uploads(&self, before: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM herald_upload_chunks c WHERE c.stored_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM herald_jobs j WHERE j.id = c.job_id)",
+        )
+        .bind(before.0)
+        .execute(&self.pools.main)
+        .await?;
         Ok(())
     }
 

@@ -376,6 +376,7 @@ enum WriteOp {
 enum UnitWrite {
     PutChunk { id: JobId, n: i64, data: Vec<u8> },
     DeleteUpload(JobId),
+    PurgeOrphans(Timestamp),
     Checkpoint { id: JobId, checkpoint: String },
 }
 
@@ -385,10 +386,13 @@ async fn unit_write(
 ) -> Result<(), StoreError> {
     match write {
         UnitWrite::PutChunk { id, n, data } => {
-            sqlx::query("INSERT INTO herald_upload_chunks (job_id, n, data) VALUES (?1, ?2, ?3)")
-                .bind(id.to_string())
-                .bind(n)
-                .bind(data)
+            sqlx::query(
+                "INSERT INTO herald_upload_chunks (job_id, n, data, stored_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(id.to_string())
+            .bind(n)
+            .bind(data)
+            .bind(Timestamp::now().0)
                 .execute(&mut **tx)
                 .await?;
         }
@@ -397,6 +401,15 @@ async fn unit_write(
                 .bind(id.to_string())
                 .execute(&mut **tx)
                 .await?;
+        }
+        UnitWrite::PurgeOrphans(before) => {
+            sqlx::query(
+                "DELETE FROM herald_upload_chunks WHERE stored_at < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM herald_jobs j WHERE j.id = herald_upload_chunks.job_id)",
+            )
+            .bind(before.0)
+            .execute(&mut **tx)
+            .await?;
         }
         UnitWrite::Checkpoint { id, checkpoint } => {
             sqlx::query("UPDATE herald_jobs SET checkpoint = ?2 WHERE id = ?1")
@@ -878,6 +891,10 @@ impl Store for SqliteStore {
 
     async fn delete_upload(&self, id: JobId) -> Result<(), StoreError> {
         self.unit(UnitWrite::DeleteUpload(id)).await
+    }
+
+    async fn purge_orphan_uploads(&self, before: Timestamp) -> Result<(), StoreError> {
+        self.unit(UnitWrite::PurgeOrphans(before)).await
     }
 
     async fn set_checkpoint(&self, id: JobId, checkpoint: &str) -> Result<(), StoreError> {

@@ -449,7 +449,38 @@ async fn the_stored_file_is_deleted_with_its_job() {
     app.stop().await;
 }
 
+async fn chunks_of_an_upload_that_never_got_its_job_are_swept() {
+    use herald::domain::{JobId, Timestamp};
+    let (base, _rec) = recorder().await;
+    let app = app_with(&base).await;
+    let (text, _) = csv(10, &[]);
+    let resp = upload(
+        &app,
+        "downstream=sink&path=/rows&format=csv",
+        "text/csv",
+        text.into_bytes(),
+    )
+    .await;
+    assert_eq!(resp.status(), 202);
+    let kept = chunks_stored(&app).await;
+    // A process that stopped mid-upload left this chunk without a job.
+    let store = app.state.store.clone();
+    store
+        .put_upload_chunk(JobId::new(), 0, b"id\n1\n")
+        .await
+        .unwrap();
+    assert_eq!(chunks_stored(&app).await, kept + 1);
+    // Not yet old enough: kept; older than the cut-off: only the orphan goes.
+    store.purge_orphan_uploads(Timestamp(0)).await.unwrap();
+    assert_eq!(chunks_stored(&app).await, kept + 1);
+    let later = Timestamp(Timestamp::now().0 + 1_000_000);
+    store.purge_orphan_uploads(later).await.unwrap();
+    assert_eq!(chunks_stored(&app).await, kept, "the job's own file stays");
+    app.stop().await;
+}
+
 backend_tests!(
+    chunks_of_an_upload_that_never_got_its_job_are_swept,
     the_stored_file_is_deleted_with_its_job,
     cancel_stops_the_batches,
     a_large_csv_arrives_exactly_once_in_bounded_batches_and_names_its_bad_lines,
