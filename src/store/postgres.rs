@@ -174,6 +174,34 @@ impl Notifier {
     }
 }
 
+/// `horizon.h`: every event with a smaller transaction id is final.
+///
+/// Start from the statement's snapshot: a transaction id below its `xmin` has
+/// finished, and one in its in-progress list (`xip`) may still commit. But
+/// those lists span the whole server, and a transaction in another database
+/// cannot write our tables; left in, any long transaction anywhere on the
+/// server (another application, another herald database) would hold the feed
+/// back. So an in-progress id is skipped when `pg_stat_activity` shows it
+/// belongs to a backend connected to another database. Only that positive
+/// proof skips one: a transaction that ended between the snapshot and the
+/// read of `pg_stat_activity`, or whose backend this role may not see, still
+/// counts, which only delays the feed until the next read. The horizon is the
+/// smallest id still counted, or the snapshot's `xmax` when none is.
+/// (`backend_xid` is a 32-bit xid; `xip` holds 64-bit ones: compared on the
+/// low 32 bits, which are unique among running transactions.)
+macro_rules! feed_horizon {
+    () => {
+        "WITH snap AS (SELECT pg_current_snapshot() AS s), \
+         horizon AS (SELECT coalesce( \
+           (SELECT min(x) FROM snap, pg_snapshot_xip(snap.s) AS x \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a \
+               WHERE a.datname IS NOT NULL AND a.datname <> current_database() \
+                 AND a.backend_xid IS NOT NULL \
+                 AND a.backend_xid::text::bigint = x::text::bigint % 4294967296)), \
+           (SELECT pg_snapshot_xmax(s) FROM snap)) AS h) "
+    };
+}
+
 macro_rules! job_columns {
     () => {
         "id::text AS id, tenant, kind, status, input, progress, result, error, attempt, max_attempts, \
@@ -202,7 +230,9 @@ where
            WHERE id = $1 AND ($13::bigint IS NULL OR last_seq = $13) RETURNING id), \
          ins AS ( \
            INSERT INTO herald_job_events (job_id, seq, event, data, at) \
-           SELECT id, $9, $11, $12, $10 FROM upd RETURNING job_id) \
+           SELECT id, $9, $11, $12, $10 FROM upd RETURNING job_id), \
+         spent AS ( \
+           DELETE FROM apalis.jobs WHERE id = $15 AND $16 AND EXISTS (SELECT 1 FROM upd)) \
          SELECT count(*) FROM ins",
     )
     .bind(job.id.0)
@@ -219,6 +249,10 @@ where
     .bind(&ev.data)
     .bind(if_seq.map(|s| s.0))
     .bind(node)
+    // A finished job's queue task is spent: deleted in the same statement,
+    // which saves the runner's delete its own commit.
+    .bind(job.id.task_id().to_string())
+    .bind(job.status.is_terminal())
     .fetch_one(exec)
     .await?;
     if written == 0 && if_seq.is_some() {
@@ -283,7 +317,13 @@ impl PgStore {
             }
         }
         let mut tx = self.pools.main.begin().await?;
-        let job = apply_in(&mut tx, &self.node.id, id, t).await?;
+        let job = match apply_in(&mut tx, &self.node.id, id, t).await {
+            Ok(job) => job,
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
+            }
+        };
         tx.commit().await?;
         self.notifier.committed(id);
         Ok(job)
@@ -298,9 +338,11 @@ impl PgStore {
             let mut tx = self.pools.main.begin().await?;
             // Re-checked under the row lock: another node may have got here first.
             let Some(job) = lock_job(&mut tx, id).await? else {
+                tx.rollback().await?;
                 continue;
             };
             if job.status != JobStatus::Running {
+                tx.rollback().await?;
                 continue;
             }
             let lost = JobError::new(
@@ -320,7 +362,10 @@ impl PgStore {
                     list.push(id);
                 }
                 Err(ApplyError::Store(e)) => return Err(e),
-                Err(_) => continue,
+                Err(_) => {
+                    tx.rollback().await?;
+                    continue;
+                }
             }
         }
         Ok(out)
@@ -474,16 +519,24 @@ impl Store for PgStore {
         // knew (its node was declared gone and another one took it over), this
         // attempt has lost the job: its writes must not touch the new attempt.
         let mut tx = self.pools.main.begin().await?;
-        let fresh = lock_job(&mut tx, known.id)
-            .await?
-            .ok_or(ApplyError::NotFound)?;
+        let Some(fresh) = lock_job(&mut tx, known.id).await? else {
+            tx.rollback().await?;
+            return Err(ApplyError::NotFound);
+        };
         if fresh.status != known.status || fresh.attempt != known.attempt {
+            tx.rollback().await?;
             return Err(ApplyError::Refused(Refused {
                 status: fresh.status,
                 action: "record the outcome of an attempt that lost its lease",
             }));
         }
-        let (next, ev) = fresh.apply(t, Timestamp::now())?;
+        let (next, ev) = match fresh.apply(t, Timestamp::now()) {
+            Ok(applied) => applied,
+            Err(refused) => {
+                tx.rollback().await?;
+                return Err(refused.into());
+            }
+        };
         write_transition(&mut *tx, &self.node.id, &next, &ev, None).await?;
         tx.commit().await?;
         self.notifier.committed(known.id);
@@ -494,10 +547,17 @@ impl Store for PgStore {
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {
         let mut tx = self.pools.main.begin().await?;
         let Some(job) = lock_job(&mut tx, id).await? else {
+            tx.rollback().await?;
             return Ok(CancelOutcome::NotFound);
         };
         let outcome = match job.cancel_decision() {
-            CancelDecision::Terminal => return Ok(CancelOutcome::Terminal(job)),
+            CancelDecision::Terminal => {
+                // Ended explicitly: a dropped transaction that holds a row lock
+                // stays open on its pooled connection, and an open transaction
+                // holds the feed back (see `feed_after`).
+                tx.rollback().await?;
+                return Ok(CancelOutcome::Terminal(job));
+            }
             CancelDecision::CancelNow => {
                 let t = Transition::Cancel {
                     reason: reason.to_owned(),
@@ -704,7 +764,7 @@ impl Store for PgStore {
     }
 
     /// The feed in (appending transaction id, event id) order, and only below
-    /// the oldest transaction still running.
+    /// the oldest transaction still running that could write to this database.
     ///
     /// Why not `id > cursor`: ids come from a sequence when the row is
     /// inserted, but transactions commit in any order, so event 41 can become
@@ -714,8 +774,10 @@ impl Store for PgStore {
     /// can still appear among them. Everything appended later has a
     /// transaction id at or above that `xmin`, so it sorts after any cursor
     /// already handed out. The cost: an event waits for every older
-    /// transaction in the database to end (a long transaction elsewhere holds
-    /// the feed back; it never makes it skip).
+    /// transaction that may write here to end (a long one holds the feed
+    /// back; it never makes it skip). Transactions of other databases on the
+    /// same server are left out of that wait, when they can be proven to be
+    /// elsewhere (see `feed_horizon!`).
     async fn feed_after(
         &self,
         filter: &FeedFilter,
@@ -726,15 +788,16 @@ impl Store for PgStore {
             .jobs
             .as_ref()
             .map(|ids| ids.iter().map(|id| id.0).collect());
-        let rows: Vec<(i64, i64, Uuid, i64, String, String, i64)> = sqlx::query_as(
+        let rows: Vec<(i64, i64, Uuid, i64, String, String, i64)> = sqlx::query_as(concat!(
+            feed_horizon!(),
             "SELECT e.txid::text::bigint, e.id, e.job_id, e.seq, e.event, e.data, e.at \
-             FROM herald_job_events e JOIN herald_jobs j ON j.id = e.job_id \
+             FROM herald_job_events e JOIN herald_jobs j ON j.id = e.job_id, horizon \
              WHERE (e.txid, e.id) > ($1::text::xid8, $2) \
-               AND e.txid < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND e.txid < horizon.h \
                AND j.tenant = $3 AND ($4::text IS NULL OR j.kind = $4) \
                AND ($5::uuid[] IS NULL OR e.job_id = ANY($5)) \
-             ORDER BY e.txid, e.id LIMIT $6",
-        )
+             ORDER BY e.txid, e.id LIMIT $6"
+        ))
         .bind(after.tx.to_string())
         .bind(after.id)
         .bind(&filter.tenant)
@@ -761,11 +824,11 @@ impl Store for PgStore {
     }
 
     async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
-        let head: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT txid::text::bigint, id FROM herald_job_events \
-             WHERE txid < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY txid DESC, id DESC LIMIT 1",
-        )
+        let head: Option<(i64, i64)> = sqlx::query_as(concat!(
+            feed_horizon!(),
+            "SELECT e.txid::text::bigint, e.id FROM herald_job_events e, horizon \
+             WHERE e.txid < horizon.h ORDER BY e.txid DESC, e.id DESC LIMIT 1"
+        ))
         .fetch_optional(&self.pools.main)
         .await?;
         Ok(head.map_or(FeedCursor::default(), |(tx, id)| FeedCursor { tx, id }))

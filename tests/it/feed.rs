@@ -159,7 +159,7 @@ async fn filters_select_jobs_by_id_kind_and_status() {
     app.wait_status(&slow, "running").await;
     let mut by_status = Feed::open(&app, "?status=running", None).await;
     let other = app
-        .submit(json!({"kind": "demo", "input": {"steps": 2, "step_ms": 10}}))
+        .submit(json!({"kind": "demo", "input": {"steps": 10, "step_ms": 60}}))
         .await["id"]
         .as_str()
         .unwrap()
@@ -176,8 +176,8 @@ async fn filters_select_jobs_by_id_kind_and_status() {
             break;
         }
     }
-    // job= is exactly that job, from its first event on (it was opened before
-    // the job ran) to its terminal one.
+    // job= is exactly that job (opened while it runs: from then on) to its
+    // terminal event.
     let mut seen = Vec::new();
     loop {
         let ev = by_job.next().await;
@@ -438,4 +438,34 @@ async fn concurrent_writers_and_a_resuming_reader_lose_and_repeat_nothing() {
     );
     app.stop().await;
     pool.close().await;
+}
+
+/// A transaction left open in another database on the same PostgreSQL server
+/// (another application, another herald) must not hold this feed back.
+#[tokio::test]
+async fn an_open_transaction_in_another_database_does_not_hold_the_feed_back() {
+    if postgres_url().is_none() {
+        eprintln!("skipped: needs HERALD_TEST_POSTGRES_URL");
+        return;
+    }
+    let other = TestDb::on(Backend::Postgres).await;
+    let other_pool = sqlx::PgPool::connect(other.url()).await.unwrap();
+    let mut open = other_pool.begin().await.unwrap();
+    for sql in [
+        "CREATE TABLE elsewhere (x int)",
+        "INSERT INTO elsewhere VALUES (1)",
+    ] {
+        sqlx::query(sql).execute(&mut *open).await.unwrap();
+    }
+    let app = TestApp::spawn_in(TestDb::on(Backend::Postgres).await, |_| {}).await;
+    let mut feed = Feed::open(&app, "", None).await;
+    let job = app
+        .submit(json!({"kind": "demo", "input": {"steps": 2, "step_ms": 10}}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let events = read_until_done(&mut feed, &BTreeSet::from([id])).await;
+    assert!(events.len() >= 3, "{events:?}");
+    open.rollback().await.unwrap();
+    other_pool.close().await;
+    app.stop().await;
 }
