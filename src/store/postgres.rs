@@ -230,9 +230,7 @@ where
            WHERE id = $1 AND ($13::bigint IS NULL OR last_seq = $13) RETURNING id), \
          ins AS ( \
            INSERT INTO herald_job_events (job_id, seq, event, data, at) \
-           SELECT id, $9, $11, $12, $10 FROM upd RETURNING job_id), \
-         spent AS ( \
-           DELETE FROM apalis.jobs WHERE id = $15 AND $16 AND EXISTS (SELECT 1 FROM upd)) \
+           SELECT id, $9, $11, $12, $10 FROM upd RETURNING job_id) \
          SELECT count(*) FROM ins",
     )
     .bind(job.id.0)
@@ -249,10 +247,6 @@ where
     .bind(&ev.data)
     .bind(if_seq.map(|s| s.0))
     .bind(node)
-    // A finished job's queue task is spent: deleted in the same statement,
-    // which saves the runner's delete its own commit.
-    .bind(job.id.task_id().to_string())
-    .bind(job.status.is_terminal())
     .fetch_one(exec)
     .await?;
     if written == 0 && if_seq.is_some() {

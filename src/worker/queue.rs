@@ -262,7 +262,28 @@ impl Queue {
         }
         match &self.storage {
             Storage::Sqlite(s) => run_worker!(s),
-            Storage::Postgres(s) => run_worker!(s),
+            Storage::Postgres(s) => {
+                // A pool of its own for each run. apalis registers the worker
+                // under a session-level advisory lock that its pooled
+                // connection keeps; a restarted worker registering on another
+                // connection of a shared pool was refused ("worker already
+                // exists") until it happened to get the first one back.
+                // Closing the run's pool ends those sessions.
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(4)
+                    .test_before_acquire(false)
+                    .connect_lazy_with((*s.pool().connect_options()).clone());
+                let storage = PostgresStorage::<JobMessage>::new(&pool)
+                    .with_config(postgres_config(s.config().batch_size));
+                let ran = run_worker!(storage);
+                if tokio::time::timeout(Duration::from_secs(5), pool.close())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("the queue worker's connections did not close within 5 s");
+                }
+                ran
+            }
         }
     }
 }
