@@ -24,7 +24,7 @@ use crate::domain::Timestamp;
 use crate::hub::Hub;
 use crate::limits::StreamSlot;
 use crate::store::{FeedCursor, FeedEvent, FeedFilter, Store};
-use crate::stream::{record_lag, StreamGuard, StreamSettings};
+use crate::stream::{idle, record_lag, Idle, StreamGuard, StreamSettings, HEARTBEAT};
 
 /// How many events one store read fetches.
 const PAGE: i64 = 256;
@@ -130,19 +130,10 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
                 return None;
             }
         }
-        let deadline = async {
-            match st.deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = st.wake.changed() => continue,
-            _ = tokio::time::sleep(st.settings.heartbeat) => {
-                return Some(Bytes::from_static(b": keep-alive\n\n"));
-            }
-            _ = st.stop.cancelled() => return None,
-            _ = deadline => return None,
+        match idle(st.wake.changed(), &st.settings, &st.stop, st.deadline).await {
+            Idle::Woken => continue,
+            Idle::Heartbeat => return Some(Bytes::from_static(HEARTBEAT)),
+            Idle::End => return None,
         }
     }
 }

@@ -164,20 +164,46 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
                 return None;
             }
         }
-        let deadline = async {
-            match st.deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = st.sub.changed() => continue,
-            _ = tokio::time::sleep(st.settings.heartbeat) => {
-                return Some(Bytes::from_static(b": keep-alive\n\n"));
-            }
-            _ = st.stop.cancelled() => return None,
-            _ = deadline => return None,
+        match idle(st.sub.changed(), &st.settings, &st.stop, st.deadline).await {
+            Idle::Woken => continue,
+            Idle::Heartbeat => return Some(Bytes::from_static(HEARTBEAT)),
+            Idle::End => return None,
         }
+    }
+}
+
+/// The comment line an idle stream sends.
+pub(crate) const HEARTBEAT: &[u8] = b": keep-alive\n\n";
+
+/// How an idle stream's wait ended.
+pub(crate) enum Idle {
+    /// A wake-up: read the store again.
+    Woken,
+    /// Nothing for a heartbeat interval: send a comment line.
+    Heartbeat,
+    /// Shutdown or the max duration: end the stream.
+    End,
+}
+
+/// Waits, with nothing to send, for a wake-up, the heartbeat, `stop` or the
+/// deadline (a job's stream and the feed wait alike).
+pub(crate) async fn idle(
+    wake: impl std::future::Future,
+    settings: &StreamSettings,
+    stop: &CancellationToken,
+    deadline: Option<Instant>,
+) -> Idle {
+    let deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = wake => Idle::Woken,
+        _ = tokio::time::sleep(settings.heartbeat) => Idle::Heartbeat,
+        _ = stop.cancelled() => Idle::End,
+        _ = deadline => Idle::End,
     }
 }
 

@@ -126,15 +126,37 @@ impl ApiResponse for EventsResponse {
 impl IntoResponse for EventsResponse {
     fn into_response(self) -> Response {
         match self {
-            EventsResponse::Stream(body) => Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/event-stream")
-                .header(header::CACHE_CONTROL, "no-cache")
-                .header("X-Accel-Buffering", "no")
-                .body(body),
+            EventsResponse::Stream(body) => sse_response(body),
             EventsResponse::NothingLeft => StatusCode::NO_CONTENT.into_response(),
         }
     }
+}
+
+/// A `text/event-stream` answer: never cached, never buffered by a proxy.
+pub(super) fn sse_response(body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("X-Accel-Buffering", "no")
+        .body(body)
+}
+
+/// One of the tenant's stream slots, or 429 when they are all taken.
+pub(super) fn stream_slot(
+    state: &AppState,
+    tenant: &Tenant,
+) -> Result<crate::limits::StreamSlot, ApiError> {
+    state
+        .stream_limit
+        .acquire(tenant)
+        .ok_or_else(|| ApiError::RateLimited {
+            detail: format!(
+                "this tenant already has {} open streams (HERALD_MAX_STREAMS_PER_TENANT); close one or retry later",
+                state.config.max_streams_per_tenant
+            ),
+            retry_after_secs: 5,
+        })
 }
 
 fn parse_last_event_id(raw: &str, source: &str) -> Result<EventSeq, ApiError> {
@@ -177,15 +199,7 @@ impl EventsApi {
         if job.status.is_terminal() && after >= job.last_seq {
             return Ok(EventsResponse::NothingLeft);
         }
-        let Some(slot) = state.stream_limit.acquire(tenant.0) else {
-            return Err(ApiError::RateLimited {
-                detail: format!(
-                    "this tenant already has {} open streams (HERALD_MAX_STREAMS_PER_TENANT); close one or retry later",
-                    state.config.max_streams_per_tenant
-                ),
-                retry_after_secs: 5,
-            });
-        };
+        let slot = stream_slot(state.0, tenant.0)?;
         let body = stream::job_events(
             state.store.clone(),
             &state.hub,

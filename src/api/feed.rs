@@ -1,6 +1,5 @@
 //! `GET /v1/events`: the multiplexed feed, and `POST /v1/events/stream-token`.
 
-use poem::http::{header, StatusCode};
 use poem::web::Data;
 use poem::{Body, IntoResponse, Response};
 use poem_openapi::param::{Header, Query};
@@ -10,7 +9,7 @@ use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
-use super::events::JobEventDto;
+use super::events::{sse_response, stream_slot, JobEventDto};
 use super::jobs::StreamTokenResponse;
 use super::models::{JobStatusDto, StreamTokenDto};
 use super::ApiTags;
@@ -59,12 +58,7 @@ impl ApiResponse for FeedResponse {
 
 impl IntoResponse for FeedResponse {
     fn into_response(self) -> Response {
-        Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "text/event-stream")
-            .header(header::CACHE_CONTROL, "no-cache")
-            .header("X-Accel-Buffering", "no")
-            .body(self.0)
+        sse_response(self.0)
     }
 }
 
@@ -134,15 +128,7 @@ impl FeedApi {
             jobs,
             kind: kind.0,
         };
-        let Some(slot) = state.stream_limit.acquire(tenant.0) else {
-            return Err(ApiError::RateLimited {
-                detail: format!(
-                    "this tenant already has {} open streams (HERALD_MAX_STREAMS_PER_TENANT); close one or retry later",
-                    state.config.max_streams_per_tenant
-                ),
-                retry_after_secs: 5,
-            });
-        };
+        let slot = stream_slot(state.0, tenant.0)?;
         let after = match after {
             Some(c) => c,
             None => state.store.feed_head().await?,

@@ -33,14 +33,14 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::row::{corrupt, to_json, JobRow};
+use super::row::{to_json, EventRow, JobRow};
 use super::{
     ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered, Store,
     StoreError, StoredEvent, Submitted,
 };
 use crate::domain::{
-    CancelDecision, EventKind, EventSeq, JobError, JobId, JobRecord, JobStatus, NewEvent, Refused,
-    Submission, Timestamp, Transition,
+    CancelDecision, EventSeq, JobError, JobId, JobRecord, JobStatus, NewEvent, Refused, Submission,
+    Timestamp, Transition,
 };
 
 /// The channel that carries "job X has a new event".
@@ -597,7 +597,7 @@ impl Store for PgStore {
         after: EventSeq,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+        let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT seq, event, data, at FROM herald_job_events WHERE job_id = $1 AND seq > $2 \
              ORDER BY seq LIMIT $3",
         )
@@ -606,16 +606,7 @@ impl Store for PgStore {
         .bind(limit)
         .fetch_all(&self.pools.main)
         .await?;
-        rows.into_iter()
-            .map(|(seq, event, data, at)| {
-                Ok(StoredEvent {
-                    seq: EventSeq(seq),
-                    kind: EventKind::parse(&event).ok_or_else(|| corrupt("event name", &event))?,
-                    data,
-                    at: Timestamp(at),
-                })
-            })
-            .collect()
+        rows.into_iter().map(StoredEvent::try_from).collect()
     }
 
     /// At start-up: this node's own jobs (a restart under the same
@@ -805,13 +796,7 @@ impl Store for PgStore {
                 Ok(FeedEvent {
                     cursor: FeedCursor { tx, id },
                     job_id: JobId(job_id),
-                    event: StoredEvent {
-                        seq: EventSeq(seq),
-                        kind: EventKind::parse(&event)
-                            .ok_or_else(|| corrupt("event name", &event))?,
-                        data,
-                        at: Timestamp(at),
-                    },
+                    event: StoredEvent::try_from((seq, event, data, at))?,
                 })
             })
             .collect()

@@ -3,7 +3,8 @@
 //! microseconds since the epoch; PostgreSQL selects its uuid id as text.
 
 use super::StoreError;
-use crate::domain::{EventSeq, JobError, JobRecord, Timestamp};
+use super::StoredEvent;
+use crate::domain::{EventKind, EventSeq, JobError, JobRecord, Timestamp};
 
 #[derive(sqlx::FromRow)]
 pub(super) struct JobRow {
@@ -66,4 +67,19 @@ impl TryFrom<JobRow> for JobRecord {
 pub(super) fn to_json<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
     v.as_ref()
         .map(|v| serde_json::to_string(v).expect("JSON values serialize"))
+}
+
+/// An event row as both backends read it: (seq, event name, data, at).
+pub(super) type EventRow = (i64, String, String, i64);
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = StoreError;
+    fn try_from((seq, event, data, at): EventRow) -> Result<Self, StoreError> {
+        Ok(StoredEvent {
+            seq: EventSeq(seq),
+            kind: EventKind::parse(&event).ok_or_else(|| corrupt("event name", &event))?,
+            data,
+            at: Timestamp(at),
+        })
+    }
 }

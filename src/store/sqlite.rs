@@ -17,14 +17,14 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::row::{corrupt, to_json, JobRow};
+use super::row::{corrupt, to_json, EventRow, JobRow};
 use super::{
     ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered, Store,
     StoreError, StoredEvent, Submitted,
 };
 use crate::domain::{
-    CancelDecision, EventKind, EventSeq, JobError, JobId, JobRecord, JobStatus, NewEvent,
-    Submission, Timestamp, Transition,
+    CancelDecision, EventSeq, JobError, JobId, JobRecord, JobStatus, NewEvent, Submission,
+    Timestamp, Transition,
 };
 
 /// The pools over one database file.
@@ -704,7 +704,7 @@ impl Store for SqliteStore {
         after: EventSeq,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+        let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT seq, event, data, at FROM herald_job_events WHERE job_id = ?1 AND seq > ?2 \
              ORDER BY seq LIMIT ?3",
         )
@@ -713,16 +713,7 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pools.reader)
         .await?;
-        rows.into_iter()
-            .map(|(seq, event, data, at)| {
-                Ok(StoredEvent {
-                    seq: EventSeq(seq),
-                    kind: EventKind::parse(&event).ok_or_else(|| corrupt("event name", &event))?,
-                    data,
-                    at: Timestamp(at),
-                })
-            })
-            .collect()
+        rows.into_iter().map(StoredEvent::try_from).collect()
     }
 
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
@@ -849,13 +840,7 @@ impl Store for SqliteStore {
                 Ok(FeedEvent {
                     cursor: FeedCursor { tx: 0, id },
                     job_id: job_id.parse().map_err(|e| corrupt("job id", e))?,
-                    event: StoredEvent {
-                        seq: EventSeq(seq),
-                        kind: EventKind::parse(&event)
-                            .ok_or_else(|| corrupt("event name", &event))?,
-                        data,
-                        at: Timestamp(at),
-                    },
+                    event: StoredEvent::try_from((seq, event, data, at))?,
                 })
             })
             .collect()
