@@ -159,10 +159,26 @@ pub(super) fn stream_slot(
         })
 }
 
-fn parse_last_event_id(raw: &str, source: &str) -> Result<EventSeq, ApiError> {
-    raw.parse().map_err(|e| ApiError::BadRequest {
+/// Where a reconnecting client resumes: the `Last-Event-ID` header, else the
+/// `last_event_id` parameter (for clients that cannot set headers), else
+/// none. A value that does not parse is a 400 that says what to send (`hint`).
+pub(super) fn resume_after<T>(
+    header: Option<String>,
+    query: Option<String>,
+    hint: &str,
+) -> Result<Option<T>, ApiError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let (raw, source) = match (header, query) {
+        (Some(h), _) => (h, "the Last-Event-ID header"),
+        (None, Some(q)) => (q, "the last_event_id parameter"),
+        (None, None) => return Ok(None),
+    };
+    raw.parse().map(Some).map_err(|e| ApiError::BadRequest {
         code: "bad_last_event_id",
-        detail: format!("{source}: {e}; send the `id` of the last event you received"),
+        detail: format!("{source}: {e}; {hint}"),
     })
 }
 
@@ -190,11 +206,12 @@ impl EventsApi {
         _token: Query<Option<String>>,
     ) -> Result<EventsResponse, ApiError> {
         let id = JobId(id.0);
-        let after = match (last_event_id_header.0, last_event_id.0) {
-            (Some(h), _) => parse_last_event_id(&h, "the Last-Event-ID header")?,
-            (None, Some(q)) => parse_last_event_id(&q, "the last_event_id parameter")?,
-            (None, None) => EventSeq(0),
-        };
+        let after = resume_after(
+            last_event_id_header.0,
+            last_event_id.0,
+            "send the `id` of the last event you received",
+        )?
+        .unwrap_or(EventSeq(0));
         let job = owned_job(state.0, tenant.0, id).await?;
         if job.status.is_terminal() && after >= job.last_seq {
             return Ok(EventsResponse::NothingLeft);

@@ -3,19 +3,18 @@
 use poem::web::Data;
 use poem::{Body, IntoResponse, Response};
 use poem_openapi::param::{Header, Query};
-use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
-use super::events::{sse_response, stream_slot, JobEventDto};
-use super::jobs::StreamTokenResponse;
-use super::models::{JobStatusDto, StreamTokenDto};
+use super::events::{resume_after, sse_response, stream_slot, JobEventDto};
+use super::jobs::{stream_token_response, StreamTokenResponse};
+use super::models::JobStatusDto;
 use super::ApiTags;
 use crate::app::AppState;
 use crate::auth::{Tenant, TokenScope};
-use crate::domain::{JobId, Timestamp};
+use crate::domain::JobId;
 use crate::error::ApiError;
 use crate::store::{FeedCursor, FeedFilter, ListQuery};
 
@@ -62,13 +61,6 @@ impl IntoResponse for FeedResponse {
     }
 }
 
-fn parse_cursor(raw: &str, source: &str) -> Result<FeedCursor, ApiError> {
-    raw.parse().map_err(|e| ApiError::BadRequest {
-        code: "bad_last_event_id",
-        detail: format!("{source}: {e}; send the `id` of the last feed event you received, or none to start from now"),
-    })
-}
-
 #[OpenApi(tag = "ApiTags::Jobs")]
 impl FeedApi {
     /// Stream the events of many jobs
@@ -99,11 +91,11 @@ impl FeedApi {
         #[oai(name = "token")]
         _token: Query<Option<String>>,
     ) -> Result<FeedResponse, ApiError> {
-        let after = match (last_event_id_header.0, last_event_id.0) {
-            (Some(h), _) => Some(parse_cursor(&h, "the Last-Event-ID header")?),
-            (None, Some(q)) => Some(parse_cursor(&q, "the last_event_id parameter")?),
-            (None, None) => None,
-        };
+        let after: Option<FeedCursor> = resume_after(
+            last_event_id_header.0,
+            last_event_id.0,
+            "send the `id` of the last feed event you received, or none to start from now",
+        )?;
         let mut jobs: Option<Vec<JobId>> =
             (!job.0.is_empty()).then(|| job.0.iter().copied().map(JobId).collect());
         if let Some(status) = status.0 {
@@ -157,17 +149,11 @@ impl FeedApi {
         state: Data<&AppState>,
         tenant: Data<&Tenant>,
     ) -> Result<StreamTokenResponse, ApiError> {
-        let (token, expires) = state.auth.mint_stream_token(tenant.0, TokenScope::Feed);
-        let expires_at = Timestamp(
-            expires
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_micros() as i64,
-        );
-        Ok(StreamTokenResponse::Ok(Json(StreamTokenDto {
-            events_url: format!("/v1/events?token={token}"),
-            token,
-            expires_at: expires_at.to_rfc3339(),
-        })))
+        Ok(stream_token_response(
+            state.0,
+            tenant.0,
+            TokenScope::Feed,
+            "/v1/events",
+        ))
     }
 }

@@ -232,18 +232,12 @@ impl JobsApi {
         id: Path<Uuid>,
     ) -> Result<StreamTokenResponse, ApiError> {
         let job = owned_job(state.0, tenant.0, JobId(id.0)).await?;
-        let (token, expires) = state.auth.mint_stream_token(tenant.0, job.id);
-        let expires_at = Timestamp(
-            expires
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_micros() as i64,
-        );
-        Ok(StreamTokenResponse::Ok(Json(StreamTokenDto {
-            events_url: format!("/v1/jobs/{}/events?token={token}", job.id),
-            token,
-            expires_at: expires_at.to_rfc3339(),
-        })))
+        Ok(stream_token_response(
+            state.0,
+            tenant.0,
+            job.id.into(),
+            &format!("/v1/jobs/{}/events", job.id),
+        ))
     }
 
     /// Cancel a job
@@ -291,4 +285,26 @@ impl JobsApi {
             }),
         }
     }
+}
+
+/// A fresh stream or feed token for `scope`, with the URL it opens (`path`
+/// plus `?token=`) and when it expires.
+pub(super) fn stream_token_response(
+    state: &AppState,
+    tenant: &Tenant,
+    scope: crate::auth::TokenScope,
+    path: &str,
+) -> StreamTokenResponse {
+    let (token, expires) = state.auth.mint_stream_token(tenant, scope);
+    let expires_at = Timestamp(
+        expires
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as i64,
+    );
+    StreamTokenResponse::Ok(Json(StreamTokenDto {
+        events_url: format!("{path}?token={token}"),
+        token,
+        expires_at: expires_at.to_rfc3339(),
+    }))
 }

@@ -48,7 +48,7 @@ pub fn postgres_url() -> Option<String> {
 
 /// Runs `test` with `backend` as the backend of every app it spawns; on
 /// PostgreSQL without `HERALD_TEST_POSTGRES_URL` it prints why and skips.
-pub async fn on_backend(backend: Backend, name: &str, test: impl std::future::Future<Output = ()>) {
+pub async fn on_backend(backend: Backend, test: impl std::future::Future<Output = ()>) {
     if backend == Backend::Postgres && postgres_url().is_none() {
         // Once, and past the test harness's capture, so `cargo test` shows it.
         static SAID: std::sync::Once = std::sync::Once::new();
@@ -60,7 +60,6 @@ pub async fn on_backend(backend: Backend, name: &str, test: impl std::future::Fu
                  (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
             );
         });
-        let _ = name;
         return;
     }
     BACKEND.scope(backend, test).await
@@ -75,7 +74,7 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    $crate::common::on_backend($crate::common::Backend::Sqlite, stringify!($name), super::$name()).await
+                    $crate::common::on_backend($crate::common::Backend::Sqlite, super::$name()).await
                 }
             )*
         }
@@ -83,7 +82,7 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    $crate::common::on_backend($crate::common::Backend::Postgres, stringify!($name), super::$name()).await
+                    $crate::common::on_backend($crate::common::Backend::Postgres, super::$name()).await
                 }
             )*
         }
