@@ -4,6 +4,8 @@
 //! transaction (see [`Store::apply`]), so a job's row and its event log never
 //! disagree, and a crash loses nothing that was acknowledged.
 
+mod group;
+mod pg_batch;
 pub mod postgres;
 mod row;
 pub mod sqlite;

@@ -64,7 +64,8 @@ impl Runner {
             if running.shutting_down() {
                 return Ok(());
             }
-            let job = match self.apply(id, &Transition::Start).await {
+            let start = || self.apply(id, &Transition::Start);
+            let job = match self.persistently(id, "start", running, start).await {
                 Ok(job) => job,
                 // Cancelled while queued, already finished, or gone: nothing to run.
                 Err(ApplyError::NotFound) | Err(ApplyError::Refused(_)) => return Ok(()),
@@ -96,7 +97,8 @@ impl Runner {
             }
             drop(_enter);
             let known = current.lock().expect("job record poisoned").clone();
-            match self.store.apply_known(&known, &next).await {
+            let record = || self.store.apply_known(&known, &next);
+            match self.persistently(id, "outcome", running, record).await {
                 Ok(_) => self.hub.notify(id),
                 Err(ApplyError::Store(e)) => return Err(e),
                 Err(e) => {
@@ -113,6 +115,37 @@ impl Runner {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = running.token().cancelled() => {}
+            }
+        }
+    }
+
+    /// Runs `write` (the attempt's start or its outcome) until it lands, the
+    /// job refuses it, or the process stops. Given up after a store error, the
+    /// job would stay `queued` or `running` on a live node with nothing to
+    /// run it: nothing else takes over the jobs of a node that is still
+    /// alive. A database that went away for a moment is no reason to lose one.
+    async fn persistently<F, Fut>(
+        &self,
+        id: JobId,
+        what: &'static str,
+        running: &RunningJob,
+        mut write: F,
+    ) -> Result<JobRecord, ApplyError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<JobRecord, ApplyError>>,
+    {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match write().await {
+                Err(ApplyError::Store(e)) if !running.shutting_down() => {
+                    crate::telemetry::store_error();
+                    tracing::warn!(job_id = %id, write = what, error = %e,
+                        retry_in_ms = pause.as_millis() as u64, "job write failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
             }
         }
     }
