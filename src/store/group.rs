@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 /// One kind of write that can be flushed in batches.
 #[async_trait]
 pub(super) trait Flush: Send + Sync + 'static {
-    type Op: Send + 'static;
+    type Op: Send + Sync + 'static;
     type Out: Send + 'static;
     /// Writes every op in one statement; one output per op, in order.
     async fn flush(&self, ops: &[Self::Op]) -> Result<Vec<Self::Out>, sqlx::Error>;
@@ -119,9 +119,25 @@ fn split_same_keys<F: Flush>(batch: &mut Vec<Item<F>>) -> Vec<Item<F>> {
     later
 }
 
+/// Flushes `ops`, once more on a fresh connection if the first one turned out
+/// to be broken. The pools do not test a connection before handing it out
+/// (that was a round trip per statement), so after the database went away
+/// for a moment, every pooled connection fails once; a request should not.
+/// Safe to repeat: a transition is conditional on `last_seq`, a read is a
+/// read, and a new job's id is its primary key.
+async fn flush_retrying<F: Flush>(flush: &F, ops: &[F::Op]) -> Result<Vec<F::Out>, sqlx::Error> {
+    match flush.flush(ops).await {
+        Err(e @ sqlx::Error::Io(_)) => {
+            tracing::debug!(error = %e, "a pooled connection was broken; trying a fresh one");
+            flush.flush(ops).await
+        }
+        other => other,
+    }
+}
+
 async fn write_batch<F: Flush>(flush: &F, batch: Vec<Item<F>>) {
     let (ops, replies): (Vec<F::Op>, Vec<Reply<F::Out>>) = batch.into_iter().unzip();
-    let written = flush.flush(&ops).await;
+    let written = flush_retrying(flush, &ops).await;
     match written {
         Ok(outs) if outs.len() == ops.len() => {
             for (reply, out) in replies.into_iter().zip(outs) {
@@ -140,8 +156,7 @@ async fn write_batch<F: Flush>(flush: &F, batch: Vec<Item<F>>) {
         Err(e) => {
             tracing::debug!(error = %e, writes = ops.len(), "batched write failed; writing one by one");
             for (op, reply) in ops.into_iter().zip(replies) {
-                let one = flush
-                    .flush(std::slice::from_ref(&op))
+                let one = flush_retrying(flush, std::slice::from_ref(&op))
                     .await
                     .and_then(|mut outs| {
                         outs.pop().ok_or_else(|| {

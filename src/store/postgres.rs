@@ -25,6 +25,7 @@
 //! disagree). A job is `running` on the node named in its `node_id`; once that
 //! node's heartbeat is older than the lease, any node may run the job again.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,7 +34,7 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::group::Group;
+use super::group::{Flush, Group};
 use super::pg_batch::{NewJob, Submits, Write, Writes};
 use super::row::{to_json, EventRow, JobRow};
 use super::{
@@ -44,6 +45,13 @@ use crate::domain::{
     CancelDecision, EventSeq, JobError, JobId, JobRecord, JobStatus, NewEvent, Refused, Submission,
     Timestamp, Transition,
 };
+
+macro_rules! job_columns {
+    () => {
+        "id::text AS id, tenant, kind, status, input, progress, result, error, attempt, max_attempts, \
+         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq"
+    };
+}
 
 /// The channel that carries "job X has a new event".
 pub const EVENTS_CHANNEL: &str = "herald_events";
@@ -89,10 +97,11 @@ pub async fn connect(url: &str, pool_size: u32, node: &str) -> Result<Pools, Sto
     // database those are tiny, and it chose sequential scans and hash joins
     // that it kept as the tables grew (4 ms per batch instead of 0.5).
     // Re-planning every run cost as much as running. On these connections,
-    // which run only those statements, the planner may use only index lookups.
+    // which run only those statements and the batched reads of jobs by id,
+    // the planner may use only index lookups.
     let writes = PgPoolOptions::new()
         .test_before_acquire(false)
-        .max_connections(WRITERS as u32 + 1)
+        .max_connections(2 * WRITERS as u32 + 1)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts.clone().options([
             ("enable_seqscan", "off"),
@@ -135,6 +144,41 @@ pub struct PgStore {
     writes: Group<Writes>,
     /// New jobs, group-committed.
     submits: Group<Submits>,
+    /// Reads of one job by id, gathered the same way: a job about to start
+    /// is read first, and the jobs of one queue fetch start together.
+    reads: Group<Reads>,
+}
+
+/// Reads jobs by id, in batches (see [`Group`]).
+struct Reads {
+    pool: PgPool,
+}
+
+#[async_trait]
+impl Flush for Reads {
+    type Op = JobId;
+    type Out = Option<JobRow>;
+
+    fn key(_: &JobId) -> Option<String> {
+        None
+    }
+
+    async fn flush(&self, ops: &[JobId]) -> Result<Vec<Option<JobRow>>, sqlx::Error> {
+        let ids: Vec<Uuid> = ops.iter().map(|id| id.0).collect();
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM herald_jobs WHERE id = ANY($1)"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let by_id: HashMap<String, JobRow> = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+        Ok(ops
+            .iter()
+            .map(|id| by_id.get(&id.to_string()).cloned())
+            .collect())
+    }
 }
 
 /// Batches in flight at once, per kind of write.
@@ -157,12 +201,19 @@ impl PgStore {
             },
             WRITERS,
         );
+        let reads = Group::start(
+            Reads {
+                pool: pools.writes.clone(),
+            },
+            WRITERS,
+        );
         PgStore {
             pools,
             node,
             notifier,
             writes,
             submits,
+            reads,
         }
     }
 
@@ -187,6 +238,9 @@ struct Notifier(mpsc::UnboundedSender<JobId>);
 
 /// The most ids one notify transaction carries.
 const NOTIFY_BATCH: usize = 512;
+/// How long the notifier gathers ids before it sends them: what a stream on
+/// another node may wait beyond the commit.
+const NOTIFY_LINGER: Duration = Duration::from_millis(1);
 
 impl Notifier {
     fn start(pool: PgPool) -> Notifier {
@@ -194,6 +248,15 @@ impl Notifier {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(NOTIFY_BATCH);
             while rx.recv_many(&mut batch, NOTIFY_BATCH).await > 0 {
+                // A moment more to gather: sending as soon as one id was
+                // there made it one notify transaction per event under load.
+                tokio::time::sleep(NOTIFY_LINGER).await;
+                while batch.len() < NOTIFY_BATCH {
+                    match rx.try_recv() {
+                        Ok(id) => batch.push(id),
+                        Err(_) => break,
+                    }
+                }
                 batch.sort();
                 batch.dedup();
                 let ids: Vec<String> = batch.drain(..).map(|id| id.to_string()).collect();
@@ -243,13 +306,6 @@ macro_rules! feed_horizon {
                  AND a.backend_xid IS NOT NULL \
                  AND a.backend_xid::text::bigint = x::text::bigint % 4294967296)), \
            (SELECT pg_snapshot_xmax(s) FROM snap)) AS h) "
-    };
-}
-
-macro_rules! job_columns {
-    () => {
-        "id::text AS id, tenant, kind, status, input, progress, result, error, attempt, max_attempts, \
-         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq"
     };
 }
 
@@ -484,14 +540,7 @@ impl Store for PgStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        let row: Option<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM herald_jobs WHERE id = $1"
-        ))
-        .bind(id.0)
-        .fetch_optional(&self.pools.main)
-        .await?;
+        let row = self.reads.write(id).await?;
         row.map(JobRecord::try_from).transpose()
     }
 
@@ -703,8 +752,7 @@ impl Store for PgStore {
     }
 
     async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError> {
-        // SKIP LOCKED: two nodes sweeping at once take different rows. The
-        // events go by ON DELETE CASCADE.
+        // SKIP LOCKED: two nodes sweeping at once take different rows.
         let mut tx = self.pools.main.begin().await?;
         let rows: Vec<(Uuid, String)> = sqlx::query_as(
             "SELECT id, task_id FROM herald_jobs WHERE finished_at IS NOT NULL AND finished_at < $1 \
@@ -716,9 +764,14 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
+            tx.rollback().await?;
             return Ok(0);
         }
         let (ids, task_ids): (Vec<Uuid>, Vec<String>) = rows.into_iter().unzip();
+        sqlx::query("DELETE FROM herald_job_events WHERE job_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1)")
             .bind(&task_ids)
             .execute(&mut *tx)

@@ -6,7 +6,7 @@ use super::StoreError;
 use super::StoredEvent;
 use crate::domain::{EventKind, EventSeq, JobError, JobRecord, Timestamp};
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub(super) struct JobRow {
     pub(super) id: String,
     pub(super) tenant: String,
