@@ -10,6 +10,10 @@
 //! target/release/examples/bench_jobs --postgres postgres://postgres@127.0.0.1:5432/postgres --worker-nodes 2
 //! ```
 //!
+//! The nodes use the URL's query as given: add `?sslmode=disable` to measure
+//! without TLS to a database on the same host (sqlx's default, `prefer`,
+//! encrypts when the server offers it).
+//!
 //! Latency phase: jobs are submitted one at a time at `--rate` per second and
 //! each job's `started_at` (the moment its `running` event was appended) is
 //! compared with the moment the client sent its POST.
@@ -160,7 +164,8 @@ fn spawn_node(
         None => Command::new(bin),
     };
     // The benchmark is one tenant submitting as fast as it can.
-    cmd.env("HERALD_SUBMIT_RATE_PER_SEC", "1000000");
+    cmd.env("HERALD_SUBMIT_RATE_PER_SEC", "1000000")
+        .env("RUST_LOG", "warn");
     for kv in extra_env {
         let (k, v) = kv.split_once('=').expect("--server-env KEY=VALUE");
         cmd.env(k, v);
@@ -168,7 +173,6 @@ fn spawn_node(
     cmd.env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
         .env("HERALD_DATABASE_URL", db_url)
         .env("HERALD_ROLE", role)
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -159,6 +159,20 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_known(&self, known: &JobRecord, t: &Transition)
         -> Result<JobRecord, ApplyError>;
 
+    /// [`Store::apply_known`] for a runner's last write of a job (its outcome,
+    /// or its return to the queue at shutdown), which also deletes the job's
+    /// spent queue task once the write has landed. A store may do both in one
+    /// commit.
+    async fn apply_final(
+        &self,
+        known: &JobRecord,
+        t: &Transition,
+    ) -> Result<JobRecord, ApplyError> {
+        let job = self.apply_known(known, t).await?;
+        self.delete_task(known.id).await?;
+        Ok(job)
+    }
+
     /// Cancels a queued job at once, or marks a running one `cancel_requested`.
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError>;
 

@@ -16,11 +16,13 @@ use crate::domain::{EventSeq, JobRecord, NewEvent};
 /// A write of a running job.
 pub(super) enum Write {
     /// The job's new state and its event, written only while the job's
-    /// `last_seq` is still `if_seq`. Answers whether it was written.
+    /// `last_seq` is still `if_seq`; if it is written and `delete_task` is
+    /// given, that queue task goes with it. Answers whether it was written.
     Transition {
         job: Box<JobRecord>,
         ev: NewEvent,
         if_seq: EventSeq,
+        delete_task: Option<String>,
     },
     /// Deletes a queue task (apalis's id). Answers true.
     DeleteTask(String),
@@ -49,32 +51,43 @@ impl Flush for Writes {
         let mut deletes = Vec::new();
         for op in ops {
             match op {
-                Write::Transition { job, ev, if_seq } => a.push(job, ev, *if_seq),
+                Write::Transition {
+                    job,
+                    ev,
+                    if_seq,
+                    delete_task,
+                } => a.push(job, ev, *if_seq, delete_task.clone()),
                 Write::DeleteTask(task) => deletes.push(task.clone()),
             }
         }
         // Conditional on `last_seq`: a row that moved on is not updated, so
-        // neither is its event inserted. Runs on the `writes` pool, whose
-        // planner settings keep every lookup on a primary key. The delete runs in the same
+        // neither is its event inserted, nor its task deleted. Every table is
+        // reached through `id = ANY(array)` on its primary key, and the
+        // statement runs on the `writes` pool, whose planner may use nothing
+        // but index lookups: the plan is made once, maybe on empty tables,
+        // and must stay right as they grow (a join planned on an empty
+        // `apalis.jobs` scanned all of it for every batch). The delete runs in the same
         // statement (data-modifying CTEs run whether or not they are read).
         let written: HashSet<Uuid> = sqlx::query_scalar(
             "WITH v AS ( \
                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
                  $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], \
-                 $12::text[], $13::int8[]) \
+                 $12::text[], $13::int8[], $16::text[]) \
                AS v(id, status, progress, result, error, attempt, started_at, finished_at, seq, at, \
-                 event, data, if_seq)), \
+                 event, data, if_seq, task)), \
              upd AS ( \
                UPDATE herald_jobs j SET status = v.status, progress = v.progress, result = v.result, \
                  error = v.error, attempt = v.attempt, started_at = v.started_at, \
                  finished_at = v.finished_at, last_seq = v.seq, updated_at = v.at, \
                  node_id = CASE WHEN v.status = 'running' THEN $14 ELSE j.node_id END \
-               FROM v WHERE j.id = v.id AND j.last_seq = v.if_seq \
-               RETURNING j.id, v.seq, v.event, v.data, v.at), \
+               FROM v WHERE j.id = ANY($1::uuid[]) AND j.id = v.id AND j.last_seq = v.if_seq \
+               RETURNING j.id, v.seq, v.event, v.data, v.at, v.task), \
              ins AS ( \
                INSERT INTO herald_job_events (job_id, seq, event, data, at) \
                SELECT id, seq, event, data, at FROM upd RETURNING job_id), \
-             del AS (DELETE FROM apalis.jobs WHERE id = ANY($15::text[])) \
+             del AS ( \
+               DELETE FROM apalis.jobs \
+               WHERE id = ANY($15::text[] || ARRAY(SELECT task FROM upd WHERE task IS NOT NULL))) \
              SELECT job_id FROM ins",
         )
         .bind(&a.id)
@@ -92,6 +105,7 @@ impl Flush for Writes {
         .bind(&a.if_seq)
         .bind(&self.node)
         .bind(&deletes)
+        .bind(&a.task)
         .fetch_all(&self.pool)
         .await?
         .into_iter()
@@ -121,10 +135,11 @@ struct TransitionArrays {
     event: Vec<&'static str>,
     data: Vec<String>,
     if_seq: Vec<i64>,
+    task: Vec<Option<String>>,
 }
 
 impl TransitionArrays {
-    fn push(&mut self, job: &JobRecord, ev: &NewEvent, if_seq: EventSeq) {
+    fn push(&mut self, job: &JobRecord, ev: &NewEvent, if_seq: EventSeq, task: Option<String>) {
         self.id.push(job.id.0);
         self.status.push(job.status.as_str());
         self.progress.push(to_json(&job.progress));
@@ -138,6 +153,7 @@ impl TransitionArrays {
         self.event.push(ev.kind.as_str());
         self.data.push(ev.data.clone());
         self.if_seq.push(if_seq.0);
+        self.task.push(task);
     }
 }
 

@@ -394,14 +394,65 @@ impl PgStore {
         next: &JobRecord,
         ev: NewEvent,
         if_seq: EventSeq,
+        delete_task: bool,
     ) -> Result<bool, sqlx::Error> {
         self.writes
             .write(Write::Transition {
                 job: Box::new(next.clone()),
                 ev,
                 if_seq,
+                delete_task: delete_task.then(|| next.id.task_id().to_string()),
             })
             .await
+    }
+
+    /// `apply_known`, and with `delete_task` `apply_final`.
+    async fn apply_known_then(
+        &self,
+        known: &JobRecord,
+        t: &Transition,
+        delete_task: bool,
+    ) -> Result<JobRecord, ApplyError> {
+        if let Ok((next, ev)) = known.apply(t, Timestamp::now()) {
+            if self
+                .write_if_seq(&next, ev, known.last_seq, delete_task)
+                .await?
+            {
+                self.notifier.committed(known.id);
+                crate::telemetry::applied(t, &next);
+                return Ok(next);
+            }
+        }
+        // The job moved on without us. If it is no longer in the attempt we
+        // knew (its node was declared gone and another one took it over), this
+        // attempt has lost the job: its writes must not touch the new attempt.
+        let mut tx = self.pools.main.begin().await?;
+        let Some(fresh) = lock_job(&mut tx, known.id).await? else {
+            tx.rollback().await?;
+            return Err(ApplyError::NotFound);
+        };
+        if fresh.status != known.status || fresh.attempt != known.attempt {
+            tx.rollback().await?;
+            return Err(ApplyError::Refused(Refused {
+                status: fresh.status,
+                action: "record the outcome of an attempt that lost its lease",
+            }));
+        }
+        let (next, ev) = match fresh.apply(t, Timestamp::now()) {
+            Ok(applied) => applied,
+            Err(refused) => {
+                tx.rollback().await?;
+                return Err(refused.into());
+            }
+        };
+        write_transition(&mut *tx, &self.node.id, &next, &ev).await?;
+        tx.commit().await?;
+        self.notifier.committed(known.id);
+        crate::telemetry::applied(t, &next);
+        if delete_task {
+            self.delete_task(known.id).await?;
+        }
+        Ok(next)
     }
 
     /// Reads the job, then writes the transition on the condition that the
@@ -411,7 +462,7 @@ impl PgStore {
         for _ in 0..4 {
             let job = self.get(id).await?.ok_or(ApplyError::NotFound)?;
             let (next, ev) = job.apply(t, Timestamp::now())?;
-            if self.write_if_seq(&next, ev, job.last_seq).await? {
+            if self.write_if_seq(&next, ev, job.last_seq, false).await? {
                 self.notifier.committed(id);
                 return Ok(next);
             }
@@ -573,40 +624,17 @@ impl Store for PgStore {
         known: &JobRecord,
         t: &Transition,
     ) -> Result<JobRecord, ApplyError> {
-        if let Ok((next, ev)) = known.apply(t, Timestamp::now()) {
-            if self.write_if_seq(&next, ev, known.last_seq).await? {
-                self.notifier.committed(known.id);
-                crate::telemetry::applied(t, &next);
-                return Ok(next);
-            }
-        }
-        // The job moved on without us. If it is no longer in the attempt we
-        // knew (its node was declared gone and another one took it over), this
-        // attempt has lost the job: its writes must not touch the new attempt.
-        let mut tx = self.pools.main.begin().await?;
-        let Some(fresh) = lock_job(&mut tx, known.id).await? else {
-            tx.rollback().await?;
-            return Err(ApplyError::NotFound);
-        };
-        if fresh.status != known.status || fresh.attempt != known.attempt {
-            tx.rollback().await?;
-            return Err(ApplyError::Refused(Refused {
-                status: fresh.status,
-                action: "record the outcome of an attempt that lost its lease",
-            }));
-        }
-        let (next, ev) = match fresh.apply(t, Timestamp::now()) {
-            Ok(applied) => applied,
-            Err(refused) => {
-                tx.rollback().await?;
-                return Err(refused.into());
-            }
-        };
-        write_transition(&mut *tx, &self.node.id, &next, &ev).await?;
-        tx.commit().await?;
-        self.notifier.committed(known.id);
-        crate::telemetry::applied(t, &next);
-        Ok(next)
+        self.apply_known_then(known, t, false).await
+    }
+
+    /// The outcome and the deletion of the spent task in one statement (the
+    /// common case), else one after the other.
+    async fn apply_final(
+        &self,
+        known: &JobRecord,
+        t: &Transition,
+    ) -> Result<JobRecord, ApplyError> {
+        self.apply_known_then(known, t, true).await
     }
 
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {

@@ -77,30 +77,43 @@ impl QueueWaker {
 }
 
 /// The wake-ups as the stream apalis polls on; one per worker run, so a
-/// worker restarted after an error gets a fresh one.
+/// worker restarted after an error gets a fresh one. It is the worker's only
+/// poll strategy: it yields on a wake-up, on each of its echoes, and on every
+/// tick of the backstop interval.
 ///
-/// apalis (1.0's `PollWith`) uses the stream only to be woken; a wake-up that
-/// lands while a fetch is already in flight is absorbed by that fetch, and if
-/// the fetch had started before the task's push committed, it comes back
-/// empty and the worker parks until the next interval tick (measured on
-/// PostgreSQL, where a fetch is a network round trip: p99 POST → running of
-/// 930 ms at 200 jobs/s). So every wake-up is echoed twice, 20 ms and 200 ms
-/// later: one of them starts a fetch after the one in flight. A newer wake-up
-/// restarts the echoes, so a busy queue costs no extra fetches.
+/// Two traps in apalis 1.0's `PollWith`, both met here:
+/// - it ignores what the strategy yields and does not poll it again, so a
+///   strategy that yields must already have registered for its next event.
+///   This stream re-arms everything it waits on before it yields. (Before,
+///   a yield consumed the wake-up without re-arming, and when that poll was
+///   also the one that found the fetch empty, nothing was left to wake the
+///   worker: it slept until apalis's 30 s heartbeat.) For the same reason
+///   the interval lives here rather than as a second apalis strategy, which
+///   is not polled at all in a round where the first one yields;
+/// - a wake-up that lands while a fetch is in flight is absorbed by that
+///   fetch, and if the task's push committed after the fetch began, it comes
+///   back empty (measured on PostgreSQL: p99 POST → running of 930 ms at 200
+///   jobs/s). So every wake-up is echoed twice, 20 ms and 200 ms later: one
+///   of them starts a fetch after the one in flight. A newer wake-up restarts
+///   the echoes, so a busy queue costs no extra fetches.
 struct Wakeups {
     notify: Arc<Notify>,
     waiting: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
     echo: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+    interval: tokio::time::Interval,
 }
 
 const ECHOES: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(200)];
 
 impl Wakeups {
-    fn new(notify: Arc<Notify>) -> Self {
+    fn new(notify: Arc<Notify>, every: Duration) -> Self {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Wakeups {
             notify,
             waiting: None,
             echo: None,
+            interval,
         }
     }
 }
@@ -108,25 +121,39 @@ impl Wakeups {
 impl Stream for Wakeups {
     type Item = ();
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
-        let notify = self.notify.clone();
-        let waiting = self
-            .waiting
-            .get_or_insert_with(|| Box::pin(notify.notified_owned()));
-        if waiting.as_mut().poll(cx).is_ready() {
+        let mut fired = false;
+        // Each source is polled until it is pending, so it is registered
+        // to wake this task again whatever this poll returns.
+        loop {
+            let notify = self.notify.clone();
+            let waiting = self
+                .waiting
+                .get_or_insert_with(|| Box::pin(notify.notified_owned()));
+            if waiting.as_mut().poll(cx).is_pending() {
+                break;
+            }
             self.waiting = None;
             self.echo = Some((Box::pin(tokio::time::sleep(ECHOES[0])), 0));
-            return Poll::Ready(Some(()));
+            fired = true;
         }
-        if let Some((sleep, n)) = &mut self.echo {
-            if sleep.as_mut().poll(cx).is_ready() {
-                let next = *n + 1;
-                self.echo = ECHOES
-                    .get(next)
-                    .map(|d| (Box::pin(tokio::time::sleep(*d)), next));
-                return Poll::Ready(Some(()));
+        while let Some((sleep, n)) = &mut self.echo {
+            if sleep.as_mut().poll(cx).is_pending() {
+                break;
             }
+            let next = *n + 1;
+            self.echo = ECHOES
+                .get(next)
+                .map(|d| (Box::pin(tokio::time::sleep(*d)), next));
+            fired = true;
         }
-        Poll::Pending
+        while self.interval.poll_tick(cx).is_ready() {
+            fired = true;
+        }
+        if fired {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -233,7 +260,6 @@ impl Queue {
         concurrency: usize,
         stop: CancellationToken,
     ) -> Result<(), WorkerError> {
-        let wakeups = Wakeups::new(self.wake.0.clone());
         // The interval is the backstop for a wake-up that apalis absorbed
         // anyway (see `Wakeups`). On PostgreSQL a fetch is a cheap indexed
         // query, so it polls often; on SQLite a fetch is a write that competes
@@ -242,7 +268,7 @@ impl Queue {
             Storage::Sqlite(_) => Duration::from_secs(1),
             Storage::Postgres(_) => Duration::from_millis(100),
         };
-        let strategy = Strategy::new().stream(wakeups).interval(every);
+        let strategy = Strategy::new().stream(Wakeups::new(self.wake.0.clone(), every));
         let signal = async move {
             stop.cancelled().await;
             Ok::<(), WorkerError>(())

@@ -34,6 +34,11 @@ pub struct Runner {
     pub(crate) config: RunnerConfig,
 }
 
+enum TaskDeleted {
+    Yes,
+    No,
+}
+
 /// How one attempt ended.
 enum Attempt {
     Finished(Result<Value, JobFailure>),
@@ -51,24 +56,33 @@ impl Runner {
             tracing::debug!(job_id = %id, "job already running in this process; duplicate task ignored");
             return Ok(());
         };
-        self.attempts(id, &running)
+        let deleted = self
+            .attempts(id, &running)
             .await
             .inspect_err(|_| crate::telemetry::store_error())?;
         // The job is finished, or back in the queue after a shutdown (the next
-        // start pushes it again): either way its queue task is spent.
-        self.store.delete_task(id).await
+        // start pushes it again): either way its queue task is spent. Its
+        // last write usually took the task with it.
+        match deleted {
+            TaskDeleted::Yes => Ok(()),
+            TaskDeleted::No => self.store.delete_task(id).await,
+        }
     }
 
-    async fn attempts(&self, id: JobId, running: &RunningJob) -> Result<(), StoreError> {
+    /// Runs the attempts; says whether the job's last write also deleted its
+    /// queue task.
+    async fn attempts(&self, id: JobId, running: &RunningJob) -> Result<TaskDeleted, StoreError> {
         loop {
             if running.shutting_down() {
-                return Ok(());
+                return Ok(TaskDeleted::No);
             }
             let start = || self.apply(id, &Transition::Start);
             let job = match self.persistently(id, "start", running, start).await {
                 Ok(job) => job,
                 // Cancelled while queued, already finished, or gone: nothing to run.
-                Err(ApplyError::NotFound) | Err(ApplyError::Refused(_)) => return Ok(()),
+                Err(ApplyError::NotFound) | Err(ApplyError::Refused(_)) => {
+                    return Ok(TaskDeleted::No)
+                }
                 Err(ApplyError::Store(e)) => return Err(e),
             };
             let span = tracing::info_span!("job_attempt", job_id = %id, kind = %job.kind, attempt = job.attempt);
@@ -97,17 +111,24 @@ impl Runner {
             }
             drop(_enter);
             let known = current.lock().expect("job record poisoned").clone();
-            let record = || self.store.apply_known(&known, &next);
+            // A retry keeps the task: the next attempt runs under it.
+            let record = || async {
+                if retry {
+                    self.store.apply_known(&known, &next).await
+                } else {
+                    self.store.apply_final(&known, &next).await
+                }
+            };
             match self.persistently(id, "outcome", running, record).await {
                 Ok(_) => self.hub.notify(id),
                 Err(ApplyError::Store(e)) => return Err(e),
                 Err(e) => {
                     tracing::warn!(job_id = %id, error = %e, "outcome not recorded");
-                    return Ok(());
+                    return Ok(TaskDeleted::No);
                 }
             }
             if !retry {
-                return Ok(());
+                return Ok(TaskDeleted::Yes);
             }
             // Wait before the next attempt; a cancel (the job is queued now, so
             // the API cancels it at once) or a shutdown cuts the wait short.
