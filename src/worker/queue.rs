@@ -368,3 +368,52 @@ async fn handle_task(msg: JobMessage, runner: Data<Arc<Runner>>) -> Result<(), B
         Box::new(e) as BoxDynError
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::task::{waker, ArcWake};
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl ArcWake for Count {
+        fn wake_by_ref(me: &Arc<Self>) {
+            me.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// apalis does not poll a strategy again after it yields, so a yield must
+    /// leave the stream armed: a later wake-up has to reach the task without
+    /// any poll in between (this is what left workers asleep for 30 s).
+    #[tokio::test]
+    async fn a_wake_up_after_a_yield_reaches_the_task_without_another_poll() {
+        let notify = Arc::new(Notify::new());
+        let mut wakeups = Box::pin(Wakeups::new(notify.clone(), Duration::from_secs(3600)));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = waker(count.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        // The interval's first tick is due at once; then nothing is.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        while wakeups.as_mut().poll_next(&mut cx).is_ready() {}
+        let woken = || count.0.load(Ordering::SeqCst);
+
+        let before = woken();
+        notify.notify_one();
+        assert_eq!(woken(), before + 1, "the first wake-up");
+        assert_eq!(wakeups.as_mut().poll_next(&mut cx), Poll::Ready(Some(())));
+
+        // Not polled since it yielded: the next wake-up must still arrive.
+        notify.notify_one();
+        assert_eq!(woken(), before + 2, "a wake-up after a yield");
+
+        // And so must the echo of a wake-up that was consumed by a yield.
+        assert_eq!(wakeups.as_mut().poll_next(&mut cx), Poll::Ready(Some(())));
+        let before = woken();
+        tokio::time::sleep(ECHOES[0] + Duration::from_millis(30)).await;
+        assert!(woken() > before, "the echo woke the task");
+    }
+}
