@@ -12,7 +12,8 @@
 //! - [`auth`]: API keys, JWTs and stream tokens → the request's tenant.
 //! - [`domain`]: job ids, `JobStatus` and its transitions, progress, events; no I/O.
 //! - [`store`]: the `Store` trait (`herald_jobs`, `herald_job_events`) and its two backends,
-//!   SQLite (one process) and PostgreSQL (several nodes, leases in `herald_nodes`).
+//!   SQLite (one process) and PostgreSQL (several nodes, leases in `herald_nodes`;
+//!   its writes group-committed: `store/group.rs` gathers, `store/pg_batch.rs` writes).
 //! - [`worker`]: the `JobKind` trait and registry, the runner (attempts, timeout,
 //!   cancel grace, retries), the apalis queue, the crash reconciler, the kinds
 //!   (`demo`, `aggregate`, and `import`, which feeds an uploaded file to a downstream).
