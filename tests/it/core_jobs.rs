@@ -193,6 +193,50 @@ async fn idempotency_key_returns_the_same_job_or_409() {
     app.stop().await;
 }
 
+/// Submissions that arrive together are written together (PostgreSQL
+/// group-commits them): one key still makes one job, and every other
+/// submission its own.
+async fn concurrent_submissions_with_one_key_make_one_job() {
+    let app = TestApp::spawn().await;
+    let keyed =
+        json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}, "idempotency_key": "burst"});
+    let plain = json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}});
+    let posts = (0..40).map(|i| {
+        let body = if i % 2 == 0 { &keyed } else { &plain };
+        app.post_json("/v1/jobs", body)
+    });
+    let answers = futures::future::join_all(posts).await;
+    let mut keyed_ids = std::collections::HashSet::new();
+    let mut plain_ids = std::collections::HashSet::new();
+    let mut created_with_key = 0;
+    for (i, resp) in answers.into_iter().enumerate() {
+        let status = resp.status().as_u16();
+        let job: serde_json::Value = resp.json().await.unwrap();
+        let id = job["id"].as_str().expect("a job id").to_owned();
+        if i % 2 == 0 {
+            assert!(status == 202 || status == 200, "{status} {job}");
+            created_with_key += usize::from(status == 202);
+            keyed_ids.insert(id);
+        } else {
+            assert_eq!(status, 202, "{job}");
+            plain_ids.insert(id);
+        }
+    }
+    assert_eq!(keyed_ids.len(), 1, "one key, one job: {keyed_ids:?}");
+    assert_eq!(
+        created_with_key, 1,
+        "exactly one keyed submission created it"
+    );
+    assert_eq!(plain_ids.len(), 20, "every plain submission is its own job");
+    assert!(keyed_ids.is_disjoint(&plain_ids));
+    for id in keyed_ids.iter().chain(&plain_ids) {
+        app.wait_status(id, "succeeded").await;
+    }
+    let list: serde_json::Value = app.get_json("/v1/jobs?limit=100").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 21);
+    app.stop().await;
+}
+
 async fn cancelling_a_queued_job_ends_it_at_once() {
     // One worker slot, held by a long job, keeps the second job queued.
     let app = TestApp::spawn_with(|c| c.worker_concurrency = 1).await;
@@ -465,6 +509,7 @@ backend_tests!(
     a_demo_job_runs_to_its_result,
     list_filters_and_pages_newest_first,
     idempotency_key_returns_the_same_job_or_409,
+    concurrent_submissions_with_one_key_make_one_job,
     cancelling_a_queued_job_ends_it_at_once,
     cancelling_a_running_job_stops_its_handler,
     a_handler_that_ignores_its_token_is_stopped_after_the_cancel_grace,
