@@ -144,7 +144,8 @@ pub struct Config {
     pub worker_lease_secs: u64,
 
     /// PostgreSQL: the most connections this node opens for herald's own
-    /// queries (the queue's pusher and worker and the listener take 9 more).
+    /// queries (the batched writes and reads, the queue's pusher and worker
+    /// and the listener take 14 more).
     #[arg(long, env = "HERALD_DATABASE_POOL", default_value_t = 16)]
     pub database_pool: u32,
 
