@@ -74,9 +74,9 @@ impl<F: Flush> Group<F> {
         Group { tx }
     }
 
-    /// Writes `op` with whatever else is waiting, and answers once it has
-    /// committed (or failed).
-    pub(super) async fn write(&self, op: F::Op) -> Result<F::Out, sqlx::Error> {
+    /// Runs `op` with whatever else is waiting, and answers once its batch
+    /// has committed (or failed).
+    pub(super) async fn run(&self, op: F::Op) -> Result<F::Out, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((op, reply))

@@ -72,7 +72,7 @@ pub struct NodeIdentity {
 #[derive(Clone, Debug)]
 pub struct Pools {
     pub main: PgPool,
-    /// The batched transitions' connections (see `connect`).
+    /// The batched statements' connections (see `connect`).
     pub writes: PgPool,
     pub queue: PgPool,
     /// Options for the node's dedicated LISTEN connection.
@@ -397,7 +397,7 @@ impl PgStore {
         delete_task: bool,
     ) -> Result<bool, sqlx::Error> {
         self.writes
-            .write(Write::Transition {
+            .run(Write::Transition {
                 job: Box::new(next.clone()),
                 ev,
                 if_seq,
@@ -552,7 +552,7 @@ impl Store for PgStore {
         // earlier job answers).
         let inserted = self
             .submits
-            .write(NewJob {
+            .run(NewJob {
                 job: job.clone(),
                 first,
             })
@@ -591,7 +591,7 @@ impl Store for PgStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        let row = self.reads.write(id).await?;
+        let row = self.reads.run(id).await?;
         row.map(JobRecord::try_from).transpose()
     }
 
@@ -774,7 +774,7 @@ impl Store for PgStore {
 
     async fn delete_task(&self, id: JobId) -> Result<(), StoreError> {
         self.writes
-            .write(Write::DeleteTask(id.task_id().to_string()))
+            .run(Write::DeleteTask(id.task_id().to_string()))
             .await?;
         Ok(())
     }
