@@ -16,16 +16,54 @@ use crate::domain::{EventSeq, JobRecord, NewEvent};
 /// A write of a running job.
 pub(super) enum Write {
     /// The job's new state and its event, written only while the job's
-    /// `last_seq` is still `if_seq`; if it is written and `delete_task` is
-    /// given, that queue task goes with it. Answers whether it was written.
-    Transition {
-        job: Box<JobRecord>,
-        ev: NewEvent,
-        if_seq: EventSeq,
-        delete_task: Option<String>,
-    },
+    /// `last_seq` is still the row's `if_seq`; if it is written and the row
+    /// names a task, that queue task goes with it. Answers whether it was
+    /// written.
+    Transition(Box<TransitionRow>),
     /// Deletes a queue task (apalis's id). Answers true.
     DeleteTask(String),
+}
+
+/// A transition as its columns, serialized by the caller: the writer task
+/// that flushes a batch then only gathers them.
+pub(super) struct TransitionRow {
+    id: Uuid,
+    status: &'static str,
+    progress: Option<String>,
+    result: Option<String>,
+    error: Option<String>,
+    attempt: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    seq: i64,
+    at: i64,
+    event: &'static str,
+    data: String,
+    if_seq: i64,
+    task: Option<String>,
+}
+
+impl TransitionRow {
+    /// `job` as the transition left it and `ev` its event; with
+    /// `delete_task`, the job's queue task is deleted if the write lands.
+    pub(super) fn new(job: &JobRecord, ev: NewEvent, if_seq: EventSeq, delete_task: bool) -> Self {
+        TransitionRow {
+            id: job.id.0,
+            status: job.status.as_str(),
+            progress: to_json(&job.progress),
+            result: to_json(&job.result),
+            error: to_json(&job.error),
+            attempt: job.attempt as i64,
+            started_at: job.started_at.map(|t| t.0),
+            finished_at: job.finished_at.map(|t| t.0),
+            seq: ev.seq.0,
+            at: ev.at.0,
+            event: ev.kind.as_str(),
+            data: ev.data,
+            if_seq: if_seq.0,
+            task: delete_task.then(|| job.id.task_id().to_string()),
+        }
+    }
 }
 
 pub(super) struct Writes {
@@ -41,7 +79,7 @@ impl Flush for Writes {
 
     fn key(op: &Write) -> Option<String> {
         match op {
-            Write::Transition { job, .. } => Some(job.id.to_string()),
+            Write::Transition(row) => Some(row.id.to_string()),
             Write::DeleteTask(_) => None,
         }
     }
@@ -51,12 +89,7 @@ impl Flush for Writes {
         let mut deletes = Vec::new();
         for op in ops {
             match op {
-                Write::Transition {
-                    job,
-                    ev,
-                    if_seq,
-                    delete_task,
-                } => a.push(job, ev, *if_seq, delete_task.clone()),
+                Write::Transition(row) => a.push(row),
                 Write::DeleteTask(task) => deletes.push(task.clone()),
             }
         }
@@ -113,7 +146,7 @@ impl Flush for Writes {
         Ok(ops
             .iter()
             .map(|op| match op {
-                Write::Transition { job, .. } => written.contains(&job.id.0),
+                Write::Transition(row) => written.contains(&row.id),
                 Write::DeleteTask(_) => true,
             })
             .collect())
@@ -139,29 +172,63 @@ struct TransitionArrays {
 }
 
 impl TransitionArrays {
-    fn push(&mut self, job: &JobRecord, ev: &NewEvent, if_seq: EventSeq, task: Option<String>) {
-        self.id.push(job.id.0);
-        self.status.push(job.status.as_str());
-        self.progress.push(to_json(&job.progress));
-        self.result.push(to_json(&job.result));
-        self.error.push(to_json(&job.error));
-        self.attempt.push(job.attempt as i64);
-        self.started_at.push(job.started_at.map(|t| t.0));
-        self.finished_at.push(job.finished_at.map(|t| t.0));
-        self.seq.push(ev.seq.0);
-        self.at.push(ev.at.0);
-        self.event.push(ev.kind.as_str());
-        self.data.push(ev.data.clone());
-        self.if_seq.push(if_seq.0);
-        self.task.push(task);
+    fn push(&mut self, row: &TransitionRow) {
+        self.id.push(row.id);
+        self.status.push(row.status);
+        self.progress.push(row.progress.clone());
+        self.result.push(row.result.clone());
+        self.error.push(row.error.clone());
+        self.attempt.push(row.attempt);
+        self.started_at.push(row.started_at);
+        self.finished_at.push(row.finished_at);
+        self.seq.push(row.seq);
+        self.at.push(row.at);
+        self.event.push(row.event);
+        self.data.push(row.data.clone());
+        self.if_seq.push(row.if_seq);
+        self.task.push(row.task.clone());
     }
 }
 
 /// A new job and its first event. Answers whether it was inserted (false:
 /// its idempotency key is taken).
+/// Its columns are serialized by the caller, as for [`TransitionRow`].
 pub(super) struct NewJob {
-    pub job: JobRecord,
-    pub first: NewEvent,
+    id: Uuid,
+    task_id: String,
+    tenant: String,
+    kind: String,
+    status: &'static str,
+    input: String,
+    attempt: i64,
+    max_attempts: i64,
+    timeout_secs: Option<i64>,
+    idempotency_key: Option<String>,
+    created_at: i64,
+    seq: i64,
+    event: &'static str,
+    data: String,
+}
+
+impl NewJob {
+    pub(super) fn new(job: &JobRecord, first: NewEvent) -> Self {
+        NewJob {
+            id: job.id.0,
+            task_id: job.id.task_id().to_string(),
+            tenant: job.tenant.clone(),
+            kind: job.kind.clone(),
+            status: job.status.as_str(),
+            input: serde_json::to_string(&job.input).expect("JSON values serialize"),
+            attempt: job.attempt as i64,
+            max_attempts: job.max_attempts as i64,
+            timeout_secs: job.timeout_secs,
+            idempotency_key: job.idempotency_key.clone(),
+            created_at: job.created_at.0,
+            seq: first.seq.0,
+            event: first.kind.as_str(),
+            data: first.data,
+        }
+    }
 }
 
 pub(super) struct Submits {
@@ -176,10 +243,9 @@ impl Flush for Submits {
     /// Two submissions with one idempotency key go in different batches, so
     /// the second finds the first committed.
     fn key(op: &NewJob) -> Option<String> {
-        op.job
-            .idempotency_key
+        op.idempotency_key
             .as_ref()
-            .map(|k| format!("{}\n{k}", op.job.tenant))
+            .map(|k| format!("{}\n{k}", op.tenant))
     }
 
     async fn flush(&self, ops: &[NewJob]) -> Result<Vec<bool>, sqlx::Error> {
@@ -197,21 +263,21 @@ impl Flush for Submits {
         let mut seq = Vec::with_capacity(ops.len());
         let mut event = Vec::with_capacity(ops.len());
         let mut data = Vec::with_capacity(ops.len());
-        for NewJob { job, first } in ops {
-            id.push(job.id.0);
-            task_id.push(job.id.task_id().to_string());
-            tenant.push(job.tenant.as_str());
-            kind.push(job.kind.as_str());
-            status.push(job.status.as_str());
-            input.push(serde_json::to_string(&job.input).expect("JSON values serialize"));
-            attempt.push(job.attempt as i64);
-            max_attempts.push(job.max_attempts as i64);
-            timeout_secs.push(job.timeout_secs);
-            key.push(job.idempotency_key.as_deref());
-            created_at.push(job.created_at.0);
-            seq.push(first.seq.0);
-            event.push(first.kind.as_str());
-            data.push(first.data.as_str());
+        for op in ops {
+            id.push(op.id);
+            task_id.push(op.task_id.as_str());
+            tenant.push(op.tenant.as_str());
+            kind.push(op.kind.as_str());
+            status.push(op.status);
+            input.push(op.input.as_str());
+            attempt.push(op.attempt);
+            max_attempts.push(op.max_attempts);
+            timeout_secs.push(op.timeout_secs);
+            key.push(op.idempotency_key.as_deref());
+            created_at.push(op.created_at);
+            seq.push(op.seq);
+            event.push(op.event);
+            data.push(op.data.as_str());
         }
         // A taken idempotency key inserts nothing for that job (the caller
         // then answers with the earlier job).
@@ -253,9 +319,6 @@ impl Flush for Submits {
         .await?
         .into_iter()
         .collect();
-        Ok(ops
-            .iter()
-            .map(|op| inserted.contains(&op.job.id.0))
-            .collect())
+        Ok(ops.iter().map(|op| inserted.contains(&op.id)).collect())
     }
 }

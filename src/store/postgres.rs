@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::group::{Flush, Group};
-use super::pg_batch::{NewJob, Submits, Write, Writes};
+use super::pg_batch::{NewJob, Submits, TransitionRow, Write, Writes};
 use super::row::{to_json, EventRow, JobRow};
 use super::{
     ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered, Store,
@@ -396,14 +396,8 @@ impl PgStore {
         if_seq: EventSeq,
         delete_task: bool,
     ) -> Result<bool, sqlx::Error> {
-        self.writes
-            .run(Write::Transition {
-                job: Box::new(next.clone()),
-                ev,
-                if_seq,
-                delete_task: delete_task.then(|| next.id.task_id().to_string()),
-            })
-            .await
+        let row = TransitionRow::new(next, ev, if_seq, delete_task);
+        self.writes.run(Write::Transition(Box::new(row))).await
     }
 
     /// `apply_known`, and with `delete_task` `apply_final`.
@@ -550,13 +544,7 @@ impl Store for PgStore {
         // The job and its first event (group-committed with other new jobs),
         // or nothing at all when the idempotency key is taken (then the
         // earlier job answers).
-        let inserted = self
-            .submits
-            .run(NewJob {
-                job: job.clone(),
-                first,
-            })
-            .await?;
+        let inserted = self.submits.run(NewJob::new(&job, first)).await?;
         if inserted {
             self.notifier.committed(job.id);
             metrics::counter!("herald_events_appended_total", "event" => "status").increment(1);
