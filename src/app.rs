@@ -25,7 +25,7 @@ use crate::stream::{StreamCounter, StreamSettings};
 use crate::worker::queue::Queue;
 use crate::worker::reconcile::Reconciler;
 use crate::worker::runner::{Runner, RunnerConfig};
-use crate::worker::{registry, Registry};
+use crate::worker::{registry, Kinds, Registry};
 
 /// How often a node that runs jobs checks the store for cancel requests it
 /// may have missed (the backup for a lost notification).
@@ -88,6 +88,12 @@ impl Application {
     /// Opens the database (running migrations), recovers what a previous
     /// process left behind, and binds the listening socket.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        Self::build_with(config, Kinds::builtin()).await
+    }
+
+    /// [`Application::build`] with these job kinds (the built-in ones and
+    /// your own, see [`Kinds`]).
+    pub async fn build_with(config: Config, kinds: Kinds) -> anyhow::Result<Application> {
         if config.auth == AuthMode::None && !config.listen.ip().is_loopback() {
             anyhow::bail!(
                 "refusing to serve {} without authentication: HERALD_AUTH=none is only allowed on a loopback address. \
@@ -160,7 +166,8 @@ impl Application {
         let jobs_root = CancellationToken::new();
         let cancels = CancelRegistry::new(jobs_root.clone());
         let hub = Hub::new();
-        let kinds = Arc::new(registry(&config, store.clone()).context("configuring job kinds")?);
+        let kinds =
+            Arc::new(registry(&config, store.clone(), kinds).context("configuring job kinds")?);
         if config.allow_any_url {
             tracing::warn!("HERALD_ALLOW_ANY_URL is on: aggregate jobs may call any URL; never run this in production");
         }

@@ -51,3 +51,4 @@ pub mod worker;
 
 pub use app::{AppState, Application};
 pub use config::Config;
+pub use worker::{JobContext, JobFailure, JobKind, Kinds};

@@ -97,21 +97,57 @@ impl Registry {
     }
 }
 
-/// The one place where job kinds are registered.
+/// The job kinds a herald runs: the built-in ones (`demo`, `aggregate`,
+/// `import`) and any a library user adds with [`Kinds::with`].
+#[derive(Clone, Default)]
+pub struct Kinds {
+    builtin: bool,
+    extra: Vec<Arc<dyn JobKind>>,
+}
+
+impl Kinds {
+    /// herald's own kinds.
+    pub fn builtin() -> Kinds {
+        Kinds {
+            builtin: true,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds a kind of your own. Its name must differ from every other kind's.
+    pub fn with(mut self, kind: impl JobKind) -> Kinds {
+        self.extra.push(Arc::new(kind));
+        self
+    }
+}
+
+/// The one place where job kinds are registered: the built-in ones (which
+/// need the configuration's downstreams and the store), then `kinds`' own.
 pub fn registry(
     config: &crate::config::Config,
     store: Arc<dyn crate::store::Store>,
+    kinds: Kinds,
 ) -> anyhow::Result<Registry> {
-    let downstreams = Arc::new(crate::downstream::Downstreams::load(
-        &config.downstreams,
-        config.downstreams_file.as_deref(),
-        config.allow_any_url,
-    )?);
-    Ok(Registry::default()
-        .with(kinds::demo::Demo)
-        .with(kinds::aggregate::Aggregate::new(
-            downstreams.clone(),
-            config.downstream_max_body_bytes,
-        )?)
-        .with(kinds::import::Import::new(downstreams, store)?))
+    let mut registry = Registry::default();
+    if kinds.builtin {
+        let downstreams = Arc::new(crate::downstream::Downstreams::load(
+            &config.downstreams,
+            config.downstreams_file.as_deref(),
+            config.allow_any_url,
+        )?);
+        registry = registry
+            .with(kinds::demo::Demo)
+            .with(kinds::aggregate::Aggregate::new(
+                downstreams.clone(),
+                config.downstream_max_body_bytes,
+            )?)
+            .with(kinds::import::Import::new(downstreams, store)?);
+    }
+    for kind in kinds.extra {
+        let name = kind.name();
+        if registry.kinds.insert(name, kind).is_some() {
+            anyhow::bail!("two job kinds are named `{name}`: give each kind a name of its own");
+        }
+    }
+    Ok(registry)
 }
