@@ -16,16 +16,18 @@ use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::config::Role;
 use crate::hub::Hub;
-use crate::limits::{StreamLimit, SubmitRate};
+use crate::jobs::Jobs;
+use crate::limits::StreamLimit;
 use crate::notify::Wakers;
 use crate::store::postgres::{self, NodeIdentity, PgStore};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::Store;
 use crate::stream::{StreamCounter, StreamSettings};
+use crate::uploads::Uploads;
 use crate::worker::queue::Queue;
 use crate::worker::reconcile::Reconciler;
 use crate::worker::runner::{Runner, RunnerConfig};
-use crate::worker::{registry, Kinds, Registry};
+use crate::worker::{registry, Kinds};
 
 /// How often a node that runs jobs checks the store for cancel requests it
 /// may have missed (the backup for a lost notification).
@@ -34,10 +36,12 @@ const CANCEL_SWEEP: Duration = Duration::from_secs(2);
 /// What request handlers share.
 #[derive(Clone)]
 pub struct AppState {
+    /// Every change to a job goes through here.
+    pub jobs: Arc<Jobs>,
+    pub uploads: Arc<Uploads>,
+    /// Reads of events and the feed (streams), readiness.
     pub store: Arc<dyn Store>,
-    pub queue: Queue,
     pub hub: Arc<Hub>,
-    pub kinds: Arc<Registry>,
     pub cancels: Arc<CancelRegistry>,
     pub config: Arc<Config>,
     /// Set at the start of shutdown: /readyz answers 503.
@@ -51,11 +55,11 @@ pub struct AppState {
     pub feeds: Arc<StreamCounter>,
     pub auth: Arc<Auth>,
     pub stream_limit: Arc<StreamLimit>,
-    pub submit_rate: Arc<SubmitRate>,
 }
 
 pub struct Application {
     addr: SocketAddr,
+    queue: Queue,
     listener: tokio::net::TcpListener,
     state: AppState,
     runner: Arc<Runner>,
@@ -171,9 +175,22 @@ impl Application {
         if config.allow_any_url {
             tracing::warn!("HERALD_ALLOW_ANY_URL is on: aggregate jobs may call any URL; never run this in production");
         }
+        let jobs = Jobs::new(
+            store.clone(),
+            queue.clone(),
+            hub.clone(),
+            cancels.clone(),
+            kinds.clone(),
+            config.submit_rate_per_sec,
+        );
+        let uploads = Uploads::new(
+            jobs.clone(),
+            store.clone(),
+            config.max_upload_bytes,
+            config.default_max_attempts,
+        );
         let runner = Arc::new(Runner {
-            store: store.clone(),
-            hub: hub.clone(),
+            jobs: jobs.clone(),
             kinds: (*kinds).clone(),
             cancels: cancels.clone(),
             config: RunnerConfig {
@@ -190,6 +207,7 @@ impl Application {
                 .await
                 .context("registering this node in the database")?;
             let pushed = Reconciler {
+                jobs: jobs.clone(),
                 store: store.clone(),
                 queue: queue.clone(),
                 cancels: cancels.clone(),
@@ -208,10 +226,10 @@ impl Application {
         let addr = listener.local_addr()?;
 
         let state = AppState {
+            jobs,
+            uploads,
             store,
-            queue,
             hub,
-            kinds,
             cancels,
             draining: Arc::new(AtomicBool::new(false)),
             serving_stop: CancellationToken::new(),
@@ -220,11 +238,11 @@ impl Application {
             feeds: Arc::new(StreamCounter::default()),
             auth,
             stream_limit: StreamLimit::new(config.max_streams_per_tenant),
-            submit_rate: Arc::new(SubmitRate::new(config.submit_rate_per_sec)),
             config: Arc::new(config),
         };
         Ok(Application {
             addr,
+            queue,
             listener,
             state,
             runner,
@@ -259,6 +277,7 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let Application {
             addr,
+            queue,
             listener,
             state,
             runner,
@@ -277,7 +296,7 @@ impl Application {
             let wakers = Wakers {
                 hub: state.hub.clone(),
                 cancels: state.cancels.clone(),
-                queue: runs_jobs.then(|| state.queue.waker()),
+                queue: runs_jobs.then(|| queue.waker()),
             };
             tokio::spawn(crate::notify::listen(opts, wakers, background_stop.clone()));
             if runs_jobs {
@@ -291,7 +310,7 @@ impl Application {
         }
         let mut background = Vec::new();
         let worker = runs_jobs.then(|| {
-            state.queue.spawn_worker(
+            queue.spawn_worker(
                 node_id.clone(),
                 runner,
                 config.worker_concurrency,
@@ -307,8 +326,9 @@ impl Application {
             )));
             background.push(tokio::spawn(
                 Reconciler {
+                    jobs: state.jobs.clone(),
                     store: state.store.clone(),
-                    queue: state.queue.clone(),
+                    queue: queue.clone(),
                     cancels: state.cancels.clone(),
                 }
                 .run_periodically(

@@ -64,6 +64,47 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::jobs::SubmitError> for ApiError {
+    fn from(e: crate::jobs::SubmitError) -> Self {
+        use crate::jobs::SubmitError;
+        match e {
+            SubmitError::RateLimited {
+                per_sec,
+                retry_after,
+            } => ApiError::RateLimited {
+                detail: format!(
+                    "more than {per_sec} submissions a second for this tenant (HERALD_SUBMIT_RATE_PER_SEC); retry shortly"
+                ),
+                retry_after_secs: retry_after.as_secs_f64().ceil() as u64,
+            },
+            SubmitError::UnknownKind { kind, known } => ApiError::Invalid {
+                code: "unknown_kind",
+                detail: format!(
+                    "there is no job kind `{kind}`; known kinds: {}",
+                    known.join(", ")
+                ),
+                errors: vec![FieldError::new("/kind", "unknown job kind")],
+            },
+            SubmitError::InvalidInput { kind, errors } => ApiError::Invalid {
+                code: "validation_failed",
+                detail: format!("the input is invalid for kind `{kind}`; see `errors`"),
+                errors: errors
+                    .into_iter()
+                    .map(|e| FieldError::new(format!("/input{}", e.pointer), e.detail))
+                    .collect(),
+            },
+            SubmitError::Conflict(job) => ApiError::Conflict {
+                code: "idempotency_conflict",
+                detail: format!(
+                    "idempotency key already used for job {} with a different kind, input, max_attempts or timeout_secs; use a new key for a new job",
+                    job.id
+                ),
+            },
+            SubmitError::Store(e) => e.into(),
+        }
+    }
+}
+
 /// The problem+json body.
 #[derive(Debug, Clone, Object)]
 #[oai(rename = "Problem")]

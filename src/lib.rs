@@ -39,6 +39,7 @@ pub mod downstream;
 pub mod error;
 pub mod feed;
 pub mod hub;
+pub mod jobs;
 pub mod limits;
 pub mod notify;
 pub mod retention;
@@ -47,6 +48,7 @@ pub mod shutdown;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod uploads;
 pub mod worker;
 
 pub use app::{AppState, Application};

@@ -12,9 +12,10 @@ use super::models::{JobDto, JobListDto, JobStatusDto, StreamTokenDto, SubmitJobD
 use super::ApiTags;
 use crate::app::AppState;
 use crate::auth::{AuthMode, Tenant};
-use crate::domain::{FieldError, JobId, JobRecord, Submission, Timestamp};
+use crate::domain::{JobId, JobRecord, Submission, Timestamp};
 use crate::error::ApiError;
-use crate::store::{CancelOutcome, ListQuery, Submitted};
+use crate::jobs::Accepted;
+use crate::store::{CancelOutcome, ListQuery};
 
 pub struct JobsApi;
 
@@ -69,7 +70,7 @@ pub async fn owned_job(
     tenant: &Tenant,
     id: JobId,
 ) -> Result<JobRecord, ApiError> {
-    match state.store.get(id).await? {
+    match state.jobs.get(id).await? {
         Some(job) if job.tenant == tenant.0 => Ok(job),
         _ => Err(ApiError::not_found_job(id)),
     }
@@ -95,15 +96,7 @@ impl JobsApi {
         body: JsonBody<SubmitJobDto>,
     ) -> Result<SubmitResponse, ApiError> {
         let (state, tenant) = (state.0, tenant.0);
-        if let Err(wait) = state.submit_rate.take(tenant) {
-            return Err(ApiError::RateLimited {
-                detail: format!(
-                    "more than {} submissions a second for this tenant (HERALD_SUBMIT_RATE_PER_SEC); retry shortly",
-                    state.config.submit_rate_per_sec
-                ),
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-            });
-        }
+        state.jobs.admit(&tenant.0)?;
         let sub = Submission::parse(&body.value, state.config.default_max_attempts).map_err(
             |errors| ApiError::Invalid {
                 code: "validation_failed",
@@ -111,52 +104,14 @@ impl JobsApi {
                 errors,
             },
         )?;
-        let Some(kind) = state.kinds.get(&sub.kind) else {
-            let known: Vec<_> = state.kinds.names().collect();
-            return Err(ApiError::Invalid {
-                code: "unknown_kind",
-                detail: format!(
-                    "there is no job kind `{}`; known kinds: {}",
-                    sub.kind,
-                    known.join(", ")
-                ),
-                errors: vec![FieldError::new("/kind", "unknown job kind")],
-            });
-        };
-        kind.validate(&sub.input)
-            .map_err(|errors| ApiError::Invalid {
-                code: "validation_failed",
-                detail: format!("the input is invalid for kind `{}`; see `errors`", sub.kind),
-                errors: errors
-                    .into_iter()
-                    .map(|e| FieldError::new(format!("/input{}", e.pointer), e.detail))
-                    .collect(),
-            })?;
-        match state.store.submit(&tenant.0, &sub).await? {
-            Submitted::Created(job) => {
-                tracing::info!(job_id = %job.id, kind = %job.kind, "job submitted");
-                if let Err(e) = state.queue.push(job.id).await {
-                    // The job is stored, so it is not lost: the reconciler pushes
-                    // queued jobs that have no task.
-                    tracing::warn!(job_id = %job.id, error = %e, "queue push failed; the reconciler will retry it");
-                }
-                Ok(SubmitResponse::Accepted(
-                    Json(job_dto(state, tenant, &job)),
-                    location(job.id),
-                ))
+        Ok(match state.jobs.submit_admitted(&tenant.0, &sub).await? {
+            Accepted::Created(job) => {
+                SubmitResponse::Accepted(Json(job_dto(state, tenant, &job)), location(job.id))
             }
-            Submitted::Existing(job) => Ok(SubmitResponse::Existing(
-                Json(job_dto(state, tenant, &job)),
-                location(job.id),
-            )),
-            Submitted::Conflict(job) => Err(ApiError::Conflict {
-                code: "idempotency_conflict",
-                detail: format!(
-                    "idempotency key already used for job {} with a different kind, input, max_attempts or timeout_secs; use a new key for a new job",
-                    job.id
-                ),
-            }),
-        }
+            Accepted::Existing(job) => {
+                SubmitResponse::Existing(Json(job_dto(state, tenant, &job)), location(job.id))
+            }
+        })
     }
 
     /// List jobs
@@ -193,7 +148,7 @@ impl JobsApi {
             // One more than asked shows whether another page exists.
             limit: limit + 1,
         };
-        let mut jobs = state.store.list(&q).await?;
+        let mut jobs = state.jobs.list(&q).await?;
         let more = jobs.len() as i64 > limit;
         jobs.truncate(limit as usize);
         let next_cursor = if more {
@@ -254,28 +209,11 @@ impl JobsApi {
     ) -> Result<CancelResponse, ApiError> {
         let id = JobId(id.0);
         owned_job(state.0, tenant.0, id).await?;
-        match state
-            .store
-            .request_cancel(id, "cancelled by request")
-            .await?
-        {
+        match state.jobs.cancel(id, "cancelled by request").await? {
             CancelOutcome::NotFound => Err(ApiError::not_found_job(id)),
-            CancelOutcome::CancelledNow(job) => {
-                state.hub.notify(id);
-                // It may sit in a retry pause on this node: wake that up too.
-                state.cancels.cancel(id);
-                tracing::info!(job_id = %id, "queued job cancelled");
-                Ok(CancelResponse::Accepted(Json(job_dto(
-                    state.0, tenant.0, &job,
-                ))))
-            }
-            CancelOutcome::Requested(job) => {
-                let here = state.cancels.cancel(id);
-                tracing::info!(job_id = %id, running_here = here, "cancel requested for a running job");
-                Ok(CancelResponse::Accepted(Json(job_dto(
-                    state.0, tenant.0, &job,
-                ))))
-            }
+            CancelOutcome::CancelledNow(job) | CancelOutcome::Requested(job) => Ok(
+                CancelResponse::Accepted(Json(job_dto(state.0, tenant.0, &job))),
+            ),
             CancelOutcome::Terminal(job) => Err(ApiError::Conflict {
                 code: "job_terminal",
                 detail: format!(

@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 
 use super::JobFailure;
 use crate::domain::{JobRecord, Progress, Transition};
-use crate::hub::Hub;
-use crate::store::{ApplyError, Store};
+use crate::jobs::Jobs;
+use crate::store::ApplyError;
 
 struct Report {
     progress: Progress,
@@ -90,15 +90,14 @@ pub(crate) struct ProgressPump {
 impl ProgressPump {
     pub(crate) fn start(
         current: Arc<Mutex<JobRecord>>,
-        store: Arc<dyn Store>,
-        hub: Arc<Hub>,
+        jobs: Arc<Jobs>,
         interval: Duration,
     ) -> (ProgressPump, Reporter) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             notify: Notify::new(),
         });
-        let task = tokio::spawn(pump(shared.clone(), current, store, hub, interval));
+        let task = tokio::spawn(pump(shared.clone(), current, jobs, interval));
         (
             ProgressPump {
                 shared: shared.clone(),
@@ -126,8 +125,7 @@ impl ProgressPump {
 async fn pump(
     shared: Arc<Shared>,
     current: Arc<Mutex<JobRecord>>,
-    store: Arc<dyn Store>,
-    hub: Arc<Hub>,
+    jobs: Arc<Jobs>,
     interval: Duration,
 ) {
     loop {
@@ -142,7 +140,7 @@ async fn pump(
             shared.notify.notified().await;
             continue;
         };
-        let result = persist(&current, &*store, &hub, report.progress).await;
+        let result = persist(&current, &jobs, report.progress).await;
         if let Some(tx) = report.persisted {
             let _ = tx.send(result);
         }
@@ -170,19 +168,13 @@ async fn pump(
 
 async fn persist(
     current: &Mutex<JobRecord>,
-    store: &dyn Store,
-    hub: &Hub,
+    jobs: &Jobs,
     progress: Progress,
 ) -> Result<(), JobFailure> {
     let known = current.lock().expect("job record poisoned").clone();
-    match store
-        .apply_known(&known, &Transition::Progress(progress))
-        .await
-    {
+    match jobs.record(&known, &Transition::Progress(progress)).await {
         Ok(job) => {
-            let id = job.id;
             *current.lock().expect("job record poisoned") = job;
-            hub.notify(id);
             Ok(())
         }
         Err(ApplyError::Store(e)) => {

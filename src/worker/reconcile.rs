@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::queue::Queue;
 use crate::cancel::CancelRegistry;
 use crate::domain::Timestamp;
+use crate::jobs::Jobs;
 use crate::store::{Store, StoreError};
 
 const BATCH: i64 = 500;
@@ -24,6 +25,7 @@ const BATCH: i64 = 500;
 const ORPHAN_AGE: Duration = Duration::from_secs(5);
 
 pub struct Reconciler {
+    pub jobs: Arc<Jobs>,
     pub store: Arc<dyn Store>,
     pub queue: Queue,
     pub cancels: Arc<CancelRegistry>,
@@ -32,7 +34,7 @@ pub struct Reconciler {
 impl Reconciler {
     /// Start-up recovery; returns how many jobs were given a fresh task.
     pub async fn at_startup(&self) -> Result<usize, StoreError> {
-        let recovered = self.store.recover_interrupted().await?;
+        let recovered = self.jobs.recover_interrupted().await?;
         if !recovered.requeued.is_empty() || !recovered.failed.is_empty() {
             tracing::warn!(
                 requeued = recovered.requeued.len(),
@@ -78,7 +80,7 @@ impl Reconciler {
     /// Jobs running on nodes whose lease ran out go back to the queue (next
     /// attempt) with a fresh task, which any live node may fetch.
     async fn take_over_expired(&self) -> Result<(), StoreError> {
-        let recovered = self.store.recover_expired().await?;
+        let recovered = self.jobs.recover_expired().await?;
         if recovered.requeued.is_empty() && recovered.failed.is_empty() {
             return Ok(());
         }

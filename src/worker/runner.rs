@@ -11,8 +11,8 @@ use super::progress::ProgressPump;
 use super::{JobContext, JobFailure, Registry};
 use crate::cancel::{CancelRegistry, RunningJob};
 use crate::domain::{JobError, JobId, JobRecord, Transition};
-use crate::hub::Hub;
-use crate::store::{ApplyError, Store, StoreError};
+use crate::jobs::Jobs;
+use crate::store::{ApplyError, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -27,8 +27,7 @@ pub struct RunnerConfig {
 }
 
 pub struct Runner {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) hub: Arc<Hub>,
+    pub(crate) jobs: Arc<Jobs>,
     pub(crate) kinds: Registry,
     pub(crate) cancels: Arc<CancelRegistry>,
     pub(crate) config: RunnerConfig,
@@ -65,7 +64,7 @@ impl Runner {
         // last write usually took the task with it.
         match deleted {
             TaskDeleted::Yes => Ok(()),
-            TaskDeleted::No => self.store.delete_task(id).await,
+            TaskDeleted::No => self.jobs.drop_task(id).await,
         }
     }
 
@@ -76,7 +75,7 @@ impl Runner {
             if running.shutting_down() {
                 return Ok(TaskDeleted::No);
             }
-            let start = || self.apply(id, &Transition::Start);
+            let start = || self.jobs.start(id);
             let job = match self.persistently(id, "start", running, start).await {
                 Ok(job) => job,
                 // Cancelled while queued, already finished, or gone: nothing to run.
@@ -111,16 +110,9 @@ impl Runner {
             }
             drop(_enter);
             let known = current.lock().expect("job record poisoned").clone();
-            // A retry keeps the task: the next attempt runs under it.
-            let record = || async {
-                if retry {
-                    self.store.apply_known(&known, &next).await
-                } else {
-                    self.store.apply_final(&known, &next).await
-                }
-            };
+            let record = || self.jobs.record(&known, &next);
             match self.persistently(id, "outcome", running, record).await {
-                Ok(_) => self.hub.notify(id),
+                Ok(_) => {}
                 Err(ApplyError::Store(e)) => return Err(e),
                 Err(e) => {
                     tracing::warn!(job_id = %id, error = %e, "outcome not recorded");
@@ -171,12 +163,6 @@ impl Runner {
         }
     }
 
-    async fn apply(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError> {
-        let job = self.store.apply(id, t).await?;
-        self.hub.notify(id);
-        Ok(job)
-    }
-
     fn backoff(&self, failed_attempt: i32) -> Duration {
         let factor = 2u32.saturating_pow((failed_attempt - 1).max(0) as u32);
         self.config
@@ -199,8 +185,7 @@ impl Runner {
         };
         let (pump, reporter) = ProgressPump::start(
             current.clone(),
-            self.store.clone(),
-            self.hub.clone(),
+            self.jobs.clone(),
             self.config.progress_interval,
         );
         let ctx = JobContext::new(job, running.token().clone(), reporter);

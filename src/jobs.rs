@@ -1,0 +1,237 @@
+//! The jobs service: the only code that changes a job.
+//!
+//! Submit, start, progress, outcome (succeed, fail, retry, requeue), cancel and
+//! recovery all go through [`Jobs`]. Each method does the whole change in one
+//! place, the way mini-redis's `Db::set` stores a value and wakes its waiters
+//! in the same function:
+//!
+//! 1. the store write (the job row and its event, in one transaction);
+//! 2. the wake-up of this node's streams and feeds (the [`Hub`]);
+//! 3. the wake-up of other nodes (on PostgreSQL the store sends it right after
+//!    its commit; see `store::postgres`);
+//! 4. the cancel registry (a cancel fires the job's token where it runs here);
+//! 5. the job metrics.
+//!
+//! HTTP handlers, the runner, the progress pump, uploads and the reconciler
+//! call this; none of them writes a job or wakes the hub itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cancel::CancelRegistry;
+use crate::domain::{FieldError, JobId, JobRecord, Submission, Transition};
+use crate::hub::Hub;
+use crate::limits::SubmitRate;
+use crate::store::{ApplyError, CancelOutcome, ListQuery, Recovered, Store, StoreError, Submitted};
+use crate::worker::queue::Queue;
+use crate::worker::Registry;
+
+/// Why a submission was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The tenant submitted more than `per_sec` jobs in the last second.
+    #[error("more than {per_sec} submissions a second for this tenant")]
+    RateLimited { per_sec: u32, retry_after: Duration },
+    /// No kind of that name runs here.
+    #[error("there is no job kind `{kind}`")]
+    UnknownKind { kind: String, known: Vec<String> },
+    /// The kind refused the input; pointers are relative to `input` (`/steps`).
+    #[error("the input is invalid for kind `{kind}`")]
+    InvalidInput {
+        kind: String,
+        errors: Vec<FieldError>,
+    },
+    /// The idempotency key was used before for a different request: that job.
+    #[error("idempotency key already used for job {}", .0.id)]
+    Conflict(Box<JobRecord>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a submission made: a new job, or the earlier one with the same
+/// idempotency key and the same request.
+#[derive(Debug)]
+pub enum Accepted {
+    Created(JobRecord),
+    Existing(JobRecord),
+}
+
+impl Accepted {
+    pub fn job(&self) -> &JobRecord {
+        match self {
+            Accepted::Created(j) | Accepted::Existing(j) => j,
+        }
+    }
+}
+
+/// See the module doc.
+pub struct Jobs {
+    store: Arc<dyn Store>,
+    queue: Queue,
+    hub: Arc<Hub>,
+    cancels: Arc<CancelRegistry>,
+    kinds: Arc<Registry>,
+    submit_rate: SubmitRate,
+    submit_rate_per_sec: u32,
+}
+
+impl Jobs {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        queue: Queue,
+        hub: Arc<Hub>,
+        cancels: Arc<CancelRegistry>,
+        kinds: Arc<Registry>,
+        submit_rate_per_sec: u32,
+    ) -> Arc<Jobs> {
+        Arc::new(Jobs {
+            store,
+            queue,
+            hub,
+            cancels,
+            kinds,
+            submit_rate: SubmitRate::new(submit_rate_per_sec),
+            submit_rate_per_sec,
+        })
+    }
+
+    /// The kinds this herald runs.
+    pub fn kinds(&self) -> &Registry {
+        &self.kinds
+    }
+
+    /// Takes one of the tenant's submissions for this second, or says how
+    /// long to wait. [`Jobs::submit`] takes one itself; an upload takes it
+    /// before it stores a byte.
+    pub fn admit(&self, tenant: &str) -> Result<(), SubmitError> {
+        self.submit_rate
+            .take(tenant)
+            .map_err(|retry_after| SubmitError::RateLimited {
+                per_sec: self.submit_rate_per_sec,
+                retry_after,
+            })
+    }
+
+    /// Checks `sub`'s input against its kind, without storing anything.
+    pub fn check(&self, sub: &Submission) -> Result<(), SubmitError> {
+        let Some(kind) = self.kinds.get(&sub.kind) else {
+            return Err(SubmitError::UnknownKind {
+                kind: sub.kind.clone(),
+                known: self.kinds.names().map(str::to_owned).collect(),
+            });
+        };
+        kind.validate(&sub.input)
+            .map_err(|errors| SubmitError::InvalidInput {
+                kind: sub.kind.clone(),
+                errors,
+            })
+    }
+
+    /// Admits, checks and stores a job, then pushes it to the queue.
+    #[tracing::instrument(skip_all, fields(kind = %sub.kind))]
+    pub async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Accepted, SubmitError> {
+        self.admit(tenant)?;
+        self.submit_admitted(tenant, sub).await
+    }
+
+    /// [`Jobs::submit`] for a caller that has already taken its
+    /// [`Jobs::admit`] (an upload, which stores its file first).
+    pub async fn submit_admitted(
+        &self,
+        tenant: &str,
+        sub: &Submission,
+    ) -> Result<Accepted, SubmitError> {
+        self.check(sub)?;
+        let job = match self.store.submit(tenant, sub).await? {
+            Submitted::Created(job) => job,
+            Submitted::Existing(job) => return Ok(Accepted::Existing(job)),
+            Submitted::Conflict(job) => return Err(SubmitError::Conflict(Box::new(job))),
+        };
+        self.hub.notify(job.id);
+        tracing::info!(job_id = %job.id, kind = %job.kind, "job submitted");
+        if let Err(e) = self.queue.push(job.id).await {
+            // The job is stored, so it is not lost: the reconciler pushes
+            // queued jobs that have no task.
+            tracing::warn!(job_id = %job.id, error = %e, "queue push failed; the reconciler will retry it");
+        }
+        Ok(Accepted::Created(job))
+    }
+
+    pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        self.store.get(id).await
+    }
+
+    pub async fn list(&self, q: &ListQuery) -> Result<Vec<JobRecord>, StoreError> {
+        self.store.list(q).await
+    }
+
+    /// Starts the job's next attempt: `queued` → `running`.
+    pub async fn start(&self, id: JobId) -> Result<JobRecord, ApplyError> {
+        let job = self.store.apply(id, &Transition::Start).await?;
+        self.hub.notify(id);
+        Ok(job)
+    }
+
+    /// Records a change of a running job, `known` being the job as its runner
+    /// last saw it: a progress report, or an attempt's outcome. The last write
+    /// of a job (anything but a retry, which keeps its queue task for the next
+    /// attempt) also deletes the job's spent queue task.
+    pub async fn record(&self, known: &JobRecord, t: &Transition) -> Result<JobRecord, ApplyError> {
+        let keeps_task = matches!(t, Transition::Progress(_) | Transition::Retry(_));
+        let job = if keeps_task {
+            self.store.apply_known(known, t).await?
+        } else {
+            self.store.apply_final(known, t).await?
+        };
+        self.hub.notify(known.id);
+        Ok(job)
+    }
+
+    /// Deletes the job's spent queue task (a job whose last write could not
+    /// take it along).
+    pub async fn drop_task(&self, id: JobId) -> Result<(), StoreError> {
+        self.store.delete_task(id).await
+    }
+
+    /// A client's cancel: a queued job is `cancelled` at once, a running one
+    /// gets `cancel_requested` and its token fires where it runs.
+    #[tracing::instrument(skip_all, fields(job_id = %id))]
+    pub async fn cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {
+        let outcome = self.store.request_cancel(id, reason).await?;
+        match &outcome {
+            CancelOutcome::CancelledNow(_) => {
+                self.hub.notify(id);
+                // It may sit in a retry pause on this node: cut that short too.
+                self.cancels.cancel(id);
+                tracing::info!("queued job cancelled");
+            }
+            CancelOutcome::Requested(_) => {
+                let here = self.cancels.cancel(id);
+                tracing::info!(running_here = here, "cancel requested for a running job");
+            }
+            CancelOutcome::NotFound | CancelOutcome::Terminal(_) => {}
+        }
+        Ok(outcome)
+    }
+
+    /// At start-up: the jobs a stopped process left running go back to the
+    /// queue as their next attempt, or fail after their last.
+    pub async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
+        let recovered = self.store.recover_interrupted().await?;
+        self.woken(&recovered);
+        Ok(recovered)
+    }
+
+    /// The same for jobs of nodes whose lease ran out.
+    pub async fn recover_expired(&self) -> Result<Recovered, StoreError> {
+        let recovered = self.store.recover_expired().await?;
+        self.woken(&recovered);
+        Ok(recovered)
+    }
+
+    fn woken(&self, recovered: &Recovered) {
+        for id in recovered.requeued.iter().chain(&recovered.failed) {
+            self.hub.notify(*id);
+        }
+    }
+}
