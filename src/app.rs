@@ -105,9 +105,8 @@ impl Application {
                 config.listen
             );
         }
-        let auth = Arc::new(
-            Auth::from_settings(config.auth_settings()).context("configuring authentication")?,
-        );
+        let auth =
+            Arc::new(Auth::from_settings((&config).into()).context("configuring authentication")?);
         // Install the metrics recorder before anything records.
         crate::telemetry::prometheus();
         let node_id = config
@@ -233,7 +232,7 @@ impl Application {
             cancels,
             draining: Arc::new(AtomicBool::new(false)),
             serving_stop: CancellationToken::new(),
-            stream_settings: config.stream_settings(),
+            stream_settings: (&config).into(),
             streams: Arc::new(StreamCounter::default()),
             feeds: Arc::new(StreamCounter::default()),
             auth,

@@ -11,24 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use clap::ValueEnum;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
+pub use crate::config::AuthMode;
+use crate::config::{Config, Secret};
 use crate::domain::JobId;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AuthMode {
-    /// No credentials; one tenant. Only on a loopback address.
-    None,
-    /// `Authorization: Bearer <key>`, keys from HERALD_API_KEYS(_FILE).
-    ApiKeys,
-    /// `Authorization: Bearer <JWT>`, HS256 or RS256.
-    Jwt,
-}
 
 /// The tenant a request acts for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +70,24 @@ pub struct AuthSettings<'a> {
     pub jwt_tenant_claim: &'a str,
     pub stream_token_secret: Option<&'a str>,
     pub stream_token_ttl: Duration,
+}
+
+impl<'a> From<&'a Config> for AuthSettings<'a> {
+    /// Borrowed for the call only; the secrets stay in the config.
+    fn from(c: &'a Config) -> Self {
+        AuthSettings {
+            mode: c.auth,
+            api_keys: &c.api_keys,
+            api_keys_file: c.api_keys_file.as_deref(),
+            jwt_secret: c.jwt_secret.as_ref().map(|s| s.0.as_str()),
+            jwt_public_key_file: c.jwt_public_key_file.as_deref(),
+            jwt_issuer: c.jwt_issuer.as_deref(),
+            jwt_audience: c.jwt_audience.as_deref(),
+            jwt_tenant_claim: &c.jwt_tenant_claim,
+            stream_token_secret: c.stream_token_secret.as_ref().map(|s| s.0.as_str()),
+            stream_token_ttl: Duration::from_secs(c.stream_token_ttl_secs.max(1)),
+        }
+    }
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {

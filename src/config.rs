@@ -85,6 +85,17 @@ pub enum Role {
     Worker,
 }
 
+/// Who may call the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// No credentials; one tenant. Only on a loopback address.
+    None,
+    /// `Authorization: Bearer <key>`, keys from HERALD_API_KEYS(_FILE).
+    ApiKeys,
+    /// `Authorization: Bearer <JWT>`, HS256 or RS256.
+    Jwt,
+}
+
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -228,7 +239,7 @@ pub struct Config {
 
     /// Who may call: `none` (one tenant, loopback only), `api-keys` or `jwt`.
     #[arg(long, env = "HERALD_AUTH", value_enum, default_value = "none")]
-    pub auth: crate::auth::AuthMode,
+    pub auth: AuthMode,
 
     /// API keys, `tenant:key,tenant:key` (keys of at least 16 characters).
     #[arg(
@@ -323,30 +334,6 @@ impl Config {
 
     pub fn drain_delay(&self) -> Duration {
         Duration::from_secs(self.drain_delay_secs)
-    }
-
-    pub fn auth_settings(&self) -> crate::auth::AuthSettings<'_> {
-        // Held for the call only; the secrets stay in this struct.
-        crate::auth::AuthSettings {
-            mode: self.auth,
-            api_keys: &self.api_keys,
-            api_keys_file: self.api_keys_file.as_deref(),
-            jwt_secret: self.jwt_secret.as_ref().map(|s| s.0.as_str()),
-            jwt_public_key_file: self.jwt_public_key_file.as_deref(),
-            jwt_issuer: self.jwt_issuer.as_deref(),
-            jwt_audience: self.jwt_audience.as_deref(),
-            jwt_tenant_claim: &self.jwt_tenant_claim,
-            stream_token_secret: self.stream_token_secret.as_ref().map(|s| s.0.as_str()),
-            stream_token_ttl: Duration::from_secs(self.stream_token_ttl_secs.max(1)),
-        }
-    }
-
-    pub fn stream_settings(&self) -> crate::stream::StreamSettings {
-        crate::stream::StreamSettings {
-            retry_ms: self.retry_ms,
-            heartbeat: Duration::from_secs(self.heartbeat_secs.max(1)),
-            max_duration: self.max_stream_secs.map(Duration::from_secs),
-        }
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::watch;
 
 use crate::domain::{EventSeq, JobId};
+use crate::frame::Frame;
 
 /// The most events a job's [`Recent`] keeps.
 pub const RECENT_EVENTS: usize = 64;
@@ -22,23 +23,23 @@ pub const RECENT_EVENTS: usize = 64;
 pub struct Recent {
     /// The wake-up version this was last brought up to date at.
     pub checked: Option<u64>,
-    /// Framed events (see `stream::Frame`), oldest first, without gaps.
-    pub frames: VecDeque<crate::stream::Frame>,
+    /// Framed events (see [`Frame`]), oldest first, without gaps.
+    pub frames: VecDeque<Frame>,
 }
 
 impl Recent {
     pub fn last_seq(&self) -> Option<EventSeq> {
-        self.frames.back().map(|f| f.0)
+        self.frames.back().map(|f| f.seq)
     }
 
     pub fn first_seq(&self) -> Option<EventSeq> {
-        self.frames.front().map(|f| f.0)
+        self.frames.front().map(|f| f.seq)
     }
 
     /// Appends frames that continue the range; trims the oldest past the limit.
-    pub fn extend(&mut self, frames: impl IntoIterator<Item = crate::stream::Frame>) {
+    pub fn extend(&mut self, frames: impl IntoIterator<Item = Frame>) {
         for f in frames {
-            if self.last_seq().is_some_and(|last| f.0 != last.next()) {
+            if self.last_seq().is_some_and(|last| f.seq != last.next()) {
                 // Not contiguous (a subscriber read from further back): start over.
                 self.frames.clear();
             }
@@ -221,13 +222,11 @@ mod tests {
 
     #[test]
     fn recent_stays_contiguous_and_bounded() {
-        let frame = |n: i64| {
-            (
-                EventSeq(n),
-                false,
-                crate::domain::Timestamp(0),
-                bytes::Bytes::new(),
-            )
+        let frame = |n: i64| Frame {
+            seq: EventSeq(n),
+            terminal: false,
+            at: crate::domain::Timestamp(0),
+            bytes: bytes::Bytes::new(),
         };
         let mut r = Recent::default();
         r.extend((1..=3).map(frame));

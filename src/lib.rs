@@ -38,6 +38,7 @@ pub mod domain;
 pub mod downstream;
 pub mod error;
 pub mod feed;
+pub mod frame;
 pub mod hub;
 pub mod jobs;
 pub mod limits;

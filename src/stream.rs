@@ -19,9 +19,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{EventSeq, JobId, Timestamp};
+use crate::frame::Frame;
 use crate::hub::{Hub, Subscription};
 use crate::limits::StreamSlot;
-use crate::store::{Store, StoredEvent};
+use crate::store::Store;
 
 /// How many events one store read fetches.
 const PAGE: i64 = 256;
@@ -34,6 +35,16 @@ pub struct StreamSettings {
     pub heartbeat: Duration,
     /// End the stream after this long (the client resumes with Last-Event-ID).
     pub max_duration: Option<Duration>,
+}
+
+impl From<&crate::config::Config> for StreamSettings {
+    fn from(c: &crate::config::Config) -> Self {
+        StreamSettings {
+            retry_ms: c.retry_ms,
+            heartbeat: Duration::from_secs(c.heartbeat_secs.max(1)),
+            max_duration: c.max_stream_secs.map(Duration::from_secs),
+        }
+    }
 }
 
 /// The number of open streams.
@@ -61,22 +72,6 @@ impl Drop for StreamGuard {
         self.0 .0.fetch_sub(1, Ordering::SeqCst);
     }
 }
-
-/// One event in SSE framing: `id`, `event`, `data` (one line of JSON).
-pub fn frame(ev: &StoredEvent) -> Frame {
-    let mut buf = BytesMut::with_capacity(ev.data.len() + 48);
-    buf.put_slice(b"id: ");
-    buf.put_slice(ev.seq.0.to_string().as_bytes());
-    buf.put_slice(b"\nevent: ");
-    buf.put_slice(ev.kind.as_str().as_bytes());
-    buf.put_slice(b"\ndata: ");
-    buf.put_slice(ev.data.as_bytes());
-    buf.put_slice(b"\n\n");
-    (ev.seq, ev.kind.is_terminal(), ev.at, buf.freeze())
-}
-
-/// (seq, is terminal, appended at, SSE bytes).
-pub type Frame = (EventSeq, bool, Timestamp, Bytes);
 
 /// Records each frame's append → hand-over lag. The handle is looked up once:
 /// this runs for every frame of every stream.
@@ -210,18 +205,18 @@ pub(crate) async fn idle(
 /// The pending frames as one chunk (up to and including a terminal event).
 fn take_pending(st: &mut State) -> Bytes {
     if st.pending.len() == 1 {
-        let (seq, terminal, at, bytes) = st.pending.pop_front().expect("one frame");
-        st.last = seq;
-        st.done = terminal;
-        record_lag(at);
-        return bytes;
+        let f = st.pending.pop_front().expect("one frame");
+        st.last = f.seq;
+        st.done = f.terminal;
+        record_lag(f.at);
+        return f.bytes;
     }
     let mut buf = BytesMut::new();
-    while let Some((seq, terminal, at, bytes)) = st.pending.pop_front() {
-        buf.put_slice(&bytes);
-        record_lag(at);
-        st.last = seq;
-        if terminal {
+    while let Some(f) = st.pending.pop_front() {
+        buf.put_slice(&f.bytes);
+        record_lag(f.at);
+        st.last = f.seq;
+        if f.terminal {
             st.done = true;
             st.pending.clear();
             break;
@@ -251,7 +246,7 @@ async fn fill(st: &mut State) -> Result<bool, crate::store::StoreError> {
         let from = recent.last_seq().unwrap_or(st.last);
         let events = st.store.events_after(st.id, from, PAGE).await?;
         let complete = (events.len() as i64) < PAGE;
-        recent.extend(events.iter().map(frame));
+        recent.extend(events.iter().map(Frame::of));
         if complete {
             recent.checked = Some(version);
         }
@@ -259,11 +254,11 @@ async fn fill(st: &mut State) -> Result<bool, crate::store::StoreError> {
     if !behind(&recent, st.last) {
         let before = st.pending.len();
         st.pending
-            .extend(recent.frames.iter().filter(|f| f.0 > st.last).cloned());
+            .extend(recent.frames.iter().filter(|f| f.seq > st.last).cloned());
         return Ok(st.pending.len() > before);
     }
     drop(recent);
     let events = st.store.events_after(st.id, st.last, PAGE).await?;
-    st.pending.extend(events.iter().map(frame));
+    st.pending.extend(events.iter().map(Frame::of));
     Ok(!events.is_empty())
 }

@@ -149,7 +149,7 @@ pub(super) fn stream_slot(
 ) -> Result<crate::limits::StreamSlot, ApiError> {
     state
         .stream_limit
-        .acquire(tenant)
+        .acquire(&tenant.0)
         .ok_or_else(|| ApiError::RateLimited {
             detail: format!(
                 "this tenant already has {} open streams (HERALD_MAX_STREAMS_PER_TENANT); close one or retry later",

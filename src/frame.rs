@@ -1,0 +1,40 @@
+//! One stored event in SSE framing, ready to be written to any number of
+//! streams: the job stream frames each event once, and the hub keeps the
+//! latest frames of a watched job for all of its caught-up subscribers.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::domain::{EventSeq, Timestamp};
+use crate::store::StoredEvent;
+
+/// An event as the job stream sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub seq: EventSeq,
+    /// A terminal event (`result`, `failed`, `cancelled`): the stream ends after it.
+    pub terminal: bool,
+    /// When the event was appended (for the delivery-lag metric).
+    pub at: Timestamp,
+    /// `id: …\nevent: …\ndata: …\n\n`.
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    /// `id`, `event`, `data` (one line of JSON).
+    pub fn of(ev: &StoredEvent) -> Frame {
+        let mut buf = BytesMut::with_capacity(ev.data.len() + 48);
+        buf.put_slice(b"id: ");
+        buf.put_slice(ev.seq.0.to_string().as_bytes());
+        buf.put_slice(b"\nevent: ");
+        buf.put_slice(ev.kind.as_str().as_bytes());
+        buf.put_slice(b"\ndata: ");
+        buf.put_slice(ev.data.as_bytes());
+        buf.put_slice(b"\n\n");
+        Frame {
+            seq: ev.seq,
+            terminal: ev.kind.is_terminal(),
+            at: ev.at,
+            bytes: buf.freeze(),
+        }
+    }
+}
