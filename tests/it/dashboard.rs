@@ -1,5 +1,7 @@
 //! The dashboard page, served from the binary.
 
+use std::collections::BTreeSet;
+
 use herald::auth::AuthMode;
 use herald::config::Secret;
 
@@ -48,5 +50,55 @@ async fn the_dashboard_is_served_from_the_binary_without_credentials() {
     // The API itself still wants a key.
     let api = app.client.get(app.url("/v1/jobs")).send().await.unwrap();
     assert_eq!(api.status(), 401);
+    app.stop().await;
+}
+
+/// The module paths a script imports (`import … from './x.js';`), resolved
+/// against the script's own path, as the browser resolves them.
+fn imports(script_path: &str, source: &str) -> Vec<String> {
+    source
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("import ") || l.starts_with("} from "))
+        .filter_map(|l| l.split(" from '").nth(1)?.split('\'').next())
+        .map(|spec| {
+            let mut parts: Vec<&str> = script_path.split('/').collect();
+            parts.pop(); // the file itself
+            for seg in spec.split('/') {
+                match seg {
+                    "." => {}
+                    ".." => {
+                        parts.pop();
+                    }
+                    seg => parts.push(seg),
+                }
+            }
+            parts.join("/")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_module_the_page_imports_is_served_as_javascript_without_credentials() {
+    let app = spawn_with_keys().await;
+    let mut todo = vec!["/js/main.js".to_string()];
+    let mut served = BTreeSet::new();
+    while let Some(path) = todo.pop() {
+        if !served.insert(path.clone()) {
+            continue;
+        }
+        let r = app.client.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} is served without a key");
+        assert_eq!(
+            r.headers()["content-type"],
+            "text/javascript; charset=utf-8",
+            "{path}"
+        );
+        todo.extend(imports(&path, &r.text().await.unwrap()));
+    }
+    assert!(
+        served.contains("/js/model.js") && served.contains("/js/views/table.js"),
+        "main.js imports the other modules: {served:?}"
+    );
     app.stop().await;
 }
