@@ -2,10 +2,21 @@
 //! the binary (no front-end server, no CDN). Public, like `/docs`: the page
 //! asks for an API key itself when the API wants one.
 
-use poem::http::header;
+use poem::http::{header, StatusCode};
+use poem::web::Path;
 use poem::{handler, IntoResponse, Response};
 use poem_openapi::payload::Html;
 use poem_openapi::OpenApi;
+
+/// `(path under /js/, file)` for one file of `assets/dashboard/js/`.
+macro_rules! module {
+    ($path:literal) => {
+        (
+            $path,
+            include_str!(concat!("../../assets/dashboard/js/", $path)),
+        )
+    };
+}
 
 /// `/` itself sits among the API's routes (the API is nested at the root, so
 /// a plain route for `/` would be shadowed); it is hidden from the document.
@@ -20,8 +31,26 @@ impl DashboardApi {
 }
 
 const INDEX: &str = include_str!("../../assets/dashboard/index.html");
-const SCRIPT: &str = include_str!("../../assets/dashboard/app.js");
 const STYLE: &str = include_str!("../../assets/dashboard/style.css");
+
+/// The page's script, native ES modules served under `/js/` by their path
+/// there (`main.js` imports the others). A fixed table: any other name is a
+/// 404, and nothing is read from disk.
+const MODULES: &[(&str, &str)] = &[
+    module!("main.js"),
+    module!("api.js"),
+    module!("dom.js"),
+    module!("feed.js"),
+    module!("format.js"),
+    module!("history.js"),
+    module!("list.js"),
+    module!("model.js"),
+    module!("views/conn.js"),
+    module!("views/detail.js"),
+    module!("views/submit.js"),
+    module!("views/table.js"),
+    module!("views/upload.js"),
+];
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     Response::builder()
@@ -32,9 +61,13 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
         .body(body)
 }
 
+/// `/js/*path`: one of `MODULES`, or 404.
 #[handler]
-pub fn script() -> impl IntoResponse {
-    asset(SCRIPT, "text/javascript; charset=utf-8")
+pub fn script(Path(path): Path<String>) -> Response {
+    match MODULES.iter().find(|(name, _)| *name == path) {
+        Some((_, body)) => asset(body, "text/javascript; charset=utf-8"),
+        None => StatusCode::NOT_FOUND.into(),
+    }
 }
 
 #[handler]

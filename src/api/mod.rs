@@ -84,7 +84,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
     // Worker nodes answer the probes and /metrics only.
     let route = if state.config.role.serves_api() {
         route
-            .at("/app.js", poem::get(dashboard::script))
+            .at("/js/*path", poem::get(dashboard::script))
             .at("/style.css", poem::get(dashboard::style))
             .at(
                 "/v1/uploads",
