@@ -15,6 +15,7 @@ use crate::auth::{Auth, AuthMode};
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::config::Role;
+use crate::http::AppState;
 use crate::hub::Hub;
 use crate::jobs::Jobs;
 use crate::limits::StreamLimit;
@@ -22,7 +23,7 @@ use crate::notify::Wakers;
 use crate::store::postgres::{self, NodeIdentity, PgStore};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::Store;
-use crate::stream::{StreamCounter, StreamSettings};
+use crate::stream::StreamCounter;
 use crate::uploads::Uploads;
 use crate::worker::queue::Queue;
 use crate::worker::reconcile::Reconciler;
@@ -32,30 +33,6 @@ use crate::worker::{registry, Kinds};
 /// How often a node that runs jobs checks the store for cancel requests it
 /// may have missed (the backup for a lost notification).
 const CANCEL_SWEEP: Duration = Duration::from_secs(2);
-
-/// What request handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    /// Every change to a job goes through here.
-    pub jobs: Arc<Jobs>,
-    pub uploads: Arc<Uploads>,
-    /// Reads of events and the feed (streams), readiness.
-    pub store: Arc<dyn Store>,
-    pub hub: Arc<Hub>,
-    pub cancels: Arc<CancelRegistry>,
-    pub config: Arc<Config>,
-    /// Set at the start of shutdown: /readyz answers 503.
-    pub draining: Arc<AtomicBool>,
-    /// Fires when serving stops (after the drain delay): streams end.
-    pub serving_stop: CancellationToken,
-    pub stream_settings: StreamSettings,
-    /// Open event streams.
-    pub streams: Arc<StreamCounter>,
-    /// Open multiplexed feeds.
-    pub feeds: Arc<StreamCounter>,
-    pub auth: Arc<Auth>,
-    pub stream_limit: Arc<StreamLimit>,
-}
 
 pub struct Application {
     addr: SocketAddr,
@@ -360,10 +337,10 @@ impl Application {
                 state.serving_stop.cancel();
             }
         };
-        let app = crate::api::routes(state.clone()).map_to_response().boxed();
+        let app = crate::http::routes(state.clone()).map_to_response().boxed();
         let stop_serving = state.serving_stop.clone();
         tokio::spawn(signal);
-        crate::server::serve(listener, app, stop_serving, Duration::from_secs(5)).await;
+        crate::http::server::serve(listener, app, stop_serving, Duration::from_secs(5)).await;
 
         // Serving has stopped. Stop taking new jobs, then give running ones the grace.
         worker_stop.cancel();

@@ -28,7 +28,6 @@
 //! - [`error`]: `ApiError` → RFC 9457 problem+json.
 //! - [`telemetry`]: tracing set-up, and the Prometheus metrics (recorder, labels, helpers).
 
-pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cancel;
@@ -36,15 +35,14 @@ pub mod client;
 pub mod config;
 pub mod domain;
 pub mod downstream;
-pub mod error;
 pub mod feed;
 pub mod frame;
+pub mod http;
 pub mod hub;
 pub mod jobs;
 pub mod limits;
 pub mod notify;
 pub mod retention;
-pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod stream;
@@ -52,6 +50,7 @@ pub mod telemetry;
 pub mod uploads;
 pub mod worker;
 
-pub use app::{AppState, Application};
+pub use app::Application;
 pub use config::Config;
+pub use http::{openapi_json, AppState};
 pub use worker::{JobContext, JobFailure, JobKind, Kinds};

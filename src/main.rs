@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match cli.command {
         Some(Command::Openapi) => {
-            println!("{}", herald::api::openapi_json());
+            println!("{}", herald::openapi_json());
             return ExitCode::SUCCESS;
         }
         Some(Command::Submit {

@@ -12,7 +12,7 @@ use poem_openapi::types::Type;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 use serde_json::Value;
 
-use crate::error::ApiError;
+use super::error::ApiError;
 
 /// Deepest nesting of arrays and objects a body may have.
 pub const MAX_DEPTH: usize = 64;

@@ -10,13 +10,13 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Union};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::error::ApiError;
 use super::jobs::owned_job;
 use super::models::JobErrorDto;
 use super::ApiTags;
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::Tenant;
 use crate::domain::{EventSeq, JobId};
-use crate::error::ApiError;
 use crate::stream;
 
 pub struct EventsApi;

@@ -7,10 +7,10 @@ use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
+use super::error::ApiError;
 use super::models::HealthDto;
 use super::ApiTags;
-use crate::app::AppState;
-use crate::error::ApiError;
+use super::AppState;
 
 pub struct HealthApi;
 

@@ -8,14 +8,14 @@ use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
+use super::error::ApiError;
 use super::events::{resume_after, sse_response, stream_slot, JobEventDto};
 use super::jobs::{stream_token_response, StreamTokenResponse};
 use super::models::JobStatusDto;
 use super::ApiTags;
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::{Tenant, TokenScope};
 use crate::domain::JobId;
-use crate::error::ApiError;
 use crate::store::{FeedCursor, FeedFilter, ListQuery};
 
 pub struct FeedApi;

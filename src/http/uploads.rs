@@ -12,11 +12,11 @@ use poem::http::{header, StatusCode};
 use poem::web::{Data, Multipart, Query};
 use poem::{handler, Body, FromRequest, Request, Response};
 
+use super::error::ApiError;
 use super::jobs::job_dto;
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::Tenant;
 use crate::domain::FieldError;
-use crate::error::ApiError;
 use crate::uploads::{UploadError, UploadParams};
 
 impl From<UploadError> for ApiError {

@@ -8,12 +8,12 @@ use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
 use super::body::JsonBody;
+use super::error::ApiError;
 use super::models::{JobDto, JobListDto, JobStatusDto, StreamTokenDto, SubmitJobDto};
 use super::ApiTags;
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::{AuthMode, Tenant};
 use crate::domain::{JobId, JobRecord, Submission, Timestamp};
-use crate::error::ApiError;
 use crate::jobs::Accepted;
 use crate::store::{CancelOutcome, ListQuery};
 

@@ -1,0 +1,122 @@
+//! The web layer: routes (poem, described by poem-openapi), middleware
+//! (access log, authentication, CORS, body limit), `/metrics`, error
+//! rendering and the accept loop. Handlers translate HTTP to calls on the
+//! jobs service, the uploads service, the streams and the feed; they decide
+//! nothing themselves.
+//!
+//! - [`AppState`]: what handlers share
+//! - [`server`]: the HTTP/1.1 accept loop (hyper) that serves the routes
+//! - [`error`]: `ApiError` → RFC 9457 problem+json
+//! - `jobs`: the `/v1/jobs` routes (submit, list, get, cancel)
+//! - `events`: a job's Server-Sent Events stream
+//! - `feed`: the multiplexed feed of many jobs' events, and its tokens
+//! - `health`: `/healthz`, `/readyz`
+//! - `dashboard`: the dashboard page at `/` (static files in the binary)
+//! - `uploads`: `POST /v1/uploads`, a file streamed into the store → an `import` job
+//! - `models`: DTOs; `body`: the JSON body extractor with a size limit
+//! - `authenticate`, `access_log`, `metrics`: the middleware and `/metrics`
+
+mod access_log;
+mod authenticate;
+mod body;
+mod dashboard;
+pub mod error;
+mod events;
+mod feed;
+mod health;
+mod jobs;
+mod metrics;
+mod models;
+pub mod server;
+mod state;
+mod uploads;
+
+pub use state::AppState;
+
+use poem::http::Method;
+use poem::{Endpoint, EndpointExt, Route};
+use poem_openapi::{OpenApiService, Tags};
+
+use access_log::access_log;
+use authenticate::authenticate;
+use error::render_any_error;
+use metrics::metrics_endpoint;
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Submit, inspect and cancel jobs.
+    Jobs,
+    /// Liveness and readiness probes.
+    Health,
+}
+
+type Apis = (
+    dashboard::DashboardApi,
+    jobs::JobsApi,
+    events::EventsApi,
+    feed::FeedApi,
+    health::HealthApi,
+);
+
+pub fn openapi_service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (
+            dashboard::DashboardApi,
+            jobs::JobsApi,
+            events::EventsApi,
+            feed::FeedApi,
+            health::HealthApi,
+        ),
+        "herald",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Runs slow jobs from a durable queue and streams their progress and result over \
+         Server-Sent Events. Every error is RFC 9457 problem+json with a stable `code`.",
+    )
+}
+
+/// The OpenAPI document, as `herald openapi` prints it and `openapi/openapi.json` holds it.
+pub fn openapi_json() -> String {
+    openapi_service().spec()
+}
+
+pub fn routes(state: AppState) -> impl Endpoint {
+    let api = openapi_service();
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let limit = body::BodyLimit(state.config.max_body_bytes);
+    let cors = (!state.config.cors_origins.is_empty()).then(|| {
+        poem::middleware::Cors::new()
+            .allow_origins(state.config.cors_origins.iter().map(String::as_str))
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers(["authorization", "content-type", "last-event-id"])
+            .expose_headers(["location", "retry-after"])
+            .max_age(600)
+    });
+    let route = Route::new().at("/metrics", poem::get(metrics_endpoint));
+    // Worker nodes answer the probes and /metrics only.
+    let route = if state.config.role.serves_api() {
+        route
+            .at("/js/*path", poem::get(dashboard::script))
+            .at("/style.css", poem::get(dashboard::style))
+            .at(
+                "/v1/uploads",
+                poem::post(uploads::upload).around(authenticate),
+            )
+            .at("/openapi.json", spec)
+            .nest("/docs", docs)
+            .nest("/", api.around(authenticate))
+    } else {
+        route.nest(
+            "/",
+            OpenApiService::new(health::HealthApi, "herald", env!("CARGO_PKG_VERSION")),
+        )
+    };
+    route
+        .data(state)
+        .data(limit)
+        .catch_all_error(render_any_error)
+        .with_if(cors.is_some(), cors.unwrap_or_default())
+        .around(access_log)
+}
