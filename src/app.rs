@@ -18,17 +18,17 @@ use crate::config::Role;
 use crate::http::AppState;
 use crate::hub::Hub;
 use crate::jobs::Jobs;
+use crate::kinds::{registry, Kinds};
 use crate::limits::StreamLimit;
 use crate::notify::Wakers;
+use crate::queue::Queue;
 use crate::store::postgres::{self, NodeIdentity, PgStore};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::Store;
 use crate::stream::StreamCounter;
 use crate::uploads::Uploads;
-use crate::worker::queue::Queue;
 use crate::worker::reconcile::Reconciler;
 use crate::worker::runner::{Runner, RunnerConfig};
-use crate::worker::{registry, Kinds};
 
 /// How often a node that runs jobs checks the store for cancel requests it
 /// may have missed (the backup for a lost notification).
@@ -288,7 +288,7 @@ impl Application {
         let worker = runs_jobs.then(|| {
             queue.spawn_worker(
                 node_id.clone(),
-                runner,
+                crate::queue::Runs(runner),
                 config.worker_concurrency,
                 worker_stop.clone(),
             )

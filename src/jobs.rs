@@ -21,10 +21,10 @@ use std::time::Duration;
 use crate::cancel::CancelRegistry;
 use crate::domain::{FieldError, JobId, JobRecord, Submission, Transition};
 use crate::hub::Hub;
+use crate::kinds::Registry;
 use crate::limits::SubmitRate;
+use crate::queue::Queue;
 use crate::store::{ApplyError, CancelOutcome, ListQuery, Recovered, Store, StoreError, Submitted};
-use crate::worker::queue::Queue;
-use crate::worker::Registry;
 
 /// Why a submission was not taken.
 #[derive(Debug, thiserror::Error)]

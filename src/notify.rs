@@ -28,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cancel::CancelRegistry;
 use crate::domain::JobId;
 use crate::hub::Hub;
+use crate::queue::QueueWaker;
 use crate::store::postgres::{CANCEL_CHANNEL, EVENTS_CHANNEL};
 use crate::store::Store;
-use crate::worker::queue::QueueWaker;
 
 /// How often every local stream and the worker look at the store anyway.
 const BACKSTOP: Duration = Duration::from_secs(10);

@@ -13,8 +13,8 @@ use futures::{Stream, StreamExt};
 
 use crate::domain::{FieldError, JobId, JobRecord, Submission};
 use crate::jobs::{Accepted, Jobs, SubmitError};
+use crate::kinds::import::{Format, ImportInput, DEFAULT_BATCH_SIZE};
 use crate::store::{Store, StoreError};
-use crate::worker::kinds::import::{Format, ImportInput, DEFAULT_BATCH_SIZE};
 
 /// What one stored chunk holds at most.
 const CHUNK: usize = 256 * 1024;

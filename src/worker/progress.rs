@@ -16,9 +16,9 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use super::JobFailure;
 use crate::domain::{JobRecord, Progress, Transition};
 use crate::jobs::Jobs;
+use crate::kinds::{JobFailure, ReportProgress};
 use crate::store::ApplyError;
 
 struct Report {
@@ -45,6 +45,16 @@ pub(crate) struct Reporter {
     shared: Arc<Shared>,
     /// Off when the interval is zero: then every report is written.
     coalesce: bool,
+}
+
+impl ReportProgress for Reporter {
+    fn report(
+        &self,
+        progress: Progress,
+        kept: bool,
+    ) -> futures::future::BoxFuture<'_, Result<(), JobFailure>> {
+        Box::pin(self.report(progress, kept))
+    }
 }
 
 impl Reporter {

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::queue::Queue;
 use crate::cancel::CancelRegistry;
 use crate::domain::Timestamp;
 use crate::jobs::Jobs;
+use crate::queue::Queue;
 use crate::store::{Store, StoreError};
 
 const BATCH: i64 = 500;

@@ -8,10 +8,10 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::progress::ProgressPump;
-use super::{JobContext, JobFailure, Registry};
 use crate::cancel::{CancelRegistry, RunningJob};
 use crate::domain::{JobError, JobId, JobRecord, Transition};
 use crate::jobs::Jobs;
+use crate::kinds::{JobContext, JobFailure, Registry};
 use crate::store::{ApplyError, StoreError};
 
 #[derive(Debug, Clone)]
@@ -44,6 +44,15 @@ enum Attempt {
     TimedOut(i64),
     /// The token fired and the handler did not stop within the cancel grace.
     Abandoned,
+}
+
+impl crate::queue::RunJob for Runner {
+    fn run(
+        self: Arc<Self>,
+        id: JobId,
+    ) -> futures::future::BoxFuture<'static, Result<(), StoreError>> {
+        Box::pin(async move { Runner::run(&self, id).await })
+    }
 }
 
 impl Runner {
@@ -188,7 +197,7 @@ impl Runner {
             self.jobs.clone(),
             self.config.progress_interval,
         );
-        let ctx = JobContext::new(job, running.token().clone(), reporter);
+        let ctx = JobContext::new(job, running.token().clone(), Arc::new(reporter));
         let timeout = async {
             match job.timeout_secs {
                 Some(s) => tokio::time::sleep(Duration::from_secs(s as u64)).await,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald::worker::kinds::demo;
+use herald::kinds::demo;
 use serde_json::json;
 
 use crate::common::{assert_gapless, named, statuses, TestApp};

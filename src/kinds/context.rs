@@ -4,9 +4,18 @@
 use serde_json::Value;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use super::progress::Reporter;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
 use super::JobFailure;
 use crate::domain::{JobId, JobRecord, Progress};
+
+/// Where a handler's progress reports go (the runner's coalescing pump).
+pub trait ReportProgress: Send + Sync {
+    /// Queues `progress`; a `kept` report resolves once it is persisted.
+    fn report(&self, progress: Progress, kept: bool) -> BoxFuture<'_, Result<(), JobFailure>>;
+}
 
 pub struct JobContext {
     pub job_id: JobId,
@@ -14,11 +23,15 @@ pub struct JobContext {
     /// 1 for the first attempt.
     pub attempt: i32,
     token: CancellationToken,
-    reporter: Reporter,
+    reporter: Arc<dyn ReportProgress>,
 }
 
 impl JobContext {
-    pub(crate) fn new(job: &JobRecord, token: CancellationToken, reporter: Reporter) -> Self {
+    pub(crate) fn new(
+        job: &JobRecord,
+        token: CancellationToken,
+        reporter: Arc<dyn ReportProgress>,
+    ) -> Self {
         JobContext {
             job_id: job.id,
             input: job.input.clone(),

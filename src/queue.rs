@@ -33,7 +33,6 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::runner::Runner;
 use crate::domain::JobId;
 
 /// The queue's message: the job id and nothing else.
@@ -224,7 +223,7 @@ impl Queue {
     pub fn spawn_worker(
         &self,
         name: String,
-        runner: Arc<Runner>,
+        runner: Runs,
         concurrency: usize,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
@@ -256,7 +255,7 @@ impl Queue {
     async fn run_worker(
         &self,
         name: &str,
-        runner: Arc<Runner>,
+        runner: Runs,
         concurrency: usize,
         stop: CancellationToken,
     ) -> Result<(), WorkerError> {
@@ -362,7 +361,22 @@ async fn run_pusher(storage: Storage, mut rx: mpsc::Receiver<JobId>, wake: Queue
     }
 }
 
-async fn handle_task(msg: JobMessage, runner: Data<Arc<Runner>>) -> Result<(), BoxDynError> {
+/// What the worker does with a fetched task: run the job to its end (see
+/// `worker::runner`). A store error leaves the task to be retried.
+pub trait RunJob: Send + Sync + 'static {
+    fn run(
+        self: Arc<Self>,
+        id: JobId,
+    ) -> futures::future::BoxFuture<'static, Result<(), crate::store::StoreError>>;
+}
+
+/// The runner as the worker's shared data (a named type: apalis's handler
+/// must not depend on a trait object's lifetime).
+#[derive(Clone)]
+pub struct Runs(pub Arc<dyn RunJob>);
+
+async fn handle_task(msg: JobMessage, runner: Data<Runs>) -> Result<(), BoxDynError> {
+    let Runs(runner) = (*runner).clone();
     runner.run(JobId(msg.job_id)).await.map_err(|e| {
         tracing::error!(job_id = %msg.job_id, error = %e, "job run stopped by a store error");
         Box::new(e) as BoxDynError

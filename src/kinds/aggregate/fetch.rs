@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::plan::Source;
 use super::Aggregate;
-use crate::worker::JobContext;
+use crate::kinds::JobContext;
 
 /// The first retry waits about this long; each later one twice as long.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);

@@ -16,7 +16,7 @@ use url::Url;
 
 use super::parse::Row;
 use super::{Import, ImportInput};
-use crate::worker::{JobContext, JobFailure};
+use crate::kinds::{JobContext, JobFailure};
 
 /// Tries per batch: the first and two retries.
 const TRIES: u32 = 3;

@@ -27,7 +27,7 @@ use serde_json::{json, Map, Value};
 
 use crate::domain::FieldError;
 use crate::downstream::Downstreams;
-use crate::worker::{JobContext, JobFailure, JobKind};
+use crate::kinds::{JobContext, JobFailure, JobKind};
 use fetch::Outcome;
 
 pub const MAX_SOURCES: usize = 100;

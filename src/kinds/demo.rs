@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use crate::domain::{fields, FieldError, JobId};
-use crate::worker::{JobContext, JobFailure, JobKind};
+use crate::kinds::{JobContext, JobFailure, JobKind};
 
 pub const MAX_STEPS: u64 = 10_000;
 pub const MAX_STEP_MS: u64 = 60_000;

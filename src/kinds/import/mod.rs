@@ -35,8 +35,8 @@ use url::Url;
 
 use crate::domain::FieldError;
 use crate::downstream::Downstreams;
+use crate::kinds::{JobContext, JobFailure, JobKind};
 use crate::store::Store;
-use crate::worker::{JobContext, JobFailure, JobKind};
 use parse::{Item, Parser, Row};
 use send::Sent;
 
