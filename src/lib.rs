@@ -1,58 +1,77 @@
 //! herald runs slow jobs from a durable queue and streams each job's progress
 //! and result to any number of watchers over Server-Sent Events.
 //!
+//! As a library, herald runs kinds of job of your own beside its built-in
+//! ones and keeps everything else (command line, configuration, API, streams,
+//! feed, dashboard, both backends): implement [`JobKind`], add it to
+//! [`Kinds`], and hand that to [`cli::main`] (or to
+//! [`Application::build_with`] to start it yourself, as the tests do).
+//!
 //! # Layout
 //!
-//! - [`config`]: `Config`, every setting a flag and an `HERALD_*` variable.
-//! - [`app`]: `Application::build` / `run`: store, queue, workers, HTTP, shutdown order.
-//! - [`retention`]: deletes finished jobs past `HERALD_RETENTION_HOURS`.
-//! - [`server`]: the HTTP/1.1 accept loop (hyper) that serves the poem app.
-//! - [`shutdown`]: SIGTERM / Ctrl-C → the shutdown token.
-//! - [`client`]: the `herald submit` / `herald watch` client commands.
-//! - [`auth`]: API keys, JWTs and stream tokens → the request's tenant.
-//! - [`domain`]: job ids, `JobStatus` and its transitions, progress, events; no I/O.
-//! - [`store`]: the `Store` trait (`herald_jobs`, `herald_job_events`) and its two backends,
-//!   SQLite (one process) and PostgreSQL (several nodes, leases in `herald_nodes`;
-//!   its writes group-committed: `store/group.rs` gathers, `store/pg_batch.rs` writes).
-//! - [`worker`]: the `JobKind` trait and registry, the runner (attempts, timeout,
-//!   cancel grace, retries), the apalis queue, the crash reconciler, the kinds
-//!   (`demo`, `aggregate`, and `import`, which feeds an uploaded file to a downstream).
-//! - [`cancel`]: job id → `CancellationToken` for the jobs running here.
-//! - [`downstream`]: the named downstreams `aggregate` may call, and the SSRF guard.
-//! - [`limits`]: per-tenant stream and submission limits.
-//! - [`hub`]: per-job wake-ups ("look again"; the store holds the events).
-//! - [`notify`]: PostgreSQL LISTEN: other nodes' events, cancels and queue pushes wake this node.
-//! - [`stream`]: a job's SSE stream: subscribe, replay, tail, heartbeat, end.
-//! - [`feed`]: the multiplexed feed (`GET /v1/events`): many jobs' events on one stream.
-//! - [`api`]: the HTTP API (poem + poem-openapi) and its DTOs.
-//! - [`error`]: `ApiError` → RFC 9457 problem+json.
-//! - [`telemetry`]: tracing set-up, and the Prometheus metrics (recorder, labels, helpers).
+//! Public, for a binary with kinds of its own:
+//! - [`cli`]: the `herald` command line (`serve`, `openapi`, `submit`, `watch`).
+//! - [`Application`]: `build` / `build_with` / `run`: store, queue, workers,
+//!   HTTP, and the shutdown order.
+//! - [`config`]: [`Config`], every setting a flag and an `HERALD_*` variable.
+//! - [`kinds`]: the [`JobKind`] trait, [`Kinds`], [`JobContext`], [`JobFailure`],
+//!   and the built-in kinds (`demo`, `aggregate`, `import`).
+//! - [`domain`]: job ids, `JobStatus` and its transitions, progress, events;
+//!   the rules both backends share; no I/O.
+//! - [`store`]: the store traits (`herald_jobs`, `herald_job_events`, the
+//!   feed, uploads, nodes) and their SQLite and PostgreSQL backends.
+//!
+//! Inside (private modules):
+//! - `jobs`: the jobs service, the only code that changes a job: submit,
+//!   start, progress, outcome, cancel, recovery; each with its store write,
+//!   wake-ups and metrics.
+//! - `uploads`: a file streamed into the store becomes an `import` job.
+//! - `worker`: the runner (attempts, timeout, cancel grace, retries),
+//!   progress coalescing, and the crash reconciler.
+//! - `queue`: the apalis queue (a task is `{job_id}`) and its worker.
+//! - `cancel`: job id → `CancellationToken` for the jobs running here.
+//! - `hub`: per-job wake-ups ("look again"; the store holds the events).
+//! - `notify`: PostgreSQL LISTEN: other nodes' events, cancels and queue
+//!   pushes wake this node.
+//! - `stream` and `frame`: a job's SSE stream (subscribe, replay, tail,
+//!   heartbeat, end) and one event in SSE framing.
+//! - `feed`: the multiplexed feed (`GET /v1/events`).
+//! - `http`: the web layer: routes, middleware (access log, authentication),
+//!   `/metrics`, problem+json errors, the accept loop.
+//! - `auth`: API keys, JWTs and stream tokens → the request's tenant.
+//! - `limits`: per-tenant stream and submission limits.
+//! - `downstream`: the named downstreams kinds may call, and the SSRF guard.
+//! - `retention`: deletes finished jobs past `HERALD_RETENTION_HOURS`.
+//! - `client`: the `herald submit` / `herald watch` commands.
+//! - `shutdown`, `telemetry`: signals; tracing and Prometheus metrics.
 
-pub mod app;
-pub mod auth;
-pub mod cancel;
-pub mod client;
+mod app;
+mod auth;
+mod cancel;
+pub mod cli;
+mod client;
 pub mod config;
 pub mod domain;
-pub mod downstream;
-pub mod feed;
-pub mod frame;
-pub mod http;
-pub mod hub;
-pub mod jobs;
+mod downstream;
+mod feed;
+mod frame;
+mod http;
+mod hub;
+mod jobs;
 pub mod kinds;
-pub mod limits;
-pub mod notify;
-pub mod queue;
-pub mod retention;
-pub mod shutdown;
+mod limits;
+mod notify;
+mod queue;
+mod retention;
+mod shutdown;
 pub mod store;
-pub mod stream;
-pub mod telemetry;
-pub mod uploads;
-pub mod worker;
+mod stream;
+mod telemetry;
+mod uploads;
+mod worker;
 
 pub use app::Application;
 pub use config::Config;
 pub use http::{openapi_json, AppState};
 pub use kinds::{JobContext, JobFailure, JobKind, Kinds};
+pub use telemetry::init as init_logging;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use herald::auth::AuthMode;
+use herald::config::AuthMode;
 use herald::config::Secret;
 use serde_json::{json, Value};
 

@@ -121,7 +121,7 @@ async fn the_dashboard_works_in_a_real_browser() {
 
 #[tokio::test]
 async fn the_dashboard_asks_for_an_api_key_once_and_streams_with_feed_tokens() {
-    use herald::auth::AuthMode;
+    use herald::config::AuthMode;
     use herald::config::Secret;
     if let Some(why) = missing() {
         let _ = writeln!(

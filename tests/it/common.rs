@@ -196,7 +196,7 @@ impl TestApp {
     pub async fn spawn_in(db: TestDb, f: impl FnOnce(&mut Config)) -> TestApp {
         // RUST_LOG=debug cargo test … shows the server's logs.
         if std::env::var_os("RUST_LOG").is_some() {
-            herald::telemetry::init(herald::config::LogFormat::Text);
+            herald::init_logging(herald::config::LogFormat::Text);
         }
         let mut config = test_config(&db.0.dir);
         config.database_url = db.url().to_owned();

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use herald::auth::AuthMode;
+use herald::config::AuthMode;
 use herald::config::Secret;
 
 use crate::common::TestApp;

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use herald::auth::AuthMode;
+use herald::config::AuthMode;
 use herald::config::Secret;
 use serde_json::{json, Value};
 
