@@ -189,6 +189,7 @@ impl EventsApi {
     /// Server-Sent Events: the job's events from the start (or after
     /// `Last-Event-ID`), then live ones as they happen, until the terminal event.
     #[oai(path = "/v1/jobs/:id/events", method = "get")]
+    #[tracing::instrument(skip_all, fields(tenant = %tenant.0 .0, job_id = %id.0))]
     async fn events(
         &self,
         state: Data<&AppState>,

@@ -70,6 +70,7 @@ impl FeedApi {
     /// is selected, all its later events follow, the terminal one included.
     #[oai(path = "/v1/events", method = "get")]
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(skip_all, fields(tenant = %tenant.0 .0))]
     async fn feed(
         &self,
         state: Data<&AppState>,
@@ -144,6 +145,7 @@ impl FeedApi {
     /// and expires after HERALD_STREAM_TOKEN_TTL_SECS; reconnect with a fresh
     /// one and `last_event_id` to resume.
     #[oai(path = "/v1/events/stream-token", method = "post")]
+    #[tracing::instrument(skip_all, fields(tenant = %tenant.0 .0))]
     async fn feed_token(
         &self,
         state: Data<&AppState>,

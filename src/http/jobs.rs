@@ -89,6 +89,7 @@ impl JobsApi {
     /// Queues a job of `kind` with `input`. Watch it with `GET /v1/jobs/{id}/events`
     /// (Server-Sent Events) or poll `GET /v1/jobs/{id}`.
     #[oai(path = "/v1/jobs", method = "post")]
+    #[tracing::instrument(skip_all, fields(tenant = %tenant.0 .0))]
     async fn submit(
         &self,
         state: Data<&AppState>,
@@ -118,6 +119,7 @@ impl JobsApi {
     ///
     /// Newest first. Pass `next_cursor` back as `cursor` for the next page.
     #[oai(path = "/v1/jobs", method = "get")]
+    #[tracing::instrument(skip_all, fields(tenant = %tenant.0 .0))]
     async fn list(
         &self,
         state: Data<&AppState>,
@@ -164,6 +166,7 @@ impl JobsApi {
 
     /// Get a job
     #[oai(path = "/v1/jobs/:id", method = "get")]
+    #[tracing::instrument(skip_all, fields(tenant = %tenant.0 .0, job_id = %id.0))]
     async fn get(
         &self,
         state: Data<&AppState>,
@@ -180,6 +183,7 @@ impl JobsApi {
     /// cannot send an `Authorization` header on a stream. It is bound to this
     /// job and tenant and expires after HERALD_STREAM_TOKEN_TTL_SECS.
     #[oai(path = "/v1/jobs/:id/stream-token", method = "post")]
+    #[tracing::instrument(skip_all, fields(tenant = %tenant.0 .0, job_id = %id.0))]
     async fn stream_token(
         &self,
         state: Data<&AppState>,
@@ -201,6 +205,7 @@ impl JobsApi {
     /// (`cancel_requested`) and ends `cancelled` unless it finishes first.
     /// Asking again answers 202 again; a job that has ended answers 409.
     #[oai(path = "/v1/jobs/:id/cancel", method = "post")]
+    #[tracing::instrument(skip_all, fields(tenant = %tenant.0 .0, job_id = %id.0))]
     async fn cancel(
         &self,
         state: Data<&AppState>,

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tracing::Instrument;
 
 use super::progress::ProgressPump;
 use crate::cancel::{CancelRegistry, RunningJob};
@@ -93,13 +92,10 @@ impl Runner {
                 }
                 Err(ApplyError::Store(e)) => return Err(e),
             };
-            let span = tracing::info_span!("job_attempt", job_id = %id, kind = %job.kind, attempt = job.attempt);
             let started = std::time::Instant::now();
             let current = Arc::new(Mutex::new(job.clone()));
-            let outcome = self
-                .attempt(&job, &current, running)
-                .instrument(span.clone())
-                .await;
+            let outcome = self.attempt(&job, &current, running).await;
+            let span = tracing::info_span!("job_outcome", job_id = %id, kind = %job.kind, attempt = job.attempt);
             metrics::histogram!("herald_job_run_seconds", "kind" => job.kind.clone())
                 .record(started.elapsed().as_secs_f64());
             let next = self.decide(&job, running, outcome);
@@ -180,6 +176,8 @@ impl Runner {
             .min(Duration::from_secs(60))
     }
 
+    #[tracing::instrument(name = "job_attempt", skip_all,
+        fields(job_id = %job.id, kind = %job.kind, attempt = job.attempt))]
     async fn attempt(
         &self,
         job: &JobRecord,
