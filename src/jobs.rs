@@ -56,14 +56,6 @@ pub enum Accepted {
     Existing(JobRecord),
 }
 
-impl Accepted {
-    pub fn job(&self) -> &JobRecord {
-        match self {
-            Accepted::Created(j) | Accepted::Existing(j) => j,
-        }
-    }
-}
-
 /// See the module doc.
 pub struct Jobs {
     store: Arc<dyn Store>,
@@ -95,14 +87,8 @@ impl Jobs {
         })
     }
 
-    /// The kinds this herald runs.
-    pub fn kinds(&self) -> &Registry {
-        &self.kinds
-    }
-
     /// Takes one of the tenant's submissions for this second, or says how
-    /// long to wait. [`Jobs::submit`] takes one itself; an upload takes it
-    /// before it stores a byte.
+    /// long to wait; every submission takes one before [`Jobs::submit`].
     pub fn admit(&self, tenant: &str) -> Result<(), SubmitError> {
         self.submit_rate
             .take(tenant)
@@ -127,20 +113,11 @@ impl Jobs {
             })
     }
 
-    /// Admits, checks and stores a job, then pushes it to the queue.
+    /// Checks and stores a job, then pushes it to the queue. The caller has
+    /// taken the tenant's [`Jobs::admit`] first (an upload does so before it
+    /// stores its file).
     #[tracing::instrument(skip_all, fields(kind = %sub.kind))]
     pub async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Accepted, SubmitError> {
-        self.admit(tenant)?;
-        self.submit_admitted(tenant, sub).await
-    }
-
-    /// [`Jobs::submit`] for a caller that has already taken its
-    /// [`Jobs::admit`] (an upload, which stores its file first).
-    pub async fn submit_admitted(
-        &self,
-        tenant: &str,
-        sub: &Submission,
-    ) -> Result<Accepted, SubmitError> {
         self.check(sub)?;
         let job = match self.store.submit(tenant, sub).await? {
             Submitted::Created(job) => job,

@@ -146,10 +146,7 @@ impl Uploads {
             }
         };
         upload.input.size = stored as i64;
-        let submitted = self
-            .jobs
-            .submit_admitted(tenant, &self.submission(&upload))
-            .await;
+        let submitted = self.jobs.submit(tenant, &self.submission(&upload)).await;
         match submitted {
             Ok(Accepted::Created(job)) => {
                 tracing::info!(job_id = %job.id, bytes = stored, "upload stored; import job submitted");
