@@ -38,8 +38,8 @@ use super::group::{Flush, Group};
 use super::pg_batch::{NewJob, Submits, TransitionRow, Write, Writes};
 use super::row::{to_json, EventRow, JobRow};
 use super::{
-    ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered, Store,
-    StoreError, StoredEvent, Submitted,
+    ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, FeedStore, JobStore, ListQuery,
+    NodeStore, Recovered, StoreError, StoredEvent, Submitted, TaskStore, UploadStore,
 };
 use crate::domain::{
     CancelDecision, EventSeq, JobError, JobId, JobRecord, JobStatus, NewEvent, Refused, Submission,
@@ -518,7 +518,7 @@ impl PgStore {
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl JobStore for PgStore {
     async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError> {
         let now = Timestamp::now();
         let job = JobRecord {
@@ -696,75 +696,16 @@ impl Store for PgStore {
         rows.into_iter().map(StoredEvent::try_from).collect()
     }
 
-    /// At start-up: this node's own jobs (a restart under the same
-    /// `HERALD_NODE_ID`) and those of nodes whose lease ran out.
-    async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM herald_jobs WHERE status = 'running' AND (node_id IS NULL OR node_id = $1 \
-               OR node_id NOT IN (SELECT id FROM herald_nodes \
-                 WHERE heartbeat_at > now() - make_interval(secs => $2))) ORDER BY id",
+    async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let found: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM herald_jobs WHERE id = ANY($1) AND cancel_requested \
+             AND status IN ('queued', 'running')",
         )
-        .bind(&self.node.id)
-        .bind(self.lease_secs())
+        .bind(&ids)
         .fetch_all(&self.pools.main)
         .await?;
-        self.recover(ids, "the node running it stopped without finishing it")
-            .await
-    }
-
-    async fn recover_expired(&self) -> Result<Recovered, StoreError> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM herald_jobs WHERE status = 'running' AND node_id IS DISTINCT FROM $1 \
-               AND (node_id IS NULL OR node_id NOT IN (SELECT id FROM herald_nodes \
-                 WHERE heartbeat_at > now() - make_interval(secs => $2))) ORDER BY id LIMIT 500",
-        )
-        .bind(&self.node.id)
-        .bind(self.lease_secs())
-        .fetch_all(&self.pools.main)
-        .await?;
-        if ids.is_empty() {
-            return Ok(Recovered::default());
-        }
-        let why = format!(
-            "the node running it stopped heart-beating for longer than the {} s lease (HERALD_WORKER_LEASE_SECS)",
-            self.node.lease.as_secs()
-        );
-        self.recover(ids, &why).await
-    }
-
-    async fn queued_without_task(
-        &self,
-        startup: bool,
-        older_than: Timestamp,
-        limit: i64,
-    ) -> Result<Vec<JobId>, StoreError> {
-        // A task is alive while it waits (Pending), or while a live node holds
-        // it (apalis names its worker after the node). At start-up, tasks
-        // held under this node's own id belong to a process that is gone.
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT h.id FROM herald_jobs h WHERE h.status = 'queued' AND h.updated_at <= $1 \
-             AND NOT EXISTS (SELECT 1 FROM apalis.jobs t WHERE t.id = h.task_id \
-               AND (t.status = 'Pending' OR (t.status IN ('Queued', 'Running') \
-                 AND NOT ($3 AND t.lock_by = $4) \
-                 AND t.lock_by IN (SELECT id FROM herald_nodes \
-                   WHERE heartbeat_at > now() - make_interval(secs => $5))))) \
-             ORDER BY h.id LIMIT $2",
-        )
-        .bind(older_than.0)
-        .bind(limit)
-        .bind(startup)
-        .bind(&self.node.id)
-        .bind(self.lease_secs())
-        .fetch_all(&self.pools.main)
-        .await?;
-        Ok(ids.into_iter().map(JobId).collect())
-    }
-
-    async fn delete_task(&self, id: JobId) -> Result<(), StoreError> {
-        self.writes
-            .run(Write::DeleteTask(id.task_id().to_string()))
-            .await?;
-        Ok(())
+        Ok(found.into_iter().map(JobId).collect())
     }
 
     async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError> {
@@ -803,41 +744,10 @@ impl Store for PgStore {
         tx.commit().await?;
         Ok(ids.len())
     }
+}
 
-    async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError> {
-        let (n, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*), min(created_at) FROM herald_jobs WHERE status = 'queued'",
-        )
-        .fetch_one(&self.pools.main)
-        .await?;
-        Ok((n, oldest.map(Timestamp)))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pools.main).await?;
-        Ok(())
-    }
-
-    async fn heartbeat(&self) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO herald_nodes (id, role) VALUES ($1, $2) \
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), role = EXCLUDED.role",
-        )
-        .bind(&self.node.id)
-        .bind(self.node.role)
-        .execute(&self.pools.main)
-        .await?;
-        Ok(())
-    }
-
-    async fn leave(&self) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM herald_nodes WHERE id = $1")
-            .bind(&self.node.id)
-            .execute(&self.pools.main)
-            .await?;
-        Ok(())
-    }
-
+#[async_trait]
+impl FeedStore for PgStore {
     /// The feed in (appending transaction id, event id) order, and only below
     /// the oldest transaction still running that could write to this database.
     ///
@@ -902,7 +812,10 @@ impl Store for PgStore {
         .await?;
         Ok(head.map_or(FeedCursor::default(), |(tx, id)| FeedCursor { tx, id }))
     }
+}
 
+#[async_trait]
+impl UploadStore for PgStore {
     async fn put_upload_chunk(&self, id: JobId, n: i64, data: &[u8]) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO herald_upload_chunks (job_id, n, data, stored_at) VALUES ($1, $2, $3, $4)",
@@ -964,16 +877,115 @@ impl Store for PgStore {
                 .await?;
         Ok(cp.flatten())
     }
+}
 
-    async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
-        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-        let found: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM herald_jobs WHERE id = ANY($1) AND cancel_requested \
-             AND status IN ('queued', 'running')",
+#[async_trait]
+impl NodeStore for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pools.main).await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO herald_nodes (id, role) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), role = EXCLUDED.role",
         )
-        .bind(&ids)
+        .bind(&self.node.id)
+        .bind(self.node.role)
+        .execute(&self.pools.main)
+        .await?;
+        Ok(())
+    }
+
+    async fn leave(&self) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM herald_nodes WHERE id = $1")
+            .bind(&self.node.id)
+            .execute(&self.pools.main)
+            .await?;
+        Ok(())
+    }
+
+    /// At start-up: this node's own jobs (a restart under the same
+    /// `HERALD_NODE_ID`) and those of nodes whose lease ran out.
+    async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM herald_jobs WHERE status = 'running' AND (node_id IS NULL OR node_id = $1 \
+               OR node_id NOT IN (SELECT id FROM herald_nodes \
+                 WHERE heartbeat_at > now() - make_interval(secs => $2))) ORDER BY id",
+        )
+        .bind(&self.node.id)
+        .bind(self.lease_secs())
         .fetch_all(&self.pools.main)
         .await?;
-        Ok(found.into_iter().map(JobId).collect())
+        self.recover(ids, "the node running it stopped without finishing it")
+            .await
+    }
+
+    async fn recover_expired(&self) -> Result<Recovered, StoreError> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM herald_jobs WHERE status = 'running' AND node_id IS DISTINCT FROM $1 \
+               AND (node_id IS NULL OR node_id NOT IN (SELECT id FROM herald_nodes \
+                 WHERE heartbeat_at > now() - make_interval(secs => $2))) ORDER BY id LIMIT 500",
+        )
+        .bind(&self.node.id)
+        .bind(self.lease_secs())
+        .fetch_all(&self.pools.main)
+        .await?;
+        if ids.is_empty() {
+            return Ok(Recovered::default());
+        }
+        let why = format!(
+            "the node running it stopped heart-beating for longer than the {} s lease (HERALD_WORKER_LEASE_SECS)",
+            self.node.lease.as_secs()
+        );
+        self.recover(ids, &why).await
+    }
+}
+
+#[async_trait]
+impl TaskStore for PgStore {
+    async fn queued_without_task(
+        &self,
+        startup: bool,
+        older_than: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<JobId>, StoreError> {
+        // A task is alive while it waits (Pending), or while a live node holds
+        // it (apalis names its worker after the node). At start-up, tasks
+        // held under this node's own id belong to a process that is gone.
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT h.id FROM herald_jobs h WHERE h.status = 'queued' AND h.updated_at <= $1 \
+             AND NOT EXISTS (SELECT 1 FROM apalis.jobs t WHERE t.id = h.task_id \
+               AND (t.status = 'Pending' OR (t.status IN ('Queued', 'Running') \
+                 AND NOT ($3 AND t.lock_by = $4) \
+                 AND t.lock_by IN (SELECT id FROM herald_nodes \
+                   WHERE heartbeat_at > now() - make_interval(secs => $5))))) \
+             ORDER BY h.id LIMIT $2",
+        )
+        .bind(older_than.0)
+        .bind(limit)
+        .bind(startup)
+        .bind(&self.node.id)
+        .bind(self.lease_secs())
+        .fetch_all(&self.pools.main)
+        .await?;
+        Ok(ids.into_iter().map(JobId).collect())
+    }
+
+    async fn delete_task(&self, id: JobId) -> Result<(), StoreError> {
+        self.writes
+            .run(Write::DeleteTask(id.task_id().to_string()))
+            .await?;
+        Ok(())
+    }
+
+    async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError> {
+        let (n, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM herald_jobs WHERE status = 'queued'",
+        )
+        .fetch_one(&self.pools.main)
+        .await?;
+        Ok((n, oldest.map(Timestamp)))
     }
 }

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::row::{corrupt, to_json, EventRow, JobRow};
 use super::{
-    ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered, Store,
-    StoreError, StoredEvent, Submitted,
+    ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, FeedStore, JobStore, ListQuery,
+    NodeStore, Recovered, StoreError, StoredEvent, Submitted, TaskStore, UploadStore,
 };
 use crate::domain::{
     CancelDecision, EventSeq, JobError, JobId, JobRecord, JobStatus, NewEvent, Submission,
@@ -600,7 +600,7 @@ fn writer_gone() -> StoreError {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl JobStore for SqliteStore {
     async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(WriteOp::Submit {
@@ -680,6 +680,18 @@ impl Store for SqliteStore {
         Ok(job)
     }
 
+    /// The outcome, then the deletion of the spent task: two writes, which
+    /// the writer may well commit together.
+    async fn apply_final(
+        &self,
+        known: &JobRecord,
+        t: &Transition,
+    ) -> Result<JobRecord, ApplyError> {
+        let job = self.apply_known(known, t).await?;
+        self.delete_task(known.id).await?;
+        Ok(job)
+    }
+
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(WriteOp::Cancel {
@@ -716,72 +728,21 @@ impl Store for SqliteStore {
         rows.into_iter().map(StoredEvent::try_from).collect()
     }
 
-    async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
-        let mut out = Recovered::default();
-        let ids: Vec<(String,)> =
-            sqlx::query_as("SELECT id FROM herald_jobs WHERE status = 'running' ORDER BY id")
-                .fetch_all(&self.pools.writer)
-                .await?;
-        for (id,) in ids {
-            let id: JobId = id.parse().map_err(|e| corrupt("job id", e))?;
-            let mut tx = self.write_tx().await?;
-            let Some(job) = fetch_job(&mut tx, id).await? else {
-                continue;
-            };
-            if job.status != JobStatus::Running {
-                continue;
+    async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+        let mut found = Vec::new();
+        for id in ids {
+            let requested: Option<bool> = sqlx::query_scalar(
+                "SELECT cancel_requested FROM herald_jobs WHERE id = ?1 \
+                 AND status IN ('queued', 'running')",
+            )
+            .bind(id.to_string())
+            .fetch_optional(&self.pools.reader)
+            .await?;
+            if requested == Some(true) {
+                found.push(*id);
             }
-            let lost = JobError::new(
-                "worker_lost",
-                format!(
-                    "attempt {} was interrupted: the process running it stopped without finishing it",
-                    job.attempt
-                ),
-            );
-            let (t, list) = if job.has_attempts_left() {
-                (Transition::Retry(lost), &mut out.requeued)
-            } else {
-                (Transition::Fail(lost), &mut out.failed)
-            };
-            match apply_in(&mut tx, id, &t).await {
-                Ok(_) => list.push(id),
-                Err(ApplyError::Store(e)) => return Err(e),
-                Err(_) => continue,
-            }
-            tx.commit().await?;
         }
-        Ok(out)
-    }
-
-    async fn queued_without_task(
-        &self,
-        startup: bool,
-        older_than: Timestamp,
-        limit: i64,
-    ) -> Result<Vec<JobId>, StoreError> {
-        // apalis's statuses: Pending (waiting), Queued (fetched by a worker),
-        // Running, Done, Failed, Killed. At start-up only Pending is alive: the
-        // worker that fetched or ran a task is gone.
-        let ids: Vec<(String,)> = sqlx::query_as(
-            "SELECT h.id FROM herald_jobs h WHERE h.status = 'queued' AND h.updated_at <= ?1 \
-             AND NOT EXISTS (SELECT 1 FROM Jobs t WHERE t.id = h.task_id \
-               AND (t.status = 'Pending' OR (?3 = 0 AND t.status IN ('Queued', 'Running')))) \
-             ORDER BY h.id LIMIT ?2",
-        )
-        .bind(older_than.0)
-        .bind(limit)
-        .bind(startup)
-        .fetch_all(&self.pools.reader)
-        .await?;
-        ids.into_iter()
-            .map(|(id,)| id.parse().map_err(|e| corrupt("job id", e)))
-            .collect()
-    }
-
-    async fn delete_task(&self, id: JobId) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::DeleteTask { id, reply }).await?;
-        rx.await.map_err(|_| writer_gone())?
+        Ok(found)
     }
 
     async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError> {
@@ -794,21 +755,10 @@ impl Store for SqliteStore {
         .await?;
         rx.await.map_err(|_| writer_gone())?
     }
+}
 
-    async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError> {
-        let (n, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*), min(created_at) FROM herald_jobs WHERE status = 'queued'",
-        )
-        .fetch_one(&self.pools.reader)
-        .await?;
-        Ok((n, oldest.map(Timestamp)))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pools.reader).await?;
-        Ok(())
-    }
-
+#[async_trait]
+impl FeedStore for SqliteStore {
     /// One writer commits events in id order, and a reader sees whole
     /// commits, so the event id alone is a lossless cursor here.
     async fn feed_after(
@@ -852,7 +802,10 @@ impl Store for SqliteStore {
             .await?;
         Ok(FeedCursor { tx: 0, id })
     }
+}
 
+#[async_trait]
+impl UploadStore for SqliteStore {
     async fn put_upload_chunk(&self, id: JobId, n: i64, data: &[u8]) -> Result<(), StoreError> {
         self.unit(UnitWrite::PutChunk {
             id,
@@ -898,21 +851,92 @@ impl Store for SqliteStore {
                 .await?;
         Ok(cp.flatten())
     }
+}
 
-    async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
-        let mut found = Vec::new();
-        for id in ids {
-            let requested: Option<bool> = sqlx::query_scalar(
-                "SELECT cancel_requested FROM herald_jobs WHERE id = ?1 \
-                 AND status IN ('queued', 'running')",
-            )
-            .bind(id.to_string())
-            .fetch_optional(&self.pools.reader)
-            .await?;
-            if requested == Some(true) {
-                found.push(*id);
+#[async_trait]
+impl NodeStore for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pools.reader).await?;
+        Ok(())
+    }
+
+    async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
+        let mut out = Recovered::default();
+        let ids: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM herald_jobs WHERE status = 'running' ORDER BY id")
+                .fetch_all(&self.pools.writer)
+                .await?;
+        for (id,) in ids {
+            let id: JobId = id.parse().map_err(|e| corrupt("job id", e))?;
+            let mut tx = self.write_tx().await?;
+            let Some(job) = fetch_job(&mut tx, id).await? else {
+                continue;
+            };
+            if job.status != JobStatus::Running {
+                continue;
             }
+            let lost = JobError::new(
+                "worker_lost",
+                format!(
+                    "attempt {} was interrupted: the process running it stopped without finishing it",
+                    job.attempt
+                ),
+            );
+            let (t, list) = if job.has_attempts_left() {
+                (Transition::Retry(lost), &mut out.requeued)
+            } else {
+                (Transition::Fail(lost), &mut out.failed)
+            };
+            match apply_in(&mut tx, id, &t).await {
+                Ok(_) => list.push(id),
+                Err(ApplyError::Store(e)) => return Err(e),
+                Err(_) => continue,
+            }
+            tx.commit().await?;
         }
-        Ok(found)
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl TaskStore for SqliteStore {
+    async fn queued_without_task(
+        &self,
+        startup: bool,
+        older_than: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<JobId>, StoreError> {
+        // apalis's statuses: Pending (waiting), Queued (fetched by a worker),
+        // Running, Done, Failed, Killed. At start-up only Pending is alive: the
+        // worker that fetched or ran a task is gone.
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "SELECT h.id FROM herald_jobs h WHERE h.status = 'queued' AND h.updated_at <= ?1 \
+             AND NOT EXISTS (SELECT 1 FROM Jobs t WHERE t.id = h.task_id \
+               AND (t.status = 'Pending' OR (?3 = 0 AND t.status IN ('Queued', 'Running')))) \
+             ORDER BY h.id LIMIT ?2",
+        )
+        .bind(older_than.0)
+        .bind(limit)
+        .bind(startup)
+        .fetch_all(&self.pools.reader)
+        .await?;
+        ids.into_iter()
+            .map(|(id,)| id.parse().map_err(|e| corrupt("job id", e)))
+            .collect()
+    }
+
+    async fn delete_task(&self, id: JobId) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriteOp::DeleteTask { id, reply }).await?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+
+    async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError> {
+        let (n, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM herald_jobs WHERE status = 'queued'",
+        )
+        .fetch_one(&self.pools.reader)
+        .await?;
+        Ok((n, oldest.map(Timestamp)))
     }
 }
