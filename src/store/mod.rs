@@ -13,7 +13,6 @@
 //! backends keep the SQL and the row mapping.
 
 mod group;
-mod pg_batch;
 pub mod postgres;
 mod row;
 pub mod sqlite;
