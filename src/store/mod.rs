@@ -20,7 +20,11 @@ mod traits;
 
 pub use traits::{FeedStore, JobStore, NodeStore, Store, TaskStore, UploadStore};
 
-use crate::domain::{EventKind, EventSeq, JobId, JobRecord, JobStatus, Refused, Timestamp};
+pub use crate::domain::Submitted;
+
+use crate::domain::{
+    EventKind, EventSeq, JobId, JobRecord, JobStatus, Refused, Timestamp, Transition,
+};
 
 /// The store's traits, for a caller that calls methods on an `Arc<dyn Store>`.
 pub mod prelude {
@@ -37,16 +41,6 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the write was not committed: {0}")]
     WriteFailed(String),
-}
-
-/// What a submission did.
-#[derive(Debug)]
-pub enum Submitted {
-    Created(JobRecord),
-    /// The same idempotency key with the same request: the earlier job.
-    Existing(JobRecord),
-    /// The same idempotency key with a different request.
-    Conflict(JobRecord),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,4 +143,14 @@ pub struct Recovered {
     pub requeued: Vec<JobId>,
     /// Their last attempt was the one interrupted: `failed` with `worker_lost`.
     pub failed: Vec<JobId>,
+}
+
+impl Recovered {
+    /// Counts job `id` as recovered by `t` (see [`JobRecord::interrupted`]).
+    pub(crate) fn record(&mut self, id: JobId, t: &Transition) {
+        match t {
+            Transition::Retry(_) => self.requeued.push(id),
+            _ => self.failed.push(id),
+        }
+    }
 }

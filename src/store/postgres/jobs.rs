@@ -4,10 +4,10 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::batch::NewJob;
-use super::transitions::{apply_in, lock_job};
+use super::transitions::{lock_job, write_transition};
 use super::PgStore;
 use crate::domain::{
-    CancelDecision, EventSeq, JobId, JobRecord, JobStatus, Submission, Timestamp, Transition,
+    CancelDecision, EventSeq, JobId, JobRecord, Submission, Timestamp, Transition,
 };
 use crate::store::row::{EventRow, JobRow};
 use crate::store::{
@@ -17,26 +17,7 @@ use crate::store::{
 #[async_trait]
 impl JobStore for PgStore {
     async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError> {
-        let now = Timestamp::now();
-        let job = JobRecord {
-            id: sub.job_id.unwrap_or_default(),
-            tenant: tenant.to_owned(),
-            kind: sub.kind.clone(),
-            status: JobStatus::Queued,
-            input: sub.input.clone(),
-            progress: None,
-            result: None,
-            error: None,
-            attempt: 1,
-            max_attempts: sub.max_attempts,
-            timeout_secs: sub.timeout_secs,
-            cancel_requested: false,
-            idempotency_key: sub.idempotency_key.clone(),
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            last_seq: EventSeq(1),
-        };
+        let job = sub.new_job(tenant, Timestamp::now());
         let first = job.created_event();
         // The job and its first event (group-committed with other new jobs),
         // or nothing at all when the idempotency key is taken (then the
@@ -61,18 +42,7 @@ impl JobStore for PgStore {
         .bind(key)
         .fetch_one(&self.pools.main)
         .await?;
-        let existing = JobRecord::try_from(row)?;
-        let same = sub.same_request(
-            &existing.kind,
-            &existing.input,
-            existing.max_attempts,
-            existing.timeout_secs,
-        );
-        Ok(if same {
-            Submitted::Existing(existing)
-        } else {
-            Submitted::Conflict(existing)
-        })
+        Ok(sub.resubmitted(JobRecord::try_from(row)?))
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
@@ -128,7 +98,7 @@ impl JobStore for PgStore {
             tx.rollback().await?;
             return Ok(CancelOutcome::NotFound);
         };
-        let outcome = match job.cancel_decision() {
+        let outcome = match job.cancel(reason, Timestamp::now()) {
             CancelDecision::Terminal => {
                 // Ended explicitly: a dropped transaction that holds a row lock
                 // stays open on its pooled connection, and an open transaction
@@ -136,23 +106,17 @@ impl JobStore for PgStore {
                 tx.rollback().await?;
                 return Ok(CancelOutcome::Terminal(job));
             }
-            CancelDecision::CancelNow => {
+            CancelDecision::CancelNow(next, ev) => {
+                write_transition(&mut *tx, &self.node.id, &next, &ev).await?;
+                tx.commit().await?;
+                self.notifier.committed(id);
                 let t = Transition::Cancel {
                     reason: reason.to_owned(),
                 };
-                let job = match apply_in(&mut tx, &self.node.id, id, &t).await {
-                    Ok(job) => job,
-                    Err(ApplyError::Store(e)) => return Err(e),
-                    Err(e) => {
-                        return Err(StoreError::Corrupt(format!("cancel of a queued job: {e}")))
-                    }
-                };
-                tx.commit().await?;
-                self.notifier.committed(id);
-                crate::telemetry::applied(&t, &job);
-                return Ok(CancelOutcome::CancelledNow(job));
+                crate::telemetry::applied(&t, &next);
+                return Ok(CancelOutcome::CancelledNow(next));
             }
-            CancelDecision::Request => {
+            CancelDecision::Request(requested) => {
                 // The node running the job hears the notify and fires its token.
                 sqlx::query(
                     "UPDATE herald_jobs SET cancel_requested = true, updated_at = $2 WHERE id = $1",
@@ -165,10 +129,7 @@ impl JobStore for PgStore {
                     .bind(id.to_string())
                     .execute(&mut *tx)
                     .await?;
-                CancelOutcome::Requested(JobRecord {
-                    cancel_requested: true,
-                    ..job
-                })
+                CancelOutcome::Requested(requested)
             }
         };
         tx.commit().await?;

@@ -6,12 +6,12 @@ use uuid::Uuid;
 
 use super::transitions::{apply_in, lock_job};
 use super::PgStore;
-use crate::domain::{JobError, JobId, JobStatus, Transition};
+use crate::domain::JobId;
 use crate::store::{ApplyError, NodeStore, Recovered, StoreError};
 
 impl PgStore {
-    /// Recovers the running jobs that `which` selects (ids of jobs whose node is
-    /// gone): the next attempt, or `failed` with `worker_lost` after the last.
+    /// Recovers the running jobs `ids` (their node is gone, because `why`):
+    /// the next attempt, or `failed` with `worker_lost` after the last.
     async fn recover(&self, ids: Vec<Uuid>, why: &str) -> Result<Recovered, StoreError> {
         let mut out = Recovered::default();
         for id in ids {
@@ -22,25 +22,16 @@ impl PgStore {
                 tx.rollback().await?;
                 continue;
             };
-            if job.status != JobStatus::Running {
+            let Some(t) = job.interrupted(why) else {
                 tx.rollback().await?;
                 continue;
-            }
-            let lost = JobError::new(
-                "worker_lost",
-                format!("attempt {} was interrupted: {why}", job.attempt),
-            );
-            let (t, list) = if job.has_attempts_left() {
-                (Transition::Retry(lost), &mut out.requeued)
-            } else {
-                (Transition::Fail(lost), &mut out.failed)
             };
             match apply_in(&mut tx, &self.node.id, id, &t).await {
                 Ok(job) => {
                     tx.commit().await?;
                     self.notifier.committed(id);
                     crate::telemetry::applied(&t, &job);
-                    list.push(id);
+                    out.record(id, &t);
                 }
                 Err(ApplyError::Store(e)) => return Err(e),
                 Err(_) => {

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::writes::{apply_in, fetch_job};
 use super::SqliteStore;
-use crate::domain::{JobError, JobId, JobStatus, Transition};
+use crate::domain::JobId;
 use crate::store::row::corrupt;
 use crate::store::{ApplyError, NodeStore, Recovered, StoreError};
 
@@ -28,23 +28,12 @@ impl NodeStore for SqliteStore {
             let Some(job) = fetch_job(&mut tx, id).await? else {
                 continue;
             };
-            if job.status != JobStatus::Running {
+            let Some(t) = job.interrupted("the process running it stopped without finishing it")
+            else {
                 continue;
-            }
-            let lost = JobError::new(
-                "worker_lost",
-                format!(
-                    "attempt {} was interrupted: the process running it stopped without finishing it",
-                    job.attempt
-                ),
-            );
-            let (t, list) = if job.has_attempts_left() {
-                (Transition::Retry(lost), &mut out.requeued)
-            } else {
-                (Transition::Fail(lost), &mut out.failed)
             };
             match apply_in(&mut tx, id, &t).await {
-                Ok(_) => list.push(id),
+                Ok(_) => out.record(id, &t),
                 Err(ApplyError::Store(e)) => return Err(e),
                 Err(_) => continue,
             }

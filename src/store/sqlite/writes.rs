@@ -5,8 +5,7 @@
 use sqlx::{Sqlite, Transaction};
 
 use crate::domain::{
-    CancelDecision, EventSeq, JobId, JobRecord, JobStatus, NewEvent, Submission, Timestamp,
-    Transition,
+    CancelDecision, EventSeq, JobId, JobRecord, NewEvent, Submission, Timestamp, Transition,
 };
 use crate::store::row::{to_json, JobRow};
 use crate::store::{ApplyError, CancelOutcome, StoreError, Submitted};
@@ -120,40 +119,10 @@ pub(super) async fn submit_in(
         .fetch_optional(&mut **tx)
         .await?;
         if let Some(row) = row {
-            let existing = JobRecord::try_from(row)?;
-            let same = sub.same_request(
-                &existing.kind,
-                &existing.input,
-                existing.max_attempts,
-                existing.timeout_secs,
-            );
-            return Ok(if same {
-                Submitted::Existing(existing)
-            } else {
-                Submitted::Conflict(existing)
-            });
+            return Ok(sub.resubmitted(JobRecord::try_from(row)?));
         }
     }
-    let now = Timestamp::now();
-    let job = JobRecord {
-        id: sub.job_id.unwrap_or_default(),
-        tenant: tenant.to_owned(),
-        kind: sub.kind.clone(),
-        status: JobStatus::Queued,
-        input: sub.input.clone(),
-        progress: None,
-        result: None,
-        error: None,
-        attempt: 1,
-        max_attempts: sub.max_attempts,
-        timeout_secs: sub.timeout_secs,
-        cancel_requested: false,
-        idempotency_key: sub.idempotency_key.clone(),
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        last_seq: EventSeq(1),
-    };
+    let job = sub.new_job(tenant, Timestamp::now());
     let first = job.created_event();
     sqlx::query(
         "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
@@ -171,7 +140,7 @@ pub(super) async fn submit_in(
     .bind(job.max_attempts)
     .bind(job.timeout_secs)
     .bind(&job.idempotency_key)
-    .bind(now.0)
+    .bind(job.created_at.0)
     .bind(first.seq.0)
     .bind(first.kind.as_str())
     .bind(&first.data)
@@ -188,19 +157,13 @@ pub(super) async fn cancel_in(
     let Some(job) = fetch_job(tx, id).await? else {
         return Ok(CancelOutcome::NotFound);
     };
-    let outcome = match job.cancel_decision() {
-        CancelDecision::Terminal => return Ok(CancelOutcome::Terminal(job)),
-        CancelDecision::CancelNow => {
-            let t = Transition::Cancel {
-                reason: reason.to_owned(),
-            };
-            match apply_in(tx, id, &t).await {
-                Ok(job) => CancelOutcome::CancelledNow(job),
-                Err(ApplyError::Store(e)) => return Err(e),
-                Err(e) => return Err(StoreError::Corrupt(format!("cancel of a queued job: {e}"))),
-            }
+    let outcome = match job.cancel(reason, Timestamp::now()) {
+        CancelDecision::Terminal => CancelOutcome::Terminal(job),
+        CancelDecision::CancelNow(next, ev) => {
+            write_transition(tx, &next, &ev, None).await?;
+            CancelOutcome::CancelledNow(next)
         }
-        CancelDecision::Request => {
+        CancelDecision::Request(requested) => {
             sqlx::query(
                 "UPDATE herald_jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1",
             )
@@ -208,10 +171,7 @@ pub(super) async fn cancel_in(
             .bind(Timestamp::now().0)
             .execute(&mut **tx)
             .await?;
-            CancelOutcome::Requested(JobRecord {
-                cancel_requested: true,
-                ..job
-            })
+            CancelOutcome::Requested(requested)
         }
     };
     Ok(outcome)
