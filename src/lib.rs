@@ -11,9 +11,11 @@
 //! - [`client`]: the `herald submit` / `herald watch` client commands.
 //! - [`auth`]: API keys, JWTs and stream tokens → the request's tenant.
 //! - [`domain`]: job ids, `JobStatus` and its transitions, progress, events; no I/O.
-//! - [`store`]: the `Store` trait (`herald_jobs`, `herald_job_events`) and its two backends,
-//!   SQLite (one process) and PostgreSQL (several nodes, leases in `herald_nodes`;
-//!   its writes group-committed: `store/group.rs` gathers, `store/pg_batch.rs` writes).
+//! - [`store`]: the store's traits, one per concept (jobs and their events, the feed,
+//!   uploads and checkpoints, nodes and leases, the queue's tasks; `Store` is their sum),
+//!   and its two backends, a folder each: SQLite (one process) and PostgreSQL (several
+//!   nodes, leases in `herald_nodes`). Every batched write (the queue's pushes too) goes
+//!   through `store/group.rs`, the group commit.
 //! - [`worker`]: the `JobKind` trait and registry, the runner (attempts, timeout,
 //!   cancel grace, retries), the apalis queue, the crash reconciler, the kinds
 //!   (`demo`, `aggregate`, and `import`, which feeds an uploaded file to a downstream).

@@ -12,7 +12,7 @@
 //! idempotency, recovery and cancel decisions) lives in `domain`; the
 //! backends keep the SQL and the row mapping.
 
-mod group;
+pub(crate) mod group;
 pub mod postgres;
 mod row;
 pub mod sqlite;
@@ -52,6 +52,20 @@ pub enum ApplyError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// The batching group could not answer a write (see `group.rs`).
+impl From<group::Unanswered> for StoreError {
+    fn from(e: group::Unanswered) -> Self {
+        match e {
+            group::Unanswered::Stopped => {
+                StoreError::Corrupt("the store's writer task has stopped".to_owned())
+            }
+            group::Unanswered::Miscounted { .. } => StoreError::WriteFailed(e.to_string()),
+        }
+    }
+}
+
+impl group::BatchError for StoreError {}
 
 impl From<sqlx::Error> for ApplyError {
     fn from(e: sqlx::Error) -> Self {

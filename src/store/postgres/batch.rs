@@ -76,6 +76,7 @@ pub(super) struct Writes {
 impl Flush for Writes {
     type Op = Write;
     type Out = bool;
+    type Error = sqlx::Error;
 
     fn key(op: &Write) -> Option<String> {
         match op {
@@ -239,6 +240,7 @@ pub(super) struct Submits {
 impl Flush for Submits {
     type Op = NewJob;
     type Out = bool;
+    type Error = sqlx::Error;
 
     /// Two submissions with one idempotency key go in different batches, so
     /// the second finds the first committed.
@@ -332,10 +334,7 @@ pub(super) struct Reads {
 impl Flush for Reads {
     type Op = JobId;
     type Out = Option<JobRow>;
-
-    fn key(_: &JobId) -> Option<String> {
-        None
-    }
+    type Error = sqlx::Error;
 
     async fn flush(&self, ops: &[JobId]) -> Result<Vec<Option<JobRow>>, sqlx::Error> {
         let ids: Vec<Uuid> = ops.iter().map(|id| id.0).collect();

@@ -24,7 +24,7 @@ impl JobStore for PgStore {
         // earlier job answers).
         let inserted = self.submits.run(NewJob::new(&job, first)).await?;
         if inserted {
-            self.notifier.committed(job.id);
+            self.notifier.committed(job.id).await;
             metrics::counter!("herald_events_appended_total", "event" => "status").increment(1);
             metrics::counter!("herald_jobs_submitted_total", "kind" => job.kind.clone())
                 .increment(1);
@@ -109,7 +109,7 @@ impl JobStore for PgStore {
             CancelDecision::CancelNow(next, ev) => {
                 write_transition(&mut *tx, &self.node.id, &next, &ev).await?;
                 tx.commit().await?;
-                self.notifier.committed(id);
+                self.notifier.committed(id).await;
                 let t = Transition::Cancel {
                     reason: reason.to_owned(),
                 };

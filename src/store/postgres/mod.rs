@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use super::group::Group;
+use super::group::{Batching, Group};
 use super::StoreError;
 use batch::{Reads, Submits, Writes};
 use notifier::Notifier;
@@ -162,24 +162,28 @@ impl PgStore {
     /// Starts the store's notifier task (so: call it inside a tokio runtime).
     pub fn new(pools: Pools, node: NodeIdentity) -> Self {
         let notifier = Notifier::start(pools.main.clone());
+        let batching = Batching {
+            writers: WRITERS,
+            ..Batching::default()
+        };
         let writes = Group::start(
             Writes {
                 pool: pools.writes.clone(),
                 node: node.id.clone(),
             },
-            WRITERS,
+            batching,
         );
         let submits = Group::start(
             Submits {
                 pool: pools.main.clone(),
             },
-            WRITERS,
+            batching,
         );
         let reads = Group::start(
             Reads {
                 pool: pools.writes.clone(),
             },
-            WRITERS,
+            batching,
         );
         PgStore {
             pools,

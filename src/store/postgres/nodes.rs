@@ -29,7 +29,7 @@ impl PgStore {
             match apply_in(&mut tx, &self.node.id, id, &t).await {
                 Ok(job) => {
                     tx.commit().await?;
-                    self.notifier.committed(id);
+                    self.notifier.committed(id).await;
                     crate::telemetry::applied(&t, &job);
                     out.record(id, &t);
                 }

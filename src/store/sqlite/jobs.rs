@@ -1,10 +1,9 @@
 //! Jobs and their events: reads on the reader pool, writes through the writer.
 
 use async_trait::async_trait;
-use tokio::sync::oneshot;
 
 use super::writer::WriteOp;
-use super::{writer_gone, SqliteStore};
+use super::SqliteStore;
 use crate::domain::{EventSeq, JobId, JobRecord, Submission, Timestamp, Transition};
 use crate::store::row::{EventRow, JobRow};
 use crate::store::{
@@ -14,14 +13,13 @@ use crate::store::{
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::Submit {
-            tenant: tenant.to_owned(),
-            sub: sub.clone(),
-            reply,
-        })
-        .await?;
-        let submitted = rx.await.map_err(|_| writer_gone())??;
+        let submitted = self
+            .write(WriteOp::Submit {
+                tenant: tenant.to_owned(),
+                sub: sub.clone(),
+            })
+            .await?
+            .submitted()?;
         if let Submitted::Created(job) = &submitted {
             metrics::counter!("herald_events_appended_total", "event" => "status").increment(1);
             metrics::counter!("herald_jobs_submitted_total", "kind" => job.kind.clone())
@@ -61,15 +59,14 @@ impl JobStore for SqliteStore {
     }
 
     async fn apply(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::Apply {
-            id,
-            t: t.clone(),
-            known: None,
-            reply,
-        })
-        .await?;
-        let job = rx.await.map_err(|_| writer_gone())??;
+        let job = self
+            .write(WriteOp::Apply {
+                id,
+                t: t.clone(),
+                known: None,
+            })
+            .await?
+            .applied()?;
         crate::telemetry::applied(t, &job);
         Ok(job)
     }
@@ -79,15 +76,14 @@ impl JobStore for SqliteStore {
         known: &JobRecord,
         t: &Transition,
     ) -> Result<JobRecord, ApplyError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::Apply {
-            id: known.id,
-            t: t.clone(),
-            known: Some(Box::new(known.clone())),
-            reply,
-        })
-        .await?;
-        let job = rx.await.map_err(|_| writer_gone())??;
+        let job = self
+            .write(WriteOp::Apply {
+                id: known.id,
+                t: t.clone(),
+                known: Some(Box::new(known.clone())),
+            })
+            .await?
+            .applied()?;
         crate::telemetry::applied(t, &job);
         Ok(job)
     }
@@ -105,14 +101,13 @@ impl JobStore for SqliteStore {
     }
 
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::Cancel {
-            id,
-            reason: reason.to_owned(),
-            reply,
-        })
-        .await?;
-        let outcome = rx.await.map_err(|_| writer_gone())??;
+        let outcome = self
+            .write(WriteOp::Cancel {
+                id,
+                reason: reason.to_owned(),
+            })
+            .await?
+            .cancel()?;
         if let CancelOutcome::CancelledNow(job) = &outcome {
             let t = Transition::Cancel {
                 reason: reason.to_owned(),
@@ -158,13 +153,6 @@ impl JobStore for SqliteStore {
     }
 
     async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::Purge {
-            before,
-            limit,
-            reply,
-        })
-        .await?;
-        rx.await.map_err(|_| writer_gone())?
+        self.write(WriteOp::Purge { before, limit }).await?.purged()
     }
 }

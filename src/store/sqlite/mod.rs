@@ -20,11 +20,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
-use tokio::sync::{mpsc, oneshot};
 
+use super::group::Group;
 use super::StoreError;
 use uploads::UnitWrite;
-use writer::{run_writer, WriteOp, MAX_BATCH};
+use writer::{Answer, WriteOp, Writer};
 
 /// The columns `JobRow` reads, as a macro so queries stay `&'static str`
 /// (sqlx 0.9 refuses SQL built at run time unless it is asserted safe).
@@ -107,19 +107,19 @@ pub async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pools: Pools,
-    writer: mpsc::Sender<WriteOp>,
+    writer: Group<Writer>,
 }
 
 impl SqliteStore {
     /// Starts the store's writer task (so: call it inside a tokio runtime).
     pub fn new(pools: Pools) -> Self {
-        let (writer, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run_writer(pools.writer.clone(), rx));
+        let writer = writer::start(pools.writer.clone());
         SqliteStore { pools, writer }
     }
 
-    async fn send(&self, op: WriteOp) -> Result<(), StoreError> {
-        self.writer.send(op).await.map_err(|_| writer_gone())
+    /// Runs `op` on the writer and answers once its batch has committed.
+    async fn write(&self, op: WriteOp) -> Result<Answer, StoreError> {
+        self.writer.run(op).await
     }
 
     pub fn pools(&self) -> &Pools {
@@ -127,9 +127,7 @@ impl SqliteStore {
     }
 
     async fn unit(&self, write: UnitWrite) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::Unit { write, reply }).await?;
-        rx.await.map_err(|_| writer_gone())?
+        self.write(WriteOp::Unit(write)).await?.done()
     }
 
     /// `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction
@@ -138,8 +136,4 @@ impl SqliteStore {
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         self.pools.writer.begin_with("BEGIN IMMEDIATE").await
     }
-}
-
-fn writer_gone() -> StoreError {
-    StoreError::Corrupt("the store's writer task has stopped".to_owned())
 }

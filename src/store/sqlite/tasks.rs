@@ -2,10 +2,9 @@
 
 use async_trait::async_trait;
 use sqlx::{Sqlite, Transaction};
-use tokio::sync::oneshot;
 
 use super::writer::WriteOp;
-use super::{writer_gone, SqliteStore};
+use super::SqliteStore;
 use crate::domain::{JobId, Timestamp};
 use crate::store::row::corrupt;
 use crate::store::{StoreError, TaskStore};
@@ -50,9 +49,7 @@ impl TaskStore for SqliteStore {
     }
 
     async fn delete_task(&self, id: JobId) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::DeleteTask { id, reply }).await?;
-        rx.await.map_err(|_| writer_gone())?
+        self.write(WriteOp::DeleteTask(id)).await?.done()
     }
 
     async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError> {

@@ -17,7 +17,7 @@ pub(super) enum UnitWrite {
 
 pub(super) async fn unit_write(
     tx: &mut Transaction<'static, Sqlite>,
-    write: UnitWrite,
+    write: &UnitWrite,
 ) -> Result<(), StoreError> {
     match write {
         UnitWrite::PutChunk { id, n, data } => {
@@ -25,8 +25,8 @@ pub(super) async fn unit_write(
                 "INSERT INTO herald_upload_chunks (job_id, n, data, stored_at) VALUES (?1, ?2, ?3, ?4)",
             )
             .bind(id.to_string())
-            .bind(n)
-            .bind(data)
+            .bind(*n)
+            .bind(data.as_slice())
             .bind(Timestamp::now().0)
                 .execute(&mut **tx)
                 .await?;
@@ -49,7 +49,7 @@ pub(super) async fn unit_write(
         UnitWrite::Checkpoint { id, checkpoint } => {
             sqlx::query("UPDATE herald_jobs SET checkpoint = ?2 WHERE id = ?1")
                 .bind(id.to_string())
-                .bind(checkpoint)
+                .bind(checkpoint.as_str())
                 .execute(&mut **tx)
                 .await?;
         }
