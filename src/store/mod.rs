@@ -26,7 +26,8 @@ use crate::domain::{
     EventKind, EventSeq, JobId, JobRecord, JobStatus, Refused, Timestamp, Transition,
 };
 
-/// The store's traits, for a caller that calls methods on an `Arc<dyn Store>`.
+/// The store's traits, for code that calls them on a concrete store
+/// (`SqliteStore`, `PgStore`); on an `Arc<dyn Store>` they need no import.
 pub mod prelude {
     pub use super::{FeedStore, JobStore, NodeStore, Store, TaskStore, UploadStore};
 }

@@ -1,6 +1,7 @@
 //! What the store does, one trait per concept. [`Store`] is their sum, so an
-//! `Arc<dyn Store>` serves every caller; a caller brings into scope the
-//! traits whose methods it calls (or `use crate::store::prelude::*`).
+//! `Arc<dyn Store>` serves every caller, and its methods need no import (a
+//! trait object has its supertraits' methods); code that holds a concrete
+//! store imports the traits it calls (`crate::store::prelude`).
 
 use async_trait::async_trait;
 
