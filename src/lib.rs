@@ -18,8 +18,11 @@
 //!   and the built-in kinds (`demo`, `aggregate`, `import`).
 //! - [`domain`]: job ids, `JobStatus` and its transitions, progress, events;
 //!   the rules both backends share; no I/O.
-//! - [`store`]: the store traits (`herald_jobs`, `herald_job_events`, the
-//!   feed, uploads, nodes) and their SQLite and PostgreSQL backends.
+//! - [`store`]: the store's traits, one per concept (jobs and their events,
+//!   the feed, uploads and checkpoints, nodes and leases, the queue's tasks;
+//!   `Store` is their sum), and its two backends, a folder each: SQLite (one
+//!   process) and PostgreSQL (several nodes). Every batched write (the
+//!   queue's pushes too) goes through one helper, the group commit.
 //!
 //! Inside (private modules):
 //! - `jobs`: the jobs service, the only code that changes a job: submit,

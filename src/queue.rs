@@ -27,13 +27,15 @@ use std::time::Duration;
 use apalis::prelude::*;
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::{SqlitePool, SqliteStorage};
+use async_trait::async_trait;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::domain::JobId;
+use crate::store::group::{Batching, Flush, Group};
 
 /// The queue's message: the job id and nothing else.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,7 +56,7 @@ const QUEUE_NAME: &str = "herald";
 #[derive(Clone)]
 pub struct Queue {
     storage: Storage,
-    pushes: mpsc::Sender<JobId>,
+    pushes: Group<Pusher>,
     wake: QueueWaker,
 }
 
@@ -192,8 +194,18 @@ impl Queue {
 
     fn start(storage: Storage) -> Queue {
         let wake = QueueWaker::default();
-        let (pushes, pushes_rx) = mpsc::channel(4 * MAX_PUSH_BATCH);
-        tokio::spawn(run_pusher(storage.clone(), pushes_rx, wake.clone()));
+        let pushes = Group::start(
+            Pusher {
+                storage: storage.clone(),
+                wake: wake.clone(),
+            },
+            Batching {
+                writers: 1,
+                max_batch: MAX_PUSH_BATCH,
+                capacity: Some(4 * MAX_PUSH_BATCH),
+                linger: None,
+            },
+        );
         Queue {
             storage,
             pushes,
@@ -322,42 +334,45 @@ fn task_for(id: JobId) -> Task<JobMessage> {
         .build()
 }
 
-/// Writes waiting pushes in one transaction each batch (apalis's sink buffers
-/// what `push_all` feeds it and flushes once), then wakes the worker.
-async fn run_pusher(storage: Storage, mut rx: mpsc::Receiver<JobId>, wake: QueueWaker) {
-    let mut batch = Vec::with_capacity(MAX_PUSH_BATCH);
-    while let Some(id) = rx.recv().await {
-        batch.push(id);
-        while batch.len() < MAX_PUSH_BATCH {
-            match rx.try_recv() {
-                Ok(id) => batch.push(id),
-                Err(_) => break,
-            }
-        }
+/// Writes pushes in batches (see [`Group`]); nobody waits for a push.
+struct Pusher {
+    storage: Storage,
+    wake: QueueWaker,
+}
+
+#[async_trait]
+impl Flush for Pusher {
+    type Op = JobId;
+    type Out = ();
+    type Error = BoxDynError;
+
+    /// Writes the batch's tasks in one transaction (apalis's sink buffers
+    /// what `push_all` feeds it and flushes once), then wakes the worker. One
+    /// bad task (say, one pushed twice) fails the whole batch's transaction:
+    /// the group then pushes them one by one so the others still go in.
+    async fn flush(&self, ops: &[JobId]) -> Result<Vec<()>, BoxDynError> {
+        let mut batch = ops.to_vec();
         batch.sort();
         batch.dedup();
-        macro_rules! push_batch {
+        macro_rules! push_all {
             ($storage:expr) => {{
                 let mut s = $storage.clone();
                 let all = futures::stream::iter(batch.iter().copied().map(task_for));
-                if let Err(e) = s.push_all(all).await {
-                    // One bad task (say, one pushed twice) fails the whole batch's
-                    // transaction: push them one by one so the others still go in.
-                    tracing::debug!(error = %e, tasks = batch.len(), "batched push failed; pushing one by one");
-                    for id in &batch {
-                        if let Err(e) = s.push_task(task_for(*id)).await {
-                            tracing::warn!(job_id = %id, error = %e, "queue push failed; the reconciler will retry it");
-                        }
-                    }
-                }
+                s.push_all(all)
+                    .await
+                    .map_err(|e| Box::new(e) as BoxDynError)
             }};
         }
-        match &storage {
-            Storage::Sqlite(s) => push_batch!(s),
-            Storage::Postgres(s) => push_batch!(s),
-        }
-        batch.clear();
-        wake.wake();
+        let pushed = match &self.storage {
+            Storage::Sqlite(s) => push_all!(s),
+            Storage::Postgres(s) => push_all!(s),
+        };
+        self.wake.wake();
+        pushed.map(|()| vec![(); ops.len()])
+    }
+
+    fn lost(&self, id: &JobId, e: &BoxDynError) {
+        tracing::warn!(job_id = %id, error = %e, "queue push failed; the reconciler will retry it");
     }
 }
 

@@ -167,17 +167,6 @@ pub struct Refused {
     pub action: &'static str,
 }
 
-/// What asking to cancel a job means for it in its current state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelDecision {
-    /// Queued: it becomes `cancelled` at once.
-    CancelNow,
-    /// Running: `cancel_requested` is stored and the running attempt is told to stop.
-    Request,
-    /// Already terminal: nothing changes (409).
-    Terminal,
-}
-
 impl JobRecord {
     /// The first event of every job: `queued`, attempt 1.
     pub fn created_event(&self) -> NewEvent {
@@ -186,14 +175,6 @@ impl JobRecord {
             kind: EventKind::Status,
             data: status_data(JobStatus::Queued, self.attempt, self.created_at, None),
             at: self.created_at,
-        }
-    }
-
-    pub fn cancel_decision(&self) -> CancelDecision {
-        match self.status {
-            JobStatus::Queued => CancelDecision::CancelNow,
-            JobStatus::Running => CancelDecision::Request,
-            _ => CancelDecision::Terminal,
         }
     }
 
@@ -311,10 +292,10 @@ fn status_data(status: JobStatus, attempt: i32, at: Timestamp, error: Option<&Jo
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn job(status: JobStatus) -> JobRecord {
+    pub(crate) fn job(status: JobStatus) -> JobRecord {
         JobRecord {
             id: JobId::new(),
             tenant: String::new(),
@@ -438,22 +419,6 @@ mod tests {
         assert!(q
             .apply(&Transition::Cancel { reason: "r".into() }, Timestamp(1))
             .is_ok());
-    }
-
-    #[test]
-    fn cancel_decision_follows_status() {
-        assert_eq!(
-            job(JobStatus::Queued).cancel_decision(),
-            CancelDecision::CancelNow
-        );
-        assert_eq!(
-            job(JobStatus::Running).cancel_decision(),
-            CancelDecision::Request
-        );
-        assert_eq!(
-            job(JobStatus::Failed).cancel_decision(),
-            CancelDecision::Terminal
-        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::fields;
+use super::{fields, EventSeq, JobRecord, JobStatus, Timestamp};
 
 /// One invalid field: where it is in the request body and what is wrong.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -26,6 +26,16 @@ pub const MAX_ATTEMPTS_LIMIT: i64 = 20;
 /// One week: an attempt that needs longer is better split into several jobs.
 pub const MAX_TIMEOUT_SECS: i64 = 7 * 24 * 3600;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// What a submission did.
+#[derive(Debug)]
+pub enum Submitted {
+    Created(JobRecord),
+    /// The same idempotency key with the same request: the earlier job.
+    Existing(JobRecord),
+    /// The same idempotency key with a different request.
+    Conflict(JobRecord),
+}
 
 /// A validated submission, with defaults applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,10 +129,52 @@ impl Submission {
         }
     }
 
+    /// The job this submission creates for `tenant` at `now`: `queued`, at
+    /// its first attempt, with its first event still to append
+    /// ([`JobRecord::created_event`]).
+    pub fn new_job(&self, tenant: &str, now: Timestamp) -> JobRecord {
+        JobRecord {
+            id: self.job_id.unwrap_or_default(),
+            tenant: tenant.to_owned(),
+            kind: self.kind.clone(),
+            status: JobStatus::Queued,
+            input: self.input.clone(),
+            progress: None,
+            result: None,
+            error: None,
+            attempt: 1,
+            max_attempts: self.max_attempts,
+            timeout_secs: self.timeout_secs,
+            cancel_requested: false,
+            idempotency_key: self.idempotency_key.clone(),
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            last_seq: EventSeq(1),
+        }
+    }
+
+    /// The answer to this submission when `existing` already holds its
+    /// idempotency key: that job, if this asks for the same one, else a
+    /// conflict.
+    pub fn resubmitted(&self, existing: JobRecord) -> Submitted {
+        let same = self.same_request(
+            &existing.kind,
+            &existing.input,
+            existing.max_attempts,
+            existing.timeout_secs,
+        );
+        if same {
+            Submitted::Existing(existing)
+        } else {
+            Submitted::Conflict(existing)
+        }
+    }
+
     /// Whether `self` asks for the same job as an earlier submission with the same
     /// idempotency key: same kind, input, max_attempts and timeout_secs, compared as
     /// JSON values (so key order and `1.0` vs `1` do not matter).
-    pub fn same_request(
+    fn same_request(
         &self,
         kind: &str,
         input: &Value,
@@ -216,6 +268,66 @@ mod tests {
         assert!(!s.same_request("k", &json!({"b": [1], "a": 2}), 3, None));
         assert!(!s.same_request("k", &json!({"b": [1], "a": 1}), 4, None));
         assert!(!s.same_request("j", &json!({"b": [1], "a": 1}), 3, None));
+    }
+
+    #[test]
+    fn a_new_job_is_queued_at_its_first_attempt() {
+        let mut s = Submission::parse(
+            &json!({"kind": "k", "input": {"a": 1}, "idempotency_key": "x", "max_attempts": 5, "timeout_secs": 9}),
+            3,
+        )
+        .unwrap();
+        let id = crate::domain::JobId::new();
+        s.job_id = Some(id);
+        let job = s.new_job("acme", Timestamp(42));
+        assert_eq!(job.id, id);
+        assert_eq!((job.tenant.as_str(), job.kind.as_str()), ("acme", "k"));
+        assert_eq!(job.status, JobStatus::Queued);
+        assert_eq!(job.input, json!({"a": 1}));
+        assert_eq!((job.attempt, job.max_attempts), (1, 5));
+        assert_eq!(job.timeout_secs, Some(9));
+        assert_eq!(job.idempotency_key.as_deref(), Some("x"));
+        assert_eq!(job.created_at, Timestamp(42));
+        assert_eq!(job.last_seq, EventSeq(1));
+        assert!(!job.cancel_requested);
+        assert!(job.progress.is_none() && job.result.is_none() && job.error.is_none());
+        assert!(job.started_at.is_none() && job.finished_at.is_none());
+        assert_eq!(job.created_event().seq, EventSeq(1));
+    }
+
+    #[test]
+    fn a_job_without_an_id_gets_a_new_one() {
+        let s = Submission::parse(&json!({"kind": "k", "input": {}}), 3).unwrap();
+        assert_ne!(
+            s.new_job("", Timestamp(1)).id,
+            s.new_job("", Timestamp(1)).id
+        );
+    }
+
+    #[test]
+    fn the_same_key_answers_the_earlier_job_or_a_conflict() {
+        let first = Submission::parse(
+            &json!({"kind": "k", "input": {"a": 1}, "idempotency_key": "x"}),
+            3,
+        )
+        .unwrap()
+        .new_job("", Timestamp(1));
+        let same = Submission::parse(
+            &json!({"kind": "k", "input": {"a": 1.0}, "idempotency_key": "x"}),
+            3,
+        )
+        .unwrap();
+        assert!(
+            matches!(same.resubmitted(first.clone()), Submitted::Existing(j) if j.id == first.id)
+        );
+        let other = Submission::parse(
+            &json!({"kind": "k", "input": {"a": 2}, "idempotency_key": "x"}),
+            3,
+        )
+        .unwrap();
+        assert!(
+            matches!(other.resubmitted(first.clone()), Submitted::Conflict(j) if j.id == first.id)
+        );
     }
 
     #[test]

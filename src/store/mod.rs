@@ -1,20 +1,36 @@
 //! The store: `herald_jobs` and `herald_job_events`, the source of truth.
 //!
 //! Every change to a job and the event that records it are written in one
-//! transaction (see [`Store::apply`]), so a job's row and its event log never
+//! transaction (see [`JobStore::apply`]), so a job's row and its event log never
 //! disagree, and a crash loses nothing that was acknowledged.
+//!
+//! The store is split by concept: jobs and their events ([`JobStore`]), the
+//! feed ([`FeedStore`]), uploads and checkpoints ([`UploadStore`]), nodes and
+//! leases ([`NodeStore`]), the queue's tasks ([`TaskStore`]); [`Store`] is
+//! their sum. Each backend has a folder with a file per concept. What
+//! both backends would otherwise repeat (the new job record, the
+//! idempotency, recovery and cancel decisions) lives in `domain`; the
+//! backends keep the SQL and the row mapping.
 
-mod group;
-mod pg_batch;
+pub(crate) mod group;
 pub mod postgres;
 mod row;
 pub mod sqlite;
+mod traits;
 
-use async_trait::async_trait;
+pub use traits::{FeedStore, JobStore, NodeStore, Store, TaskStore, UploadStore};
+
+pub use crate::domain::Submitted;
 
 use crate::domain::{
-    EventKind, EventSeq, JobId, JobRecord, JobStatus, Refused, Submission, Timestamp, Transition,
+    EventKind, EventSeq, JobId, JobRecord, JobStatus, Refused, Timestamp, Transition,
 };
+
+/// The store's traits, for code that calls them on a concrete store
+/// (`SqliteStore`, `PgStore`); on an `Arc<dyn Store>` they need no import.
+pub mod prelude {
+    pub use super::{FeedStore, JobStore, NodeStore, Store, TaskStore, UploadStore};
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,16 +44,6 @@ pub enum StoreError {
     WriteFailed(String),
 }
 
-/// What a submission did.
-#[derive(Debug)]
-pub enum Submitted {
-    Created(JobRecord),
-    /// The same idempotency key with the same request: the earlier job.
-    Existing(JobRecord),
-    /// The same idempotency key with a different request.
-    Conflict(JobRecord),
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("job not found")]
@@ -47,6 +53,20 @@ pub enum ApplyError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// The batching group could not answer a write (see `group.rs`).
+impl From<group::Unanswered> for StoreError {
+    fn from(e: group::Unanswered) -> Self {
+        match e {
+            group::Unanswered::Stopped => {
+                StoreError::Corrupt("the store's writer task has stopped".to_owned())
+            }
+            group::Unanswered::Miscounted { .. } => StoreError::WriteFailed(e.to_string()),
+        }
+    }
+}
+
+impl group::BatchError for StoreError {}
 
 impl From<sqlx::Error> for ApplyError {
     fn from(e: sqlx::Error) -> Self {
@@ -140,127 +160,12 @@ pub struct Recovered {
     pub failed: Vec<JobId>,
 }
 
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Inserts the job and its first event (`queued`), or finds the earlier job
-    /// with the same idempotency key.
-    async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError>;
-
-    async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
-
-    async fn list(&self, q: &ListQuery) -> Result<Vec<JobRecord>, StoreError>;
-
-    /// Applies one transition and appends its event, in one transaction.
-    async fn apply(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError>;
-
-    /// Like [`Store::apply`], starting from `known`, the job as the caller last
-    /// saw it (a runner knows its running job). The write is conditional on the
-    /// job not having changed since; if it has, the store reads it afresh.
-    async fn apply_known(&self, known: &JobRecord, t: &Transition)
-        -> Result<JobRecord, ApplyError>;
-
-    /// [`Store::apply_known`] for a runner's last write of a job (its outcome,
-    /// or its return to the queue at shutdown), which also deletes the job's
-    /// spent queue task once the write has landed. A store may do both in one
-    /// commit.
-    async fn apply_final(
-        &self,
-        known: &JobRecord,
-        t: &Transition,
-    ) -> Result<JobRecord, ApplyError> {
-        let job = self.apply_known(known, t).await?;
-        self.delete_task(known.id).await?;
-        Ok(job)
+impl Recovered {
+    /// Counts job `id` as recovered by `t` (see [`JobRecord::interrupted`]).
+    pub(crate) fn record(&mut self, id: JobId, t: &Transition) {
+        match t {
+            Transition::Retry(_) => self.requeued.push(id),
+            _ => self.failed.push(id),
+        }
     }
-
-    /// Cancels a queued job at once, or marks a running one `cancel_requested`.
-    async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError>;
-
-    /// Events with `seq > after`, in order, at most `limit`.
-    async fn events_after(
-        &self,
-        id: JobId,
-        after: EventSeq,
-        limit: i64,
-    ) -> Result<Vec<StoredEvent>, StoreError>;
-
-    /// At start-up: jobs left `running` by a process that is gone go back to
-    /// `queued` with the next attempt, or fail when that was their last.
-    async fn recover_interrupted(&self) -> Result<Recovered, StoreError>;
-
-    /// Queued jobs whose queue task is missing or finished, so the reconciler can
-    /// push them again. With `startup`, a task still marked as fetched or running
-    /// counts as stale too (the process that held it is gone).
-    async fn queued_without_task(
-        &self,
-        startup: bool,
-        older_than: Timestamp,
-        limit: i64,
-    ) -> Result<Vec<JobId>, StoreError>;
-
-    /// Removes the job's queue task: a stale one before pushing it again under the
-    /// same id, or a spent one once the runner is done with the job.
-    async fn delete_task(&self, id: JobId) -> Result<(), StoreError>;
-
-    /// Deletes up to `limit` terminal jobs that finished before `before`, with
-    /// their events and any queue task left; returns how many.
-    async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError>;
-
-    /// How many jobs are queued, and when the oldest of them was created.
-    async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError>;
-
-    /// Readiness: can the store answer a trivial query?
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Records that this node is alive; nodes that run jobs call it every
-    /// third of the lease. On SQLite (one process) there is nothing to record.
-    async fn heartbeat(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    /// Removes this node's liveness record at a clean shutdown, so what it
-    /// leaves running is taken over at once rather than after the lease.
-    async fn leave(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    /// Jobs running on nodes whose lease ran out: the next attempt, or failed
-    /// after their last. On SQLite one process runs everything, and start-up
-    /// recovery covers it.
-    async fn recover_expired(&self) -> Result<Recovered, StoreError> {
-        Ok(Recovered::default())
-    }
-
-    /// Which of these jobs have a cancel request stored (the periodic backup
-    /// for a cancel notification that another node sent and this one missed).
-    async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError>;
-
-    /// The feed's events after `after`, in feed order, at most `limit`.
-    async fn feed_after(
-        &self,
-        filter: &FeedFilter,
-        after: FeedCursor,
-        limit: i64,
-    ) -> Result<Vec<FeedEvent>, StoreError>;
-
-    /// The feed's current end: a feed that starts "from now" starts after it.
-    async fn feed_head(&self) -> Result<FeedCursor, StoreError>;
-
-    /// Stores chunk `n` of the file uploaded for job `id` (not yet created).
-    async fn put_upload_chunk(&self, id: JobId, n: i64, data: &[u8]) -> Result<(), StoreError>;
-
-    /// Chunk `n` of job `id`'s upload, if there is one.
-    async fn upload_chunk(&self, id: JobId, n: i64) -> Result<Option<Vec<u8>>, StoreError>;
-
-    /// Deletes job `id`'s upload (a refused or failed upload).
-    async fn delete_upload(&self, id: JobId) -> Result<(), StoreError>;
-
-    /// Deletes the chunks stored before `before` whose job does not exist
-    /// (an upload cut off by a stopped process).
-    async fn purge_orphan_uploads(&self, before: Timestamp) -> Result<(), StoreError>;
-
-    /// Records where the job's work stands, for a later attempt to resume.
-    async fn set_checkpoint(&self, id: JobId, checkpoint: &str) -> Result<(), StoreError>;
-
-    async fn checkpoint(&self, id: JobId) -> Result<Option<String>, StoreError>;
 }

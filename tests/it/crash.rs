@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use herald::domain::{EventSeq, JobId};
 use herald::store::sqlite::{self, SqliteStore};
-use herald::store::Store;
+use herald::store::JobStore;
 use serde_json::{json, Value};
 
 use crate::common::{assert_gapless, statuses, HeraldProcess};

@@ -1,17 +1,17 @@
-//! PostgreSQL's batched writes (see [`super::group`]): new jobs, and the
-//! transitions of running jobs with the deletion of spent queue tasks. Each
-//! batch is one statement over arrays, so it is atomic on its own and commits
-//! once.
+//! PostgreSQL's batched statements (see [`crate::store::group`]): new jobs,
+//! the transitions of running jobs with the deletion of spent queue tasks,
+//! and reads of jobs by id. Each batch is one statement over arrays, so it is
+//! atomic on its own and commits once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
-use super::group::Flush;
-use super::row::to_json;
-use crate::domain::{EventSeq, JobRecord, NewEvent};
+use crate::domain::{EventSeq, JobId, JobRecord, NewEvent};
+use crate::store::group::Flush;
+use crate::store::row::{to_json, JobRow};
 
 /// A write of a running job.
 pub(super) enum Write {
@@ -76,6 +76,7 @@ pub(super) struct Writes {
 impl Flush for Writes {
     type Op = Write;
     type Out = bool;
+    type Error = sqlx::Error;
 
     fn key(op: &Write) -> Option<String> {
         match op {
@@ -239,6 +240,7 @@ pub(super) struct Submits {
 impl Flush for Submits {
     type Op = NewJob;
     type Out = bool;
+    type Error = sqlx::Error;
 
     /// Two submissions with one idempotency key go in different batches, so
     /// the second finds the first committed.
@@ -320,5 +322,34 @@ impl Flush for Submits {
         .into_iter()
         .collect();
         Ok(ops.iter().map(|op| inserted.contains(&op.id)).collect())
+    }
+}
+
+/// Reads jobs by id, in batches (see [`crate::store::group`]).
+pub(super) struct Reads {
+    pub pool: PgPool,
+}
+
+#[async_trait]
+impl Flush for Reads {
+    type Op = JobId;
+    type Out = Option<JobRow>;
+    type Error = sqlx::Error;
+
+    async fn flush(&self, ops: &[JobId]) -> Result<Vec<Option<JobRow>>, sqlx::Error> {
+        let ids: Vec<Uuid> = ops.iter().map(|id| id.0).collect();
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM herald_jobs WHERE id = ANY($1)"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let by_id: HashMap<String, JobRow> = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+        Ok(ops
+            .iter()
+            .map(|id| by_id.get(&id.to_string()).cloned())
+            .collect())
     }
 }

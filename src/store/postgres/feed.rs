@@ -1,0 +1,104 @@
+//! The feed: every job's events in (appending transaction, event id) order.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::PgStore;
+use crate::domain::JobId;
+use crate::store::{FeedCursor, FeedEvent, FeedFilter, FeedStore, StoreError, StoredEvent};
+
+/// `horizon.h`: every event with a smaller transaction id is final.
+///
+/// Start from the statement's snapshot: a transaction id below its `xmin` has
+/// finished, and one in its in-progress list (`xip`) may still commit. But
+/// those lists span the whole server, and a transaction in another database
+/// cannot write our tables; left in, any long transaction anywhere on the
+/// server (another application, another herald database) would hold the feed
+/// back. So an in-progress id is skipped when `pg_stat_activity` shows it
+/// belongs to a backend connected to another database. Only that positive
+/// proof skips one: a transaction that ended between the snapshot and the
+/// read of `pg_stat_activity`, or whose backend this role may not see, still
+/// counts, which only delays the feed until the next read. The horizon is the
+/// smallest id still counted, or the snapshot's `xmax` when none is.
+/// (`backend_xid` is a 32-bit xid; `xip` holds 64-bit ones: compared on the
+/// low 32 bits, which are unique among running transactions.)
+macro_rules! feed_horizon {
+    () => {
+        "WITH snap AS (SELECT pg_current_snapshot() AS s), \
+         horizon AS (SELECT coalesce( \
+           (SELECT min(x) FROM snap, pg_snapshot_xip(snap.s) AS x \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a \
+               WHERE a.datname IS NOT NULL AND a.datname <> current_database() \
+                 AND a.backend_xid IS NOT NULL \
+                 AND a.backend_xid::text::bigint = x::text::bigint % 4294967296)), \
+           (SELECT pg_snapshot_xmax(s) FROM snap)) AS h) "
+    };
+}
+
+#[async_trait]
+impl FeedStore for PgStore {
+    /// The feed in (appending transaction id, event id) order, and only below
+    /// the oldest transaction still running that could write to this database.
+    ///
+    /// Why not `id > cursor`: ids come from a sequence when the row is
+    /// inserted, but transactions commit in any order, so event 41 can become
+    /// visible after event 42 was read; a reader that moved its cursor to 42
+    /// would never see 41. Here a transaction with an id below the snapshot's
+    /// `xmin` has finished, so the events at or below it are final: nothing
+    /// can still appear among them. Everything appended later has a
+    /// transaction id at or above that `xmin`, so it sorts after any cursor
+    /// already handed out. The cost: an event waits for every older
+    /// transaction that may write here to end (a long one holds the feed
+    /// back; it never makes it skip). Transactions of other databases on the
+    /// same server are left out of that wait, when they can be proven to be
+    /// elsewhere (see `feed_horizon!`).
+    async fn feed_after(
+        &self,
+        filter: &FeedFilter,
+        after: FeedCursor,
+        limit: i64,
+    ) -> Result<Vec<FeedEvent>, StoreError> {
+        let jobs: Option<Vec<Uuid>> = filter
+            .jobs
+            .as_ref()
+            .map(|ids| ids.iter().map(|id| id.0).collect());
+        let rows: Vec<(i64, i64, Uuid, i64, String, String, i64)> = sqlx::query_as(concat!(
+            feed_horizon!(),
+            "SELECT e.txid::text::bigint, e.id, e.job_id, e.seq, e.event, e.data, e.at \
+             FROM herald_job_events e JOIN herald_jobs j ON j.id = e.job_id, horizon \
+             WHERE (e.txid, e.id) > ($1::text::xid8, $2) \
+               AND e.txid < horizon.h \
+               AND j.tenant = $3 AND ($4::text IS NULL OR j.kind = $4) \
+               AND ($5::uuid[] IS NULL OR e.job_id = ANY($5)) \
+             ORDER BY e.txid, e.id LIMIT $6"
+        ))
+        .bind(after.tx.to_string())
+        .bind(after.id)
+        .bind(&filter.tenant)
+        .bind(filter.kind.as_deref())
+        .bind(jobs)
+        .bind(limit)
+        .fetch_all(&self.pools.main)
+        .await?;
+        rows.into_iter()
+            .map(|(tx, id, job_id, seq, event, data, at)| {
+                Ok(FeedEvent {
+                    cursor: FeedCursor { tx, id },
+                    job_id: JobId(job_id),
+                    event: StoredEvent::try_from((seq, event, data, at))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
+        let head: Option<(i64, i64)> = sqlx::query_as(concat!(
+            feed_horizon!(),
+            "SELECT e.txid::text::bigint, e.id FROM herald_job_events e, horizon \
+             WHERE e.txid < horizon.h ORDER BY e.txid DESC, e.id DESC LIMIT 1"
+        ))
+        .fetch_optional(&self.pools.main)
+        .await?;
+        Ok(head.map_or(FeedCursor::default(), |(tx, id)| FeedCursor { tx, id }))
+    }
+}

@@ -1,0 +1,72 @@
+//! The notifier: `herald_events` notifications for committed events, sent
+//! outside the events' transactions (`mod.rs` says why).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgPool;
+
+use crate::domain::JobId;
+use crate::store::group::{Batching, Flush, Group};
+
+/// Sends `herald_events` notifications for committed events, batched: all
+/// the ids waiting when it gets to run go out in one notify-only transaction
+/// (one notify per distinct job).
+#[derive(Clone, Debug)]
+pub(super) struct Notifier(Group<Notify>);
+
+/// The most ids one notify transaction carries.
+const NOTIFY_BATCH: usize = 512;
+/// How long the notifier gathers ids before it sends them: what a stream on
+/// another node may wait beyond the commit.
+const NOTIFY_LINGER: Duration = Duration::from_millis(1);
+
+impl Notifier {
+    pub(super) fn start(pool: PgPool) -> Notifier {
+        Notifier(Group::start(
+            Notify { pool },
+            Batching {
+                max_batch: NOTIFY_BATCH,
+                // A moment more to gather: sending as soon as one id was
+                // there made it one notify transaction per event under load.
+                linger: Some(NOTIFY_LINGER),
+                ..Batching::default()
+            },
+        ))
+    }
+
+    /// The job has a new committed event. Nobody waits for the notification.
+    pub(super) async fn committed(&self, id: JobId) {
+        let _ = self.0.send(id).await;
+    }
+}
+
+struct Notify {
+    pool: PgPool,
+}
+
+#[async_trait]
+impl Flush for Notify {
+    type Op = JobId;
+    type Out = ();
+    type Error = sqlx::Error;
+
+    /// Never fails as a batch: notifying the jobs one by one after a failed
+    /// notify would only fail again, and nothing is lost meanwhile.
+    async fn flush(&self, ops: &[JobId]) -> Result<Vec<()>, sqlx::Error> {
+        let mut batch = ops.to_vec();
+        batch.sort();
+        batch.dedup();
+        let ids: Vec<String> = batch.iter().map(|id| id.to_string()).collect();
+        let sent =
+            sqlx::query("SELECT pg_notify('herald_events', id) FROM unnest($1::text[]) AS id")
+                .bind(&ids)
+                .execute(&self.pool)
+                .await;
+        if let Err(e) = sent {
+            // Other nodes' streams catch up at the listener's periodic wake-up.
+            tracing::warn!(error = %e, jobs = ids.len(), "event notification failed");
+        }
+        Ok(vec![(); ops.len()])
+    }
+}

@@ -1,0 +1,139 @@
+//! The SQLite store: one file, WAL journal.
+//!
+//! Durability: `synchronous=NORMAL` in WAL mode. A committed transaction survives
+//! a killed process (the WAL is written before commit returns); only an OS crash or
+//! power loss can take the last few commits, which DESIGN.md accepts. FULL would
+//! cost an fsync per commit (~1,700 commits/s here instead of ~48,000). apalis's
+//! own `setup()` sets `synchronous=OFF` on the connection it uses, so we never call
+//! it: we run apalis's migrations ourselves on connections that keep NORMAL.
+//!
+//! Here: the pools, `connect`, `migrate` and [`SqliteStore`]. Every write goes
+//! through one writer task (`writer.rs`, group commit), which runs the job
+//! writes of `writes.rs` and the others' next to their reads: `jobs.rs`,
+//! `feed.rs`, `uploads.rs` (and checkpoints), `nodes.rs` (readiness and
+//! start-up recovery), `tasks.rs` (apalis's task rows).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use super::group::Group;
+use super::StoreError;
+use uploads::UnitWrite;
+use writer::{Answer, WriteOp, Writer};
+
+/// The columns `JobRow` reads, as a macro so queries stay `&'static str`
+/// (sqlx 0.9 refuses SQL built at run time unless it is asserted safe).
+macro_rules! job_columns {
+    () => {
+        "id, tenant, kind, status, input, progress, result, error, attempt, max_attempts, \
+         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq"
+    };
+}
+
+mod feed;
+mod jobs;
+mod nodes;
+mod tasks;
+mod uploads;
+mod writer;
+mod writes;
+
+/// The pools over one database file.
+///
+/// SQLite has one write lock. Several connections that contend for it wait in
+/// SQLite's busy handler, which sleeps in growing steps (up to 100 ms): under
+/// load that turned into 100+ ms stalls and 160 jobs/s. So all of herald's
+/// writes go through `writer`, a single connection driven by one task (group
+/// commit, below). apalis gets `queue`, its own: at shutdown it can park a
+/// fetch that holds a pool permit without polling it again, which on a shared
+/// one-connection pool starved herald's writer. Reads run on `reader`
+/// connections in parallel (WAL lets them see the last commit during a write).
+#[derive(Clone, Debug)]
+pub struct Pools {
+    pub writer: SqlitePool,
+    pub queue: SqlitePool,
+    pub reader: SqlitePool,
+}
+
+/// Opens (creating if missing) the database file with herald's settings.
+pub async fn connect(url: &str) -> Result<Pools, StoreError> {
+    let opts = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        // Another process on the same file (a second herald by mistake, a
+        // backup tool) can still hold the lock for a moment.
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts.clone())
+        .await?;
+    let queue = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts.clone())
+        .await?;
+    let reader = SqlitePoolOptions::new()
+        .max_connections(4)
+        .min_connections(1)
+        .connect_with(opts)
+        .await?;
+    Ok(Pools {
+        writer,
+        queue,
+        reader,
+    })
+}
+
+/// Runs herald's migrations (tracked in `herald_migrations`) and apalis's (in
+/// `_sqlx_migrations`, its default): two migrators on one table refuse to start.
+pub async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    let mut ours = sqlx::migrate!("./migrations/sqlite");
+    ours.dangerous_set_table_name("herald_migrations");
+    ours.run(pool).await?;
+    apalis_sqlite::SqliteStorage::migrations().run(pool).await?;
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pools: Pools,
+    writer: Group<Writer>,
+}
+
+impl SqliteStore {
+    /// Starts the store's writer task (so: call it inside a tokio runtime).
+    pub fn new(pools: Pools) -> Self {
+        let writer = writer::start(pools.writer.clone());
+        SqliteStore { pools, writer }
+    }
+
+    /// Runs `op` on the writer and answers once its batch has committed.
+    async fn write(&self, op: WriteOp) -> Result<Answer, StoreError> {
+        self.writer.run(op).await
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    async fn unit(&self, write: UnitWrite) -> Result<(), StoreError> {
+        self.write(WriteOp::Unit(write)).await?.done()
+    }
+
+    /// `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction
+    /// that reads first and writes later fails with SQLITE_BUSY when another
+    /// writer commits in between, and busy_timeout cannot help it.
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.pools.writer.begin_with("BEGIN IMMEDIATE").await
+    }
+}

@@ -1,0 +1,191 @@
+//! Group commit on SQLite's one write connection: every write of the store
+//! goes through the writer (a [`Group`] with one writer task).
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqlitePool;
+
+use super::tasks::delete_task_in;
+use super::uploads::{unit_write, UnitWrite};
+use super::writes::{apply_in, apply_known_in, cancel_in, purge_in, submit_in};
+use crate::domain::{JobId, JobRecord, Submission, Timestamp, Transition};
+use crate::store::group::{Batching, Flush, Group};
+use crate::store::{ApplyError, CancelOutcome, StoreError, Submitted};
+
+/// A write for the writer task.
+pub(super) enum WriteOp {
+    Submit {
+        tenant: String,
+        sub: Submission,
+    },
+    Apply {
+        id: JobId,
+        t: Transition,
+        known: Option<Box<JobRecord>>,
+    },
+    Cancel {
+        id: JobId,
+        reason: String,
+    },
+    DeleteTask(JobId),
+    Purge {
+        before: Timestamp,
+        limit: i64,
+    },
+    /// Upload chunks and checkpoints: writes that answer nothing but success.
+    Unit(UnitWrite),
+}
+
+/// The outcome of one op, sent once its batch has committed.
+pub(super) enum Answer {
+    Submitted(Result<Submitted, StoreError>),
+    Applied(Result<JobRecord, ApplyError>),
+    Cancel(Result<CancelOutcome, StoreError>),
+    Purged(Result<usize, StoreError>),
+    Done(Result<(), StoreError>),
+}
+
+impl Answer {
+    /// The op, answered with `msg` as an error: nothing of it was written.
+    fn failed(op: &WriteOp, msg: &str) -> Answer {
+        let e = || StoreError::WriteFailed(msg.to_owned());
+        match op {
+            WriteOp::Submit { .. } => Answer::Submitted(Err(e())),
+            WriteOp::Apply { .. } => Answer::Applied(Err(ApplyError::Store(e()))),
+            WriteOp::Cancel { .. } => Answer::Cancel(Err(e())),
+            WriteOp::Purge { .. } => Answer::Purged(Err(e())),
+            WriteOp::DeleteTask(_) | WriteOp::Unit(_) => Answer::Done(Err(e())),
+        }
+    }
+
+    /// Replaces a success by `msg` (the commit failed: nothing was written).
+    fn fail(self, msg: &str) -> Answer {
+        let e = || StoreError::WriteFailed(msg.to_owned());
+        match self {
+            Answer::Submitted(Ok(_)) => Answer::Submitted(Err(e())),
+            Answer::Applied(Ok(_)) => Answer::Applied(Err(ApplyError::Store(e()))),
+            Answer::Cancel(Ok(_)) => Answer::Cancel(Err(e())),
+            Answer::Purged(Ok(_)) => Answer::Purged(Err(e())),
+            Answer::Done(Ok(_)) => Answer::Done(Err(e())),
+            other => other,
+        }
+    }
+
+    pub(super) fn submitted(self) -> Result<Submitted, StoreError> {
+        match self {
+            Answer::Submitted(r) => r,
+            _ => Err(mismatch()),
+        }
+    }
+
+    pub(super) fn applied(self) -> Result<JobRecord, ApplyError> {
+        match self {
+            Answer::Applied(r) => r,
+            _ => Err(mismatch().into()),
+        }
+    }
+
+    pub(super) fn cancel(self) -> Result<CancelOutcome, StoreError> {
+        match self {
+            Answer::Cancel(r) => r,
+            _ => Err(mismatch()),
+        }
+    }
+
+    pub(super) fn purged(self) -> Result<usize, StoreError> {
+        match self {
+            Answer::Purged(r) => r,
+            _ => Err(mismatch()),
+        }
+    }
+
+    pub(super) fn done(self) -> Result<(), StoreError> {
+        match self {
+            Answer::Done(r) => r,
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+/// The writer answers each op after its own kind (`Answer::failed` and
+/// `write` keep to that); this says so if it ever did not.
+fn mismatch() -> StoreError {
+    StoreError::Corrupt("the store's writer answered a different kind of write".to_owned())
+}
+
+/// The most writes one transaction carries.
+const MAX_BATCH: usize = 256;
+
+/// Starts the writer task (so: call it inside a tokio runtime). One writer,
+/// since SQLite has one write lock; senders wait once `4 * MAX_BATCH` writes
+/// are queued.
+pub(super) fn start(pool: SqlitePool) -> Group<Writer> {
+    Group::start(
+        Writer { pool },
+        Batching {
+            writers: 1,
+            max_batch: MAX_BATCH,
+            capacity: Some(4 * MAX_BATCH),
+            linger: None,
+        },
+    )
+}
+
+pub(super) struct Writer {
+    pool: SqlitePool,
+}
+
+/// Group commit: takes every write that is waiting, runs them in one
+/// transaction (each sees the ones before it), commits, and only then answers
+/// them, so an acknowledged write is a committed one. One commit per batch
+/// instead of per write, and the writes run here rather than in their callers,
+/// so a caller that gives up (a dropped future) never leaves half a write.
+#[async_trait]
+impl Flush for Writer {
+    type Op = WriteOp;
+    type Out = Answer;
+    type Error = StoreError;
+
+    /// Never fails as a batch: an op's own failure is its answer, and when
+    /// the transaction cannot begin or commit, every op is answered with
+    /// that. The group's one-by-one retry would only repeat it: with one
+    /// writer on one file, what fails a transaction is the file's state (the
+    /// lock held elsewhere past the busy timeout, a full disk), not one op.
+    async fn flush(&self, ops: &[WriteOp]) -> Result<Vec<Answer>, StoreError> {
+        let mut tx = match self.pool.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::error!(error = %e, "could not begin a write transaction");
+                let msg = format!("could not begin a transaction: {e}");
+                return Ok(ops.iter().map(|op| Answer::failed(op, &msg)).collect());
+            }
+        };
+        let mut done = Vec::with_capacity(ops.len());
+        for op in ops {
+            done.push(match op {
+                WriteOp::Submit { tenant, sub } => {
+                    Answer::Submitted(submit_in(&mut tx, tenant, sub).await)
+                }
+                WriteOp::Apply { id, t, known } => Answer::Applied(match known {
+                    Some(job) => apply_known_in(&mut tx, job, t).await,
+                    None => apply_in(&mut tx, *id, t).await,
+                }),
+                WriteOp::Cancel { id, reason } => {
+                    Answer::Cancel(cancel_in(&mut tx, *id, reason).await)
+                }
+                WriteOp::DeleteTask(id) => Answer::Done(delete_task_in(&mut tx, *id).await),
+                WriteOp::Purge { before, limit } => {
+                    Answer::Purged(purge_in(&mut tx, *before, *limit).await)
+                }
+                WriteOp::Unit(write) => Answer::Done(unit_write(&mut tx, write).await),
+            });
+        }
+        match tx.commit().await {
+            Ok(()) => Ok(done),
+            Err(e) => {
+                tracing::error!(error = %e, writes = done.len(), "write batch failed to commit");
+                let msg = format!("the commit failed: {e}");
+                Ok(done.into_iter().map(|d| d.fail(&msg)).collect())
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The job writes the writer task runs, each inside the batch's transaction
+//! (so each sees the writes before it): a new job, a transition, a cancel
+//! request, the retention sweep.
+
+use sqlx::{Sqlite, Transaction};
+
+use crate::domain::{
+    CancelDecision, EventSeq, JobId, JobRecord, NewEvent, Submission, Timestamp, Transition,
+};
+use crate::store::row::{to_json, JobRow};
+use crate::store::{ApplyError, CancelOutcome, StoreError, Submitted};
+
+/// Writes a transition's new job state and its event in one round trip to the
+/// connection's thread: sqlx runs the statements of one query in turn and binds
+/// `?NNN` across all of them. `cancel_requested` is not written: only a cancel
+/// request sets it.
+///
+/// With `if_seq`, the write happens only while the job's `last_seq` is still
+/// that (the event insert is conditional on the update through `changes()`),
+/// and `Ok(false)` says it had moved on.
+pub(super) async fn write_transition(
+    tx: &mut Transaction<'static, Sqlite>,
+    job: &JobRecord,
+    ev: &NewEvent,
+    if_seq: Option<EventSeq>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE herald_jobs SET status = ?2, progress = ?3, result = ?4, error = ?5, attempt = ?6, \
+         started_at = ?7, finished_at = ?8, last_seq = ?9, updated_at = ?10 \
+         WHERE id = ?1 AND (?13 IS NULL OR last_seq = ?13); \
+         INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+         SELECT ?1, ?9, ?11, ?12, ?10 WHERE changes() = 1;",
+    )
+    .bind(job.id.to_string())
+    .bind(job.status.as_str())
+    .bind(to_json(&job.progress))
+    .bind(to_json(&job.result))
+    .bind(to_json(&job.error))
+    .bind(job.attempt)
+    .bind(job.started_at.map(|t| t.0))
+    .bind(job.finished_at.map(|t| t.0))
+    .bind(ev.seq.0)
+    .bind(ev.at.0)
+    .bind(ev.kind.as_str())
+    .bind(&ev.data)
+    .bind(if_seq.map(|s| s.0))
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 && if_seq.is_some() {
+        return Ok(false);
+    }
+    if done.rows_affected() != 2 {
+        return Err(sqlx::Error::Protocol(format!(
+            "transition of job {} wrote {} rows instead of 2",
+            job.id,
+            done.rows_affected()
+        )));
+    }
+    Ok(true)
+}
+
+pub(super) async fn fetch_job(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: JobId,
+) -> Result<Option<JobRecord>, StoreError> {
+    let row: Option<JobRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM herald_jobs WHERE id = ?1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(JobRecord::try_from).transpose()
+}
+
+/// Applies `t` inside an open write transaction.
+pub(super) async fn apply_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: JobId,
+    t: &Transition,
+) -> Result<JobRecord, ApplyError> {
+    let job = fetch_job(tx, id).await?.ok_or(ApplyError::NotFound)?;
+    let now = Timestamp::now();
+    let (next, ev) = job.apply(t, now)?;
+    write_transition(tx, &next, &ev, None).await?;
+    Ok(next)
+}
+
+/// Applies `t` to `known` without reading the job first, unless it turns out
+/// to have changed since the caller saw it.
+pub(super) async fn apply_known_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    known: &JobRecord,
+    t: &Transition,
+) -> Result<JobRecord, ApplyError> {
+    let now = Timestamp::now();
+    if let Ok((next, ev)) = known.apply(t, now) {
+        if write_transition(tx, &next, &ev, Some(known.last_seq)).await? {
+            return Ok(next);
+        }
+    }
+    apply_in(tx, known.id, t).await
+}
+
+pub(super) async fn submit_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    tenant: &str,
+    sub: &Submission,
+) -> Result<Submitted, StoreError> {
+    if let Some(key) = &sub.idempotency_key {
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM herald_jobs WHERE tenant = ?1 AND idempotency_key = ?2"
+        ))
+        .bind(tenant)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = row {
+            return Ok(sub.resubmitted(JobRecord::try_from(row)?));
+        }
+    }
+    let job = sub.new_job(tenant, Timestamp::now());
+    let first = job.created_event();
+    sqlx::query(
+        "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
+         timeout_secs, idempotency_key, created_at, updated_at, last_seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12); \
+         INSERT INTO herald_job_events (job_id, seq, event, data, at) VALUES (?1, ?12, ?13, ?14, ?11);",
+    )
+    .bind(job.id.to_string())
+    .bind(job.id.task_id().to_string())
+    .bind(&job.tenant)
+    .bind(&job.kind)
+    .bind(job.status.as_str())
+    .bind(serde_json::to_string(&job.input).expect("JSON values serialize"))
+    .bind(job.attempt)
+    .bind(job.max_attempts)
+    .bind(job.timeout_secs)
+    .bind(&job.idempotency_key)
+    .bind(job.created_at.0)
+    .bind(first.seq.0)
+    .bind(first.kind.as_str())
+    .bind(&first.data)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Submitted::Created(job))
+}
+
+pub(super) async fn cancel_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: JobId,
+    reason: &str,
+) -> Result<CancelOutcome, StoreError> {
+    let Some(job) = fetch_job(tx, id).await? else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    let outcome = match job.cancel(reason, Timestamp::now()) {
+        CancelDecision::Terminal => CancelOutcome::Terminal(job),
+        CancelDecision::CancelNow(next, ev) => {
+            write_transition(tx, &next, &ev, None).await?;
+            CancelOutcome::CancelledNow(next)
+        }
+        CancelDecision::Request(requested) => {
+            sqlx::query(
+                "UPDATE herald_jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1",
+            )
+            .bind(id.to_string())
+            .bind(Timestamp::now().0)
+            .execute(&mut **tx)
+            .await?;
+            CancelOutcome::Requested(requested)
+        }
+    };
+    Ok(outcome)
+}
+
+/// Deletes the oldest terminal jobs finished before `before` (events follow by
+/// ON DELETE CASCADE), and their queue tasks if any are left.
+pub(super) async fn purge_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    before: Timestamp,
+    limit: i64,
+) -> Result<usize, StoreError> {
+    let ids: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, task_id FROM herald_jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 \
+         AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?2",
+    )
+    .bind(before.0)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (id, task_id) in &ids {
+        sqlx::query(
+            "DELETE FROM Jobs WHERE id = ?2; DELETE FROM herald_upload_chunks WHERE job_id = ?1; \
+             DELETE FROM herald_jobs WHERE id = ?1;",
+        )
+        .bind(id)
+        .bind(task_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(ids.len())
+}

@@ -1,0 +1,160 @@
+//! What the store does, one trait per concept. [`Store`] is their sum, so an
+//! `Arc<dyn Store>` serves every caller, and its methods need no import (a
+//! trait object has its supertraits' methods); code that holds a concrete
+//! store imports the traits it calls (`crate::store::prelude`).
+
+use async_trait::async_trait;
+
+use super::{
+    ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered, StoreError,
+    StoredEvent, Submitted,
+};
+use crate::domain::{EventSeq, JobId, JobRecord, Submission, Timestamp, Transition};
+
+/// Jobs and their events: every change to a job and the event that records
+/// it are written in one transaction, so a job's row and its event log never
+/// disagree.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Inserts the job and its first event (`queued`), or finds the earlier job
+    /// with the same idempotency key.
+    async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError>;
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Applies one transition and appends its event, in one transaction.
+    async fn apply(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError>;
+
+    /// Like [`JobStore::apply`], starting from `known`, the job as the caller
+    /// last saw it (a runner knows its running job). The write is conditional
+    /// on the job not having changed since; if it has, the store reads it
+    /// afresh.
+    async fn apply_known(&self, known: &JobRecord, t: &Transition)
+        -> Result<JobRecord, ApplyError>;
+
+    /// [`JobStore::apply_known`] for a runner's last write of a job (its
+    /// outcome, or its return to the queue at shutdown), which also deletes
+    /// the job's spent queue task once the write has landed. A store may do
+    /// both in one commit.
+    async fn apply_final(&self, known: &JobRecord, t: &Transition)
+        -> Result<JobRecord, ApplyError>;
+
+    /// Cancels a queued job at once, or marks a running one `cancel_requested`.
+    async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError>;
+
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events_after(
+        &self,
+        id: JobId,
+        after: EventSeq,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Which of these jobs have a cancel request stored (the periodic backup
+    /// for a cancel notification that another node sent and this one missed).
+    async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError>;
+
+    /// Deletes up to `limit` terminal jobs that finished before `before`, with
+    /// their events and any queue task left; returns how many.
+    async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError>;
+}
+
+/// The multiplexed feed: every job's events in one order, for
+/// `GET /v1/events`.
+#[async_trait]
+pub trait FeedStore: Send + Sync + 'static {
+    /// The feed's events after `after`, in feed order, at most `limit`.
+    async fn feed_after(
+        &self,
+        filter: &FeedFilter,
+        after: FeedCursor,
+        limit: i64,
+    ) -> Result<Vec<FeedEvent>, StoreError>;
+
+    /// The feed's current end: a feed that starts "from now" starts after it.
+    async fn feed_head(&self) -> Result<FeedCursor, StoreError>;
+}
+
+/// What a job keeps beside its row for its handler: the file uploaded with
+/// it (stored in chunks before the job exists), and its checkpoint (where
+/// its work stands, for a later attempt to resume).
+#[async_trait]
+pub trait UploadStore: Send + Sync + 'static {
+    /// Stores chunk `n` of the file uploaded for job `id` (not yet created).
+    async fn put_upload_chunk(&self, id: JobId, n: i64, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Chunk `n` of job `id`'s upload, if there is one.
+    async fn upload_chunk(&self, id: JobId, n: i64) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Deletes job `id`'s upload (a refused or failed upload).
+    async fn delete_upload(&self, id: JobId) -> Result<(), StoreError>;
+
+    /// Deletes the chunks stored before `before` whose job does not exist
+    /// (an upload cut off by a stopped process).
+    async fn purge_orphan_uploads(&self, before: Timestamp) -> Result<(), StoreError>;
+
+    /// Records where the job's work stands, for a later attempt to resume.
+    async fn set_checkpoint(&self, id: JobId, checkpoint: &str) -> Result<(), StoreError>;
+
+    async fn checkpoint(&self, id: JobId) -> Result<Option<String>, StoreError>;
+}
+
+/// Nodes and their leases: which node is alive, and what becomes of the jobs
+/// a node left running when it stopped.
+#[async_trait]
+pub trait NodeStore: Send + Sync + 'static {
+    /// Readiness: can the store answer a trivial query?
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records that this node is alive; nodes that run jobs call it every
+    /// third of the lease. On SQLite (one process) there is nothing to record.
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Removes this node's liveness record at a clean shutdown, so what it
+    /// leaves running is taken over at once rather than after the lease.
+    async fn leave(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// At start-up: jobs left `running` by a process that is gone go back to
+    /// `queued` with the next attempt, or fail when that was their last.
+    async fn recover_interrupted(&self) -> Result<Recovered, StoreError>;
+
+    /// Jobs running on nodes whose lease ran out: the next attempt, or failed
+    /// after their last. On SQLite one process runs everything, and start-up
+    /// recovery covers it.
+    async fn recover_expired(&self) -> Result<Recovered, StoreError> {
+        Ok(Recovered::default())
+    }
+}
+
+/// The queue's tasks (apalis's own table) as herald sees them.
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Queued jobs whose queue task is missing or finished, so the reconciler can
+    /// push them again. With `startup`, a task still marked as fetched or running
+    /// counts as stale too (the process that held it is gone).
+    async fn queued_without_task(
+        &self,
+        startup: bool,
+        older_than: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<JobId>, StoreError>;
+
+    /// Removes the job's queue task: a stale one before pushing it again under the
+    /// same id, or a spent one once the runner is done with the job.
+    async fn delete_task(&self, id: JobId) -> Result<(), StoreError>;
+
+    /// How many jobs are queued, and when the oldest of them was created.
+    async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError>;
+}
+
+/// Everything the store does: what `Arc<dyn Store>` offers. Each backend
+/// implements the five traits; this one comes with them.
+pub trait Store: JobStore + FeedStore + UploadStore + NodeStore + TaskStore {}
+
+impl<T> Store for T where T: JobStore + FeedStore + UploadStore + NodeStore + TaskStore {}
