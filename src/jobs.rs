@@ -7,8 +7,8 @@
 //!
 //! 1. the store write (the job row and its event, in one transaction);
 //! 2. the wake-up of this node's streams and feeds (the [`Hub`]);
-//! 3. the wake-up of other nodes (on PostgreSQL the store sends it right after
-//!    its commit; see `store::postgres`);
+//! 3. the wake-up of other nodes (the store's `announce`: on PostgreSQL a
+//!    batched NOTIFY right after the commit; nobody to tell on SQLite);
 //! 4. the cancel registry (a cancel fires the job's token where it runs here);
 //! 5. the job metrics.
 //!
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cancel::CancelRegistry;
-use crate::domain::{FieldError, JobId, JobRecord, Submission, Transition};
+use crate::domain::{EventKind, FieldError, JobId, JobRecord, Submission, Transition};
 use crate::hub::Hub;
 use crate::kinds::Registry;
 use crate::limits::SubmitRate;
@@ -124,7 +124,8 @@ impl Jobs {
             Submitted::Existing(job) => return Ok(Accepted::Existing(job)),
             Submitted::Conflict(job) => return Err(SubmitError::Conflict(Box::new(job))),
         };
-        self.hub.notify(job.id);
+        metrics::counter!("herald_jobs_submitted_total", "kind" => job.kind.clone()).increment(1);
+        self.changed(EventKind::Status, &job).await;
         tracing::info!(job_id = %job.id, kind = %job.kind, "job submitted");
         if let Err(e) = self.queue.push(job.id).await {
             // The job is stored, so it is not lost: the reconciler pushes
@@ -145,7 +146,7 @@ impl Jobs {
     /// Starts the job's next attempt: `queued` → `running`.
     pub async fn start(&self, id: JobId) -> Result<JobRecord, ApplyError> {
         let job = self.store.apply(id, &Transition::Start).await?;
-        self.hub.notify(id);
+        self.changed(EventKind::Status, &job).await;
         Ok(job)
     }
 
@@ -160,7 +161,7 @@ impl Jobs {
         } else {
             self.store.apply_final(known, t).await?
         };
-        self.hub.notify(known.id);
+        self.changed(t.event_kind(), &job).await;
         Ok(job)
     }
 
@@ -176,8 +177,8 @@ impl Jobs {
     pub async fn cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {
         let outcome = self.store.request_cancel(id, reason).await?;
         match &outcome {
-            CancelOutcome::CancelledNow(_) => {
-                self.hub.notify(id);
+            CancelOutcome::CancelledNow(job) => {
+                self.changed(EventKind::Cancelled, job).await;
                 // It may sit in a retry pause on this node: cut that short too.
                 self.cancels.cancel(id);
                 tracing::info!("queued job cancelled");
@@ -195,20 +196,32 @@ impl Jobs {
     /// queue as their next attempt, or fail after their last.
     pub async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
         let recovered = self.store.recover_interrupted().await?;
-        self.woken(&recovered);
+        self.recovered(&recovered).await;
         Ok(recovered)
     }
 
     /// The same for jobs of nodes whose lease ran out.
     pub async fn recover_expired(&self) -> Result<Recovered, StoreError> {
         let recovered = self.store.recover_expired().await?;
-        self.woken(&recovered);
+        self.recovered(&recovered).await;
         Ok(recovered)
     }
 
-    fn woken(&self, recovered: &Recovered) {
-        for id in recovered.requeued.iter().chain(&recovered.failed) {
-            self.hub.notify(*id);
+    async fn recovered(&self, recovered: &Recovered) {
+        for job in &recovered.requeued {
+            self.changed(EventKind::Status, job).await;
         }
+        for job in &recovered.failed {
+            self.changed(EventKind::Failed, job).await;
+        }
+    }
+
+    /// After a committed change of `job` that appended an `event`: this
+    /// node's streams and feeds look again, other nodes are told, and the
+    /// change is counted.
+    async fn changed(&self, event: EventKind, job: &JobRecord) {
+        self.hub.notify(job.id);
+        self.store.announce(job.id).await;
+        crate::telemetry::applied(event, job);
     }
 }

@@ -163,9 +163,8 @@ pub fn status_label(status: u16) -> &'static str {
 }
 
 /// Counts an appended event, and a job that reached its end.
-pub fn applied(t: &crate::domain::Transition, job: &crate::domain::JobRecord) {
-    metrics::counter!("herald_events_appended_total", "event" => t.event_kind().as_str())
-        .increment(1);
+pub fn applied(event: crate::domain::EventKind, job: &crate::domain::JobRecord) {
+    metrics::counter!("herald_events_appended_total", "event" => event.as_str()).increment(1);
     if job.status.is_terminal() {
         metrics::counter!(
             "herald_jobs_finished_total",

@@ -155,17 +155,17 @@ pub struct ListQuery {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Recovered {
     /// Back to `queued` with the next attempt.
-    pub requeued: Vec<JobId>,
+    pub requeued: Vec<JobRecord>,
     /// Their last attempt was the one interrupted: `failed` with `worker_lost`.
-    pub failed: Vec<JobId>,
+    pub failed: Vec<JobRecord>,
 }
 
 impl Recovered {
-    /// Counts job `id` as recovered by `t` (see [`JobRecord::interrupted`]).
-    pub(crate) fn record(&mut self, id: JobId, t: &Transition) {
+    /// Counts `job` as recovered by `t` (see [`JobRecord::interrupted`]).
+    pub(crate) fn record(&mut self, job: JobRecord, t: &Transition) {
         match t {
-            Transition::Retry(_) => self.requeued.push(id),
-            _ => self.failed.push(id),
+            Transition::Retry(_) => self.requeued.push(job),
+            _ => self.failed.push(job),
         }
     }
 }

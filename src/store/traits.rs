@@ -130,6 +130,11 @@ pub trait NodeStore: Send + Sync + 'static {
     async fn recover_expired(&self) -> Result<Recovered, StoreError> {
         Ok(Recovered::default())
     }
+
+    /// Tells the other nodes that job `id` has new committed events, so their
+    /// streams and feeds look again (the jobs service calls it after each
+    /// write). One process on SQLite: there is nobody to tell.
+    async fn announce(&self, _id: JobId) {}
 }
 
 /// The queue's tasks (apalis's own table) as herald sees them.

@@ -89,7 +89,7 @@ impl Reconciler {
             failed = recovered.failed.len(),
             "took over jobs of a node whose lease ran out"
         );
-        for id in recovered.requeued {
+        for id in recovered.requeued.into_iter().map(|job| job.id) {
             self.store.delete_task(id).await?;
             if let Err(e) = self.queue.push(id).await {
                 tracing::warn!(job_id = %id, error = %e, "re-push failed; will try again");

@@ -24,10 +24,6 @@ impl JobStore for PgStore {
         // earlier job answers).
         let inserted = self.submits.run(NewJob::new(&job, first)).await?;
         if inserted {
-            self.notifier.committed(job.id).await;
-            metrics::counter!("herald_events_appended_total", "event" => "status").increment(1);
-            metrics::counter!("herald_jobs_submitted_total", "kind" => job.kind.clone())
-                .increment(1);
             return Ok(Submitted::Created(job));
         }
         let key = sub.idempotency_key.as_deref().ok_or_else(|| {
@@ -70,7 +66,6 @@ impl JobStore for PgStore {
 
     async fn apply(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError> {
         let job = self.apply_optimistic(id, t).await?;
-        crate::telemetry::applied(t, &job);
         Ok(job)
     }
 
@@ -109,11 +104,6 @@ impl JobStore for PgStore {
             CancelDecision::CancelNow(next, ev) => {
                 write_transition(&mut *tx, &self.node.id, &next, &ev).await?;
                 tx.commit().await?;
-                self.notifier.committed(id).await;
-                let t = Transition::Cancel {
-                    reason: reason.to_owned(),
-                };
-                crate::telemetry::applied(&t, &next);
                 return Ok(CancelOutcome::CancelledNow(next));
             }
             CancelDecision::Request(requested) => {

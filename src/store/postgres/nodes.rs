@@ -29,9 +29,7 @@ impl PgStore {
             match apply_in(&mut tx, &self.node.id, id, &t).await {
                 Ok(job) => {
                     tx.commit().await?;
-                    self.notifier.committed(id).await;
-                    crate::telemetry::applied(&t, &job);
-                    out.record(id, &t);
+                    out.record(job, &t);
                 }
                 Err(ApplyError::Store(e)) => return Err(e),
                 Err(_) => {
@@ -46,6 +44,12 @@ impl PgStore {
 
 #[async_trait]
 impl NodeStore for PgStore {
+    /// Batched `herald_events` notifications, sent outside the events'
+    /// transactions (see the module doc of `store::postgres`).
+    async fn announce(&self, id: JobId) {
+        self.notifier.committed(id).await;
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pools.main).await?;
         Ok(())

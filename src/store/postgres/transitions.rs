@@ -112,8 +112,6 @@ impl PgStore {
                 .write_if_seq(&next, ev, known.last_seq, delete_task)
                 .await?
             {
-                self.notifier.committed(known.id).await;
-                crate::telemetry::applied(t, &next);
                 return Ok(next);
             }
         }
@@ -141,8 +139,6 @@ impl PgStore {
         };
         write_transition(&mut *tx, &self.node.id, &next, &ev).await?;
         tx.commit().await?;
-        self.notifier.committed(known.id).await;
-        crate::telemetry::applied(t, &next);
         if delete_task {
             self.delete_task(known.id).await?;
         }
@@ -161,7 +157,6 @@ impl PgStore {
             let job = self.get(id).await?.ok_or(ApplyError::NotFound)?;
             let (next, ev) = job.apply(t, Timestamp::now())?;
             if self.write_if_seq(&next, ev, job.last_seq, false).await? {
-                self.notifier.committed(id).await;
                 return Ok(next);
             }
         }
@@ -174,7 +169,6 @@ impl PgStore {
             }
         };
         tx.commit().await?;
-        self.notifier.committed(id).await;
         Ok(job)
     }
 }

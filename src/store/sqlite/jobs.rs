@@ -20,11 +20,6 @@ impl JobStore for SqliteStore {
             })
             .await?
             .submitted()?;
-        if let Submitted::Created(job) = &submitted {
-            metrics::counter!("herald_events_appended_total", "event" => "status").increment(1);
-            metrics::counter!("herald_jobs_submitted_total", "kind" => job.kind.clone())
-                .increment(1);
-        }
         Ok(submitted)
     }
 
@@ -67,7 +62,6 @@ impl JobStore for SqliteStore {
             })
             .await?
             .applied()?;
-        crate::telemetry::applied(t, &job);
         Ok(job)
     }
 
@@ -84,7 +78,6 @@ impl JobStore for SqliteStore {
             })
             .await?
             .applied()?;
-        crate::telemetry::applied(t, &job);
         Ok(job)
     }
 
@@ -108,12 +101,6 @@ impl JobStore for SqliteStore {
             })
             .await?
             .cancel()?;
-        if let CancelOutcome::CancelledNow(job) = &outcome {
-            let t = Transition::Cancel {
-                reason: reason.to_owned(),
-            };
-            crate::telemetry::applied(&t, job);
-        }
         Ok(outcome)
     }
 

@@ -33,7 +33,7 @@ impl NodeStore for SqliteStore {
                 continue;
             };
             match apply_in(&mut tx, id, &t).await {
-                Ok(_) => out.record(id, &t),
+                Ok(job) => out.record(job, &t),
                 Err(ApplyError::Store(e)) => return Err(e),
                 Err(_) => continue,
             }
