@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{ids, open_stream, read_to_end, Sse, TestApp, WAIT};
+use crate::common::legacy::{ids, open_stream, read_to_end, LegacyApp, Sse};
+use crate::common::{TestApp, WAIT};
 use crate::downstream::{FakeDownstream, SilentDownstream};
 
 async fn app_with(ds: &FakeDownstream, f: impl FnOnce(&mut herald::Config)) -> TestApp {

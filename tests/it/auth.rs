@@ -6,7 +6,8 @@ use herald::config::AuthMode;
 use herald::config::Secret;
 use serde_json::{json, Value};
 
-use crate::common::{ids, read_to_end, HeraldProcess, TestApp};
+use crate::common::legacy::{ids, read_to_end};
+use crate::common::{HeraldProcess, TestApp};
 
 const ACME: &str = "acme-key-0123456789abcdef";
 const GLOBEX: &str = "globex-key-0123456789abcdef";

@@ -4,6 +4,7 @@ use std::process::Output;
 
 use serde_json::json;
 
+use crate::common::legacy::LegacyApp;
 use crate::common::TestApp;
 
 async fn herald(args: &[&str]) -> Output {

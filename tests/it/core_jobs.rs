@@ -5,7 +5,8 @@ use std::time::Duration;
 use herald::kinds::demo;
 use serde_json::json;
 
-use crate::common::{assert_gapless, named, statuses, TestApp};
+use crate::common::legacy::{assert_gapless, named, statuses, LegacyApp};
+use crate::common::TestApp;
 
 fn job_id(job: &serde_json::Value) -> String {
     job["id"].as_str().unwrap().to_owned()

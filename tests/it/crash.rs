@@ -8,7 +8,8 @@ use herald::store::sqlite::{self, SqliteStore};
 use herald::store::JobStore;
 use serde_json::{json, Value};
 
-use crate::common::{assert_gapless, statuses, HeraldProcess};
+use crate::common::legacy::{assert_gapless, statuses};
+use crate::common::HeraldProcess;
 
 async fn job(client: &reqwest::Client, base: &str, id: &str) -> Value {
     client

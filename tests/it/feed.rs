@@ -7,6 +7,7 @@ use herald::config::AuthMode;
 use herald::config::Secret;
 use serde_json::{json, Value};
 
+use crate::common::legacy::LegacyApp;
 use crate::common::{postgres_url, Backend, TestApp, TestDb, WAIT};
 
 /// One feed event as a client sees it.

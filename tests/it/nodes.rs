@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{
-    ids, open_stream_at, postgres_url, read_to_end, Backend, HeraldProcess, Sse, TestDb,
-};
+use crate::common::legacy::{ids, open_stream_at, read_to_end, Sse};
+use crate::common::{postgres_url, Backend, HeraldProcess, TestDb};
 
 /// Short leases and reconcile passes, so a killed node is noticed quickly.
 fn node(db: &TestDb, role: &str, id: &str) -> HeraldProcess {

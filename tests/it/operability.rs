@@ -6,9 +6,8 @@ use std::time::Duration;
 use herald::config::Secret;
 use serde_json::{json, Value};
 
-use crate::common::{
-    open_stream, postgres_url, read_to_end, Backend, HeraldProcess, TestApp, TestDb, WAIT,
-};
+use crate::common::legacy::{open_stream, read_to_end, LegacyApp};
+use crate::common::{postgres_url, Backend, HeraldProcess, TestApp, TestDb, WAIT};
 
 /// The scrape as (metric name + sorted labels) → value.
 async fn scrape(app: &TestApp, token: Option<&str>) -> (HashMap<String, f64>, String) {

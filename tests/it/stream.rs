@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::common::{ids, open_stream, read_to_end, Sse, TestApp, WAIT};
+use crate::common::legacy::{ids, open_stream, read_to_end, LegacyApp, Sse};
+use crate::common::{TestApp, WAIT};
 
 fn job_id(job: &serde_json::Value) -> String {
     job["id"].as_str().unwrap().to_owned()

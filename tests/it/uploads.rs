@@ -8,6 +8,7 @@ use poem::web::{Data, Json};
 use poem::{handler, http::StatusCode, EndpointExt, Response, Route, Server};
 use serde_json::{json, Value};
 
+use crate::common::legacy::LegacyApp;
 use crate::common::{TestApp, WAIT};
 
 /// What the downstream should do with a batch that holds a given row `id`.

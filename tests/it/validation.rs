@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use crate::common::legacy::LegacyApp;
 use crate::common::TestApp;
 
 async fn assert_nothing_written(app: &TestApp) {

@@ -1,0 +1,182 @@
+//! The helpers the modules used before the typed ones, kept while the modules
+//! move over one by one; removed when the last has.
+
+use std::time::{Duration, Instant};
+
+use herald::domain::{EventSeq, JobId};
+use herald::store::StoredEvent;
+use serde_json::Value;
+
+use super::{TestApp, WAIT};
+
+/// The old raw-JSON methods; a module that imports this trait gets them in
+/// place of the typed ones of the same name.
+#[allow(async_fn_in_trait)]
+pub trait LegacyApp {
+    fn app(&self) -> &TestApp;
+
+    async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        let app = self.app();
+        app.client
+            .post(app.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Submits a job and expects 202.
+    async fn submit(&self, body: Value) -> Value {
+        let resp = self.post_json("/v1/jobs", &body).await;
+        assert_eq!(resp.status(), 202, "submit {body}");
+        resp.json().await.unwrap()
+    }
+
+    async fn get_job(&self, id: &str) -> Value {
+        let app = self.app();
+        let resp = app
+            .client
+            .get(app.url(&format!("/v1/jobs/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// Polls the job until `pred` holds or the deadline passes.
+    async fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let job = self.get_job(id).await;
+            if pred(&job) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_status(&self, id: &str, status: &str) -> Value {
+        self.wait_for(id, status, |j| j["status"] == status).await
+    }
+
+    /// The job's persisted events, read from the store.
+    async fn events(&self, id: &str) -> Vec<StoredEvent> {
+        let id: JobId = id.parse().unwrap();
+        self.app()
+            .state
+            .store
+            .events_after(id, EventSeq(0), 100_000)
+            .await
+            .unwrap()
+    }
+}
+
+impl LegacyApp for TestApp {
+    fn app(&self) -> &TestApp {
+        self
+    }
+}
+
+/// Each event as (name, data JSON).
+pub fn named(events: &[StoredEvent]) -> Vec<(String, Value)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.kind.as_str().to_owned(),
+                serde_json::from_str(&e.data).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts the sequence numbers are exactly 1, 2, 3 … n.
+pub fn assert_gapless(events: &[StoredEvent]) {
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq.0).collect();
+    let want: Vec<i64> = (1..=events.len() as i64).collect();
+    assert_eq!(seqs, want, "event ids must be 1..n without gaps");
+}
+
+/// The (status, attempt) of each `status` event.
+pub fn statuses(events: &[StoredEvent]) -> Vec<(String, i64)> {
+    named(events)
+        .into_iter()
+        .filter(|(name, _)| name == "status")
+        .map(|(_, d)| {
+            (
+                d["status"].as_str().unwrap().to_owned(),
+                d["attempt"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// One parsed SSE event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sse {
+    pub id: i64,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Opens a job's event stream on the server at `base`.
+pub async fn open_stream_at(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    last: Option<&str>,
+) -> reqwest::Response {
+    let mut req = client.get(format!("{base}/v1/jobs/{id}/events"));
+    if let Some(l) = last {
+        req = req.header("Last-Event-ID", l);
+    }
+    req.send().await.expect("stream request sent")
+}
+
+/// Opens a job's event stream; `last` goes in the Last-Event-ID header.
+pub async fn open_stream(
+    app: &TestApp,
+    id: &str,
+    last: Option<&str>,
+    query: Option<&str>,
+) -> reqwest::Response {
+    let mut url = app.url(&format!("/v1/jobs/{id}/events"));
+    if let Some(q) = query {
+        url.push_str(&format!("?last_event_id={q}"));
+    }
+    let mut req = app.client.get(url);
+    if let Some(l) = last {
+        req = req.header("Last-Event-ID", l);
+    }
+    req.send().await.expect("stream request sent")
+}
+
+/// Reads SSE events with a real parser until the server ends the stream.
+pub async fn read_to_end(resp: reqwest::Response) -> Vec<Sse> {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    assert_eq!(resp.status(), 200, "stream opens");
+    let mut events = resp.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, events.next()).await {
+            Ok(Some(Ok(ev))) => out.push(Sse {
+                id: ev.id.parse().expect("numeric id"),
+                event: ev.event,
+                data: serde_json::from_str(&ev.data).expect("data is one line of JSON"),
+            }),
+            Ok(Some(Err(e))) => panic!("stream error: {e}"),
+            Ok(None) => return out,
+            Err(_) => panic!("stream did not end within {WAIT:?}; got {out:?}"),
+        }
+    }
+}
+
+pub fn ids(events: &[Sse]) -> Vec<i64> {
+    events.iter().map(|e| e.id).collect()
+}
