@@ -15,7 +15,6 @@ mod crash;
 mod dashboard;
 mod downstream;
 mod feed;
-#[allow(dead_code)] // used by core_jobs from the next commit
 mod kinds;
 mod nodes;
 mod operability;
