@@ -143,6 +143,10 @@ impl Event {
         self.data.get("result")
     }
 
+    pub fn stage(&self) -> Option<&str> {
+        self.data["stage"].as_str()
+    }
+
     pub fn percent(&self) -> Option<f64> {
         self.data["percent"].as_f64()
     }
