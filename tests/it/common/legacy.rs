@@ -82,40 +82,6 @@ impl LegacyApp for TestApp {
     }
 }
 
-/// Each event as (name, data JSON).
-pub fn named(events: &[StoredEvent]) -> Vec<(String, Value)> {
-    events
-        .iter()
-        .map(|e| {
-            (
-                e.kind.as_str().to_owned(),
-                serde_json::from_str(&e.data).unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// Asserts the sequence numbers are exactly 1, 2, 3 … n.
-pub fn assert_gapless(events: &[StoredEvent]) {
-    let seqs: Vec<i64> = events.iter().map(|e| e.seq.0).collect();
-    let want: Vec<i64> = (1..=events.len() as i64).collect();
-    assert_eq!(seqs, want, "event ids must be 1..n without gaps");
-}
-
-/// The (status, attempt) of each `status` event.
-pub fn statuses(events: &[StoredEvent]) -> Vec<(String, i64)> {
-    named(events)
-        .into_iter()
-        .filter(|(name, _)| name == "status")
-        .map(|(_, d)| {
-            (
-                d["status"].as_str().unwrap().to_owned(),
-                d["attempt"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// One parsed SSE event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sse {
