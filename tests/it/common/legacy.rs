@@ -104,24 +104,6 @@ pub async fn open_stream_at(
     req.send().await.expect("stream request sent")
 }
 
-/// Opens a job's event stream; `last` goes in the Last-Event-ID header.
-pub async fn open_stream(
-    app: &TestApp,
-    id: &str,
-    last: Option<&str>,
-    query: Option<&str>,
-) -> reqwest::Response {
-    let mut url = app.url(&format!("/v1/jobs/{id}/events"));
-    if let Some(q) = query {
-        url.push_str(&format!("?last_event_id={q}"));
-    }
-    let mut req = app.client.get(url);
-    if let Some(l) = last {
-        req = req.header("Last-Event-ID", l);
-    }
-    req.send().await.expect("stream request sent")
-}
-
 /// Reads SSE events with a real parser until the server ends the stream.
 pub async fn read_to_end(resp: reqwest::Response) -> Vec<Sse> {
     use eventsource_stream::Eventsource;
