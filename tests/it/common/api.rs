@@ -100,6 +100,15 @@ impl JobList {
     }
 }
 
+/// A stream or feed token (`POST …/stream-token`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamToken {
+    pub token: String,
+    /// The path that opens the stream with it (`…?token=`).
+    pub events_url: String,
+    pub expires_at: String,
+}
+
 /// Parses a string field with the type's `FromStr` (a job id).
 fn parsed<'de, D, T>(d: D) -> Result<T, D::Error>
 where
@@ -206,13 +215,13 @@ pub async fn read_to_end(resp: reqwest::Response) -> Vec<Event> {
     }
 }
 
-/// A client of one herald server, with an API key or without.
+/// A client of one herald server, with a bearer token or without.
 #[derive(Clone)]
 pub struct Api {
     pub client: reqwest::Client,
     /// `http://127.0.0.1:port`
     pub base: String,
-    key: Option<String>,
+    bearer: Option<String>,
 }
 
 impl Api {
@@ -220,14 +229,15 @@ impl Api {
         Api {
             client: reqwest::Client::new(),
             base: base.into(),
-            key: None,
+            bearer: None,
         }
     }
 
-    /// The same server, every request with `Authorization: Bearer key`.
-    pub fn with_key(&self, key: &str) -> Api {
+    /// The same server, every request with `Authorization: Bearer {token}`
+    /// (an API key or a JWT).
+    pub fn with_bearer(&self, token: &str) -> Api {
         Api {
-            key: Some(key.to_owned()),
+            bearer: Some(token.to_owned()),
             ..self.clone()
         }
     }
@@ -236,10 +246,10 @@ impl Api {
         format!("{}{}", self.base, path)
     }
 
-    /// A request to `path`, with the key if there is one.
+    /// A request to `path`, with the bearer token if there is one.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self.client.request(method, self.url(path));
-        match &self.key {
+        match &self.bearer {
             Some(k) => r.bearer_auth(k),
             None => r,
         }
@@ -356,6 +366,14 @@ impl Api {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// `POST {path}` (`/v1/jobs/{id}/stream-token` or
+    /// `/v1/events/stream-token`); expects 200.
+    pub async fn stream_token(&self, path: &str) -> StreamToken {
+        let resp = self.post(path).send().await.expect("request sent");
+        assert_eq!(resp.status(), 200, "POST {path}");
+        resp.json().await.expect("a stream token")
     }
 
     /// Polls `/readyz` until it answers `want`; its JSON answer.

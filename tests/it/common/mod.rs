@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 #[allow(unused_imports)]
 pub use api::{
     assert_gapless, names, read_to_end, seqs, statuses, Api, Event, Job, JobList, Status,
+    StreamToken,
 };
 pub use db::TestDb;
 pub use process::HeraldProcess;
