@@ -1,8 +1,6 @@
 //! The helpers the modules used before the typed ones, kept while the modules
 //! move over one by one; removed when the last has.
 
-use std::time::{Duration, Instant};
-
 use herald::domain::{EventSeq, JobId};
 use herald::store::StoredEvent;
 use serde_json::Value;
@@ -15,23 +13,6 @@ use super::{TestApp, WAIT};
 pub trait LegacyApp {
     fn app(&self) -> &TestApp;
 
-    async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        let app = self.app();
-        app.client
-            .post(app.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
-    }
-
-    /// Submits a job and expects 202.
-    async fn submit(&self, body: Value) -> Value {
-        let resp = self.post_json("/v1/jobs", &body).await;
-        assert_eq!(resp.status(), 202, "submit {body}");
-        resp.json().await.unwrap()
-    }
-
     async fn get_job(&self, id: &str) -> Value {
         let app = self.app();
         let resp = app
@@ -42,26 +23,6 @@ pub trait LegacyApp {
             .unwrap();
         assert_eq!(resp.status(), 200);
         resp.json().await.unwrap()
-    }
-
-    /// Polls the job until `pred` holds or the deadline passes.
-    async fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let job = self.get_job(id).await;
-            if pred(&job) {
-                return job;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {job}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_status(&self, id: &str, status: &str) -> Value {
-        self.wait_for(id, status, |j| j["status"] == status).await
     }
 
     /// The job's persisted events, read from the store.
