@@ -1,47 +1,9 @@
 //! The helpers the modules used before the typed ones, kept while the modules
 //! move over one by one; removed when the last has.
 
-use herald::domain::{EventSeq, JobId};
-use herald::store::StoredEvent;
 use serde_json::Value;
 
-use super::{TestApp, WAIT};
-
-/// The old raw-JSON methods; a module that imports this trait gets them in
-/// place of the typed ones of the same name.
-#[allow(async_fn_in_trait)]
-pub trait LegacyApp {
-    fn app(&self) -> &TestApp;
-
-    async fn get_job(&self, id: &str) -> Value {
-        let app = self.app();
-        let resp = app
-            .client
-            .get(app.url(&format!("/v1/jobs/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.json().await.unwrap()
-    }
-
-    /// The job's persisted events, read from the store.
-    async fn events(&self, id: &str) -> Vec<StoredEvent> {
-        let id: JobId = id.parse().unwrap();
-        self.app()
-            .state
-            .store
-            .events_after(id, EventSeq(0), 100_000)
-            .await
-            .unwrap()
-    }
-}
-
-impl LegacyApp for TestApp {
-    fn app(&self) -> &TestApp {
-        self
-    }
-}
+use super::WAIT;
 
 /// One parsed SSE event.
 #[derive(Debug, Clone, PartialEq)]
