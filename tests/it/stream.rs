@@ -368,7 +368,7 @@ async fn progress_coalescing_keeps_the_latest_and_the_last() {
     );
     let last = progress.last().unwrap();
     assert_eq!(last.percent(), Some(100.0), "the final percent is exact");
-    assert_eq!(last.data["message"], "10000/10000");
+    assert_eq!(last.message(), Some("10000/10000"));
     // The reports that were written still rise in order.
     let steps: Vec<i64> = progress
         .iter()

@@ -23,6 +23,16 @@ pub enum Status {
 }
 
 impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
     }
@@ -160,13 +170,13 @@ impl Event {
         self.data["percent"].as_f64()
     }
 
+    pub fn message(&self) -> Option<&str> {
+        self.data["message"].as_str()
+    }
+
     /// A `progress` event's kind-specific `data`.
     pub fn progress_data(&self) -> &Value {
         &self.data["data"]
-    }
-
-    pub fn is_terminal(&self) -> bool {
-        matches!(self.event.as_str(), "result" | "failed" | "cancelled")
     }
 }
 
@@ -336,7 +346,7 @@ impl Api {
     }
 
     pub async fn wait_status(&self, id: JobId, status: Status) -> Job {
-        self.wait_for(id, &format!("{status:?}"), |j| j.status == status)
+        self.wait_for(id, status.as_str(), |j| j.status == status)
             .await
     }
 

@@ -5,11 +5,8 @@
 //! - [`Api`]: requests, with the answers as [`Job`]s and [`Event`]s.
 //! - [`HeraldProcess`]: the real binary, for logs, kill -9 and several nodes.
 
-// Until every module has moved to the typed helpers (the last move removes this).
-#[allow(dead_code, unused_imports)]
 mod api;
 mod db;
-pub mod legacy;
 mod process;
 
 use std::time::{Duration, Instant};
@@ -20,11 +17,7 @@ use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-#[allow(unused_imports)]
-pub use api::{
-    assert_gapless, names, read_to_end, seqs, statuses, Api, Event, Job, JobList, Status,
-    StreamToken,
-};
+pub use api::{assert_gapless, names, read_to_end, seqs, statuses, Api, Event, Job, Status};
 pub use db::TestDb;
 pub use process::HeraldProcess;
 
@@ -129,7 +122,6 @@ impl std::ops::Deref for TestApp {
     }
 }
 
-#[allow(dead_code)]
 impl TestApp {
     pub async fn spawn() -> TestApp {
         Self::spawn_with(|_| {}).await

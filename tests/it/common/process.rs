@@ -62,7 +62,6 @@ impl HeraldProcess {
     }
 
     /// A client of its API.
-    #[allow(dead_code)] // until the modules move to the typed helpers
     pub fn api(&self) -> Api {
         Api::new(&self.base)
     }
