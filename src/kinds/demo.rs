@@ -2,14 +2,12 @@
 //! events `step_ms` apart, fails at step `fail_at` when given, and answers
 //! `{"steps": steps}`. For trying the service and for tests.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use crate::domain::{fields, FieldError, JobId};
+use crate::domain::{fields, FieldError};
 use crate::kinds::{JobContext, JobFailure, JobKind};
 
 pub const MAX_STEPS: u64 = 10_000;
@@ -70,31 +68,6 @@ impl DemoInput {
     }
 }
 
-// How many steps each demo job has run in this process, so a test (or a curious
-// operator with a debugger) can see that a cancelled handler really stopped.
-// Bounded: cleared when it grows past STEP_LOG_LIMIT jobs.
-static STEPS_RUN: Mutex<Option<HashMap<JobId, u64>>> = Mutex::new(None);
-const STEP_LOG_LIMIT: usize = 10_000;
-
-/// Steps the demo handler has run for `id` in this process, over all attempts.
-pub fn steps_run(id: JobId) -> u64 {
-    STEPS_RUN
-        .lock()
-        .expect("steps log poisoned")
-        .as_ref()
-        .and_then(|m| m.get(&id).copied())
-        .unwrap_or(0)
-}
-
-fn count_step(id: JobId) {
-    let mut guard = STEPS_RUN.lock().expect("steps log poisoned");
-    let map = guard.get_or_insert_with(HashMap::new);
-    if map.len() >= STEP_LOG_LIMIT && !map.contains_key(&id) {
-        map.clear();
-    }
-    *map.entry(id).or_insert(0) += 1;
-}
-
 #[async_trait]
 impl JobKind for Demo {
     fn name(&self) -> &'static str {
@@ -119,7 +92,6 @@ impl JobKind for Demo {
                     _ = ctx.cancelled() => return Err(JobFailure::cancelled()),
                 }
             }
-            count_step(ctx.job_id);
             if input.fail_at == Some(step) {
                 return Err(JobFailure::retryable(
                     "demo_failure",

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{ids, open_stream, read_to_end, Sse, TestApp, WAIT};
+use herald::domain::JobId;
+
+use crate::common::Status::{Cancelled, Failed, Succeeded};
+use crate::common::{read_to_end, seqs, Event, TestApp, WAIT};
 use crate::downstream::{FakeDownstream, SilentDownstream};
 
 async fn app_with(ds: &FakeDownstream, f: impl FnOnce(&mut herald::Config)) -> TestApp {
@@ -21,20 +24,15 @@ fn src(name: &str, path: &str) -> Value {
     json!({"name": name, "downstream": "local", "path": path})
 }
 
-async fn submit(app: &TestApp, input: Value) -> String {
-    app.submit(json!({"kind": "aggregate", "input": input, "max_attempts": 1}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+/// Submits an `aggregate` job with one attempt.
+async fn submit(app: &TestApp, input: Value) -> JobId {
+    app.submit_with("aggregate", input, json!({"max_attempts": 1}))
+        .await
+        .id
 }
 
-fn fetch_progress(events: &[Sse]) -> Vec<Value> {
-    events
-        .iter()
-        .filter(|e| e.event == "progress")
-        .map(|e| e.data.clone())
-        .collect()
+fn fetch_progress(events: &[Event]) -> Vec<&Event> {
+    events.iter().filter(|e| e.event == "progress").collect()
 }
 
 async fn sources_run_concurrently_and_report_in_completion_order() {
@@ -46,7 +44,7 @@ async fn sources_run_concurrently_and_report_in_completion_order() {
         json!({"sources": [src("three", "/slow/3000"), src("one", "/slow/1000"), src("two", "/slow/2000")]}),
     )
     .await;
-    let events = read_to_end(open_stream(&app, &id, None, None).await).await;
+    let events = app.stream_events(id).await;
     let elapsed = started.elapsed();
     assert!(
         elapsed < Duration::from_millis(4500),
@@ -56,23 +54,21 @@ async fn sources_run_concurrently_and_report_in_completion_order() {
     let progress = fetch_progress(&events);
     let order: Vec<&str> = progress
         .iter()
-        .map(|p| p["data"]["source"].as_str().unwrap())
+        .map(|p| p.progress_data()["source"].as_str().unwrap())
         .collect();
     assert_eq!(order, ["one", "two", "three"]);
-    let percents: Vec<f64> = progress
-        .iter()
-        .map(|p| p["percent"].as_f64().unwrap())
-        .collect();
+    let percents: Vec<f64> = progress.iter().map(|p| p.percent().unwrap()).collect();
     assert!((percents[0] - 33.33).abs() < 0.1 && (percents[1] - 66.67).abs() < 0.1);
     assert_eq!(percents[2], 100.0);
     for p in &progress {
-        assert_eq!(p["stage"], "fetch");
-        assert_eq!(p["data"]["status"], "ok");
-        assert_eq!(p["data"]["attempt"], 1);
-        assert!(p["data"]["bytes"].as_u64().unwrap() > 0);
-        assert!(p["data"]["elapsed_ms"].as_u64().unwrap() >= 900);
+        let data = p.progress_data();
+        assert_eq!(p.stage(), Some("fetch"));
+        assert_eq!(data["status"], "ok");
+        assert_eq!(data["attempt"], 1);
+        assert!(data["bytes"].as_u64().unwrap() > 0);
+        assert!(data["elapsed_ms"].as_u64().unwrap() >= 900);
     }
-    let result = &events.last().unwrap().data["result"];
+    let result = events.last().unwrap().result().unwrap();
     assert_eq!(result["sources"]["one"], json!({"slept": 1000}));
     assert_eq!(result["sources"]["three"], json!({"slept": 3000}));
     assert_eq!(result["failed"], json!({}));
@@ -88,9 +84,9 @@ async fn a_5xx_is_retried_and_a_404_is_not() {
         json!({"sources": [src("flaky", "/flaky/a"), src("gone", "/missing")], "allow_partial": true}),
     )
     .await;
-    let events = read_to_end(open_stream(&app, &id, None, None).await).await;
+    let events = app.stream_events(id).await;
     assert_eq!(events.last().unwrap().event, "result");
-    let result = &events.last().unwrap().data["result"];
+    let result = events.last().unwrap().result().unwrap();
     assert_eq!(
         result["sources"]["flaky"]["calls"], 3,
         "succeeded on attempt 3"
@@ -99,16 +95,17 @@ async fn a_5xx_is_retried_and_a_404_is_not() {
     assert_eq!(ds.counters.hits("flaky/a"), 3);
     assert_eq!(ds.counters.hits("missing"), 1, "a 4xx is not retried");
 
-    let flaky: Vec<Value> = fetch_progress(&events)
+    let flaky: Vec<&Value> = fetch_progress(&events)
         .into_iter()
-        .filter(|p| p["data"]["source"] == "flaky")
+        .map(Event::progress_data)
+        .filter(|d| d["source"] == "flaky")
         .collect();
     let seen: Vec<(String, i64)> = flaky
         .iter()
-        .map(|p| {
+        .map(|d| {
             (
-                p["data"]["status"].as_str().unwrap().to_owned(),
-                p["data"]["attempt"].as_i64().unwrap(),
+                d["status"].as_str().unwrap().to_owned(),
+                d["attempt"].as_i64().unwrap(),
             )
         })
         .collect();
@@ -120,7 +117,7 @@ async fn a_5xx_is_retried_and_a_404_is_not() {
             ("ok".into(), 3)
         ]
     );
-    assert_eq!(flaky[0]["data"]["error"]["code"], "http_503");
+    assert_eq!(flaky[0]["error"]["code"], "http_503");
     app.stop().await;
 }
 
@@ -129,7 +126,7 @@ async fn retry_after_is_honoured() {
     let app = app_with(&ds, |_| {}).await;
     let started = Instant::now();
     let id = submit(&app, json!({"sources": [src("ra", "/retry-after")]})).await;
-    let events = read_to_end(open_stream(&app, &id, None, None).await).await;
+    let events = app.stream_events(id).await;
     assert_eq!(events.last().unwrap().event, "result");
     assert!(
         started.elapsed() >= Duration::from_millis(950),
@@ -137,9 +134,10 @@ async fn retry_after_is_honoured() {
     );
     let retry = fetch_progress(&events)
         .into_iter()
-        .find(|p| p["data"]["status"] == "retrying")
+        .map(Event::progress_data)
+        .find(|d| d["status"] == "retrying")
         .unwrap();
-    assert_eq!(retry["data"]["retry_in_ms"], 1000);
+    assert_eq!(retry["retry_in_ms"], 1000);
     app.stop().await;
 }
 
@@ -157,9 +155,9 @@ async fn timeouts_body_caps_and_allow_partial() {
         ]}),
     )
     .await;
-    let job = app.wait_status(&id, "failed").await;
-    assert_eq!(job["error"]["code"], "sources_failed");
-    let msg = job["error"]["message"].as_str().unwrap();
+    let job = app.wait_status(id, Failed).await;
+    assert_eq!(job.error_code(), Some("sources_failed"));
+    let msg = &job.error.as_ref().unwrap().message;
     assert!(
         msg.contains("slow (timeout)") && msg.contains("big (body_too_large)"),
         "{msg}"
@@ -183,8 +181,8 @@ async fn timeouts_body_caps_and_allow_partial() {
         ]}),
     )
     .await;
-    let job = app.wait_status(&id, "succeeded").await;
-    let r = &job["result"];
+    let job = app.wait_status(id, Succeeded).await;
+    let r = job.result.as_ref().unwrap();
     assert_eq!(r["sources"]["fast"], json!({"slept": 10}));
     assert_eq!(
         r["sources"]["small"].as_str().unwrap().len(),
@@ -221,8 +219,8 @@ async fn cancel_closes_the_downstream_connections() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cancelled_at = Instant::now();
-    assert_eq!(app.cancel(&id).await.status(), 202);
-    app.wait_status(&id, "cancelled").await;
+    assert_eq!(app.cancel(id).await.status(), 202);
+    app.wait_status(id, Cancelled).await;
     assert!(
         cancelled_at.elapsed() < Duration::from_secs(1),
         "cancelled within a second"
@@ -260,10 +258,7 @@ async fn no_request_leaves_the_configured_downstreams() {
     ];
     for (source, pointer) in cases {
         let resp = app
-            .post_json(
-                "/v1/jobs",
-                &json!({"kind": "aggregate", "input": {"sources": [source]}}),
-            )
+            .post_job(&json!({"kind": "aggregate", "input": {"sources": [source]}}))
             .await;
         assert_eq!(resp.status(), 422, "{source}");
         let p: Value = resp.json().await.unwrap();
@@ -291,7 +286,7 @@ async fn no_request_leaves_the_configured_downstreams() {
         ),
     ] {
         let resp = app
-            .post_json("/v1/jobs", &json!({"kind": "aggregate", "input": input}))
+            .post_job(&json!({"kind": "aggregate", "input": input}))
             .await;
         assert_eq!(resp.status(), 422);
         let p: Value = resp.json().await.unwrap();
@@ -306,15 +301,11 @@ async fn no_request_leaves_the_configured_downstreams() {
     }
     let many: Vec<Value> = (0..101).map(|i| src(&format!("s{i}"), "/slow/1")).collect();
     let resp = app
-        .post_json(
-            "/v1/jobs",
-            &json!({"kind": "aggregate", "input": {"sources": many}}),
-        )
+        .post_job(&json!({"kind": "aggregate", "input": {"sources": many}}))
         .await;
     assert_eq!(resp.status(), 422);
     assert_eq!(ds.counters.total(), 0, "nothing was requested");
-    let list: Value = app.get_json("/v1/jobs").await;
-    assert!(list["items"].as_array().unwrap().is_empty());
+    assert!(app.list("").await.items.is_empty());
     app.stop().await;
 }
 
@@ -327,15 +318,15 @@ async fn the_gateway_story_end_to_end() {
         json!({"concurrency": 1, "sources": [src("crews", "/slow/4000"), src("permits", "/slow/4000"), src("weather", "/slow/4000")]}),
     )
     .await;
-    let mut seen: Vec<Sse> = Vec::new();
+    let mut seen: Vec<Event> = Vec::new();
     let mut longest = Duration::ZERO;
     let mut requests = 0;
     let started = Instant::now();
     loop {
         assert!(started.elapsed() < Duration::from_secs(40));
-        let last = seen.last().map(|e| e.id.to_string());
+        let last = seen.last().map(|e| e.seq.to_string());
         let opened = Instant::now();
-        let resp = open_stream(&app, &id, last.as_deref(), None).await;
+        let resp = app.open_stream(id, last.as_deref()).await;
         requests += 1;
         if resp.status() == 204 {
             break;
@@ -356,18 +347,18 @@ async fn the_gateway_story_end_to_end() {
     );
     let n = seen.len() as i64;
     assert_eq!(
-        ids(&seen),
+        seqs(&seen),
         (1..=n).collect::<Vec<_>>(),
         "every event exactly once"
     );
-    let result = &seen.last().unwrap().data["result"];
+    let result = seen.last().unwrap().result().unwrap();
     for name in ["crews", "permits", "weather"] {
         assert_eq!(result["sources"][name], json!({"slept": 4000}));
     }
     let progress: Vec<&str> = seen
         .iter()
         .filter(|e| e.event == "progress")
-        .map(|e| e.data["data"]["source"].as_str().unwrap())
+        .map(|e| e.progress_data()["source"].as_str().unwrap())
         .collect();
     assert_eq!(progress, ["crews", "permits", "weather"]);
     app.stop().await;

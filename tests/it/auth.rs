@@ -1,12 +1,12 @@
 //! Authentication, tenants, stream tokens, CORS and limits.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald::config::AuthMode;
 use herald::config::Secret;
 use serde_json::{json, Value};
 
-use crate::common::{ids, read_to_end, HeraldProcess, TestApp};
+use crate::common::{read_to_end, seqs, HeraldProcess, Job, TestApp, WAIT};
 
 const ACME: &str = "acme-key-0123456789abcdef";
 const GLOBEX: &str = "globex-key-0123456789abcdef";
@@ -24,36 +24,13 @@ async fn keyed(f: impl FnOnce(&mut herald::Config)) -> TestApp {
     .await
 }
 
-fn req(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    key: Option<&str>,
-) -> reqwest::RequestBuilder {
-    let r = app.client.request(method, app.url(path));
-    match key {
-        Some(k) => r.bearer_auth(k),
-        None => r,
-    }
-}
-
-async fn submit_as(app: &TestApp, key: &str, body: Value) -> Value {
-    let resp = req(app, reqwest::Method::POST, "/v1/jobs", Some(key))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    resp.json().await.unwrap()
-}
-
 async fn api_keys_are_required_and_tenants_are_separate() {
     let app = keyed(|_| {}).await;
-    for key in [None, Some("wrong-key-0123456789abcdef")] {
-        let resp = req(&app, reqwest::Method::GET, "/v1/jobs", key)
-            .send()
-            .await
-            .unwrap();
+    for api in [
+        app.api.clone(),
+        app.with_bearer("wrong-key-0123456789abcdef"),
+    ] {
+        let resp = api.get("/v1/jobs").send().await.unwrap();
         assert_eq!(resp.status(), 401);
         assert_eq!(
             resp.headers()["www-authenticate"],
@@ -63,22 +40,17 @@ async fn api_keys_are_required_and_tenants_are_separate() {
         assert_eq!(p["code"], "unauthorized");
     }
     // Probes stay public.
-    assert_eq!(
-        req(&app, reqwest::Method::GET, "/healthz", None)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get("/healthz").send().await.unwrap().status(), 200);
 
-    let job = submit_as(
-        &app,
-        ACME,
-        json!({"kind": "demo", "input": {"steps": 200, "step_ms": 50}, "idempotency_key": "k1"}),
-    )
-    .await;
-    let id = job["id"].as_str().unwrap();
+    let (acme, globex) = (app.with_bearer(ACME), app.with_bearer(GLOBEX));
+    let job = acme
+        .submit_with(
+            "demo",
+            json!({"steps": 200, "step_ms": 50}),
+            json!({"idempotency_key": "k1"}),
+        )
+        .await;
+    let id = &job.id.to_string();
     let missing = uuid::Uuid::now_v7().to_string();
     // Everything globex tries on acme's job looks exactly like a missing job.
     for (method, path) in [
@@ -87,11 +59,9 @@ async fn api_keys_are_required_and_tenants_are_separate() {
         (reqwest::Method::GET, format!("/v1/jobs/{id}/events")),
         (reqwest::Method::POST, format!("/v1/jobs/{id}/stream-token")),
     ] {
-        let theirs = req(&app, method.clone(), &path, Some(GLOBEX))
-            .send()
-            .await
-            .unwrap();
-        let nobody = req(&app, method, &path.replace(id, &missing), Some(GLOBEX))
+        let theirs = globex.request(method.clone(), &path).send().await.unwrap();
+        let nobody = globex
+            .request(method, &path.replace(id, &missing))
             .send()
             .await
             .unwrap();
@@ -105,44 +75,22 @@ async fn api_keys_are_required_and_tenants_are_separate() {
             b["detail"].as_str().unwrap().replace(&missing, "X")
         );
     }
-    let theirs: Value = req(&app, reqwest::Method::GET, "/v1/jobs", Some(GLOBEX))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert!(
-        theirs["items"].as_array().unwrap().is_empty(),
+        globex.list("").await.items.is_empty(),
         "globex lists only its own"
     );
-    let mine: Value = req(&app, reqwest::Method::GET, "/v1/jobs", Some(ACME))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(mine["items"].as_array().unwrap().len(), 1);
+    assert_eq!(acme.list("").await.items.len(), 1);
     // Idempotency keys are per tenant: globex's k1 is a new job.
-    let other = submit_as(
-        &app,
-        GLOBEX,
-        json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}, "idempotency_key": "k1"}),
-    )
-    .await;
-    assert_ne!(other["id"], job["id"]);
+    let other = globex
+        .submit_with(
+            "demo",
+            json!({"steps": 1, "step_ms": 0}),
+            json!({"idempotency_key": "k1"}),
+        )
+        .await;
+    assert_ne!(other.id, job.id);
     // And acme can still cancel its own.
-    let resp = req(
-        &app,
-        reqwest::Method::POST,
-        &format!("/v1/jobs/{id}/cancel"),
-        Some(ACME),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), 202);
+    assert_eq!(acme.cancel(job.id).await.status(), 202);
     app.stop().await;
 }
 
@@ -174,15 +122,12 @@ async fn jwts_are_checked_for_signature_issuer_audience_and_expiry() {
     .await;
     let secret = "jwt-secret-for-tests-0123456789";
     let good = json!({"sub": "u1", "org": "acme", "iss": "https://id.example", "aud": "herald", "exp": in_secs(600)});
-    let resp = req(
-        &app,
-        reqwest::Method::GET,
-        "/v1/jobs",
-        Some(&jwt(good.clone(), secret)),
-    )
-    .send()
-    .await
-    .unwrap();
+    let resp = app
+        .with_bearer(&jwt(good.clone(), secret))
+        .get("/v1/jobs")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 
     let mut bad_iss = good.clone();
@@ -204,7 +149,9 @@ async fn jwts_are_checked_for_signature_issuer_audience_and_expiry() {
         jwt(no_tenant, secret),
         "not.a.jwt".to_owned(),
     ] {
-        let resp = req(&app, reqwest::Method::GET, "/v1/jobs", Some(&token))
+        let resp = app
+            .with_bearer(&token)
+            .get("/v1/jobs")
             .send()
             .await
             .unwrap();
@@ -229,13 +176,10 @@ async fn rs256_jwts_verify_with_the_public_key() {
         &key,
     )
     .unwrap();
-    let job = submit_as(
-        &app,
-        &token,
-        json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}),
-    )
-    .await;
-    assert!(job["id"].is_string());
+    // Accepted, answered with a job.
+    app.with_bearer(&token)
+        .submit("demo", json!({"steps": 1, "step_ms": 0}))
+        .await;
     // An HS256 token signed with the public key's bytes must not pass.
     let forged = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -245,7 +189,9 @@ async fn rs256_jwts_verify_with_the_public_key() {
         ),
     )
     .unwrap();
-    let resp = req(&app, reqwest::Method::GET, "/v1/jobs", Some(&forged))
+    let resp = app
+        .with_bearer(&forged)
+        .get("/v1/jobs")
         .send()
         .await
         .unwrap();
@@ -259,18 +205,15 @@ async fn stream_tokens_open_streams_without_headers_and_expire() {
         c.progress_min_interval_ms = 0;
     })
     .await;
-    let job = submit_as(
-        &app,
-        ACME,
-        json!({"kind": "demo", "input": {"steps": 12, "step_ms": 250}}),
-    )
-    .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    let events_url = job["links"]["events"].as_str().unwrap().to_owned();
+    let acme = app.with_bearer(ACME);
+    let job = acme
+        .submit("demo", json!({"steps": 12, "step_ms": 250}))
+        .await;
+    let events_url = job.links.events.clone();
     assert!(events_url.contains("?token="), "{events_url}");
 
     // The token alone opens the stream; read a few events, then let it go.
-    let resp = app.client.get(app.url(&events_url)).send().await.unwrap();
+    let resp = app.get(&events_url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut first = Vec::new();
     {
@@ -283,52 +226,40 @@ async fn stream_tokens_open_streams_without_headers_and_expire() {
         }
     }
     // The same token for another job: 401.
-    let other = submit_as(
-        &app,
-        ACME,
-        json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}),
-    )
-    .await;
+    let other = acme.submit("demo", json!({"steps": 1, "step_ms": 0})).await;
     let token = events_url.split("token=").nth(1).unwrap();
     let resp = app
-        .client
-        .get(app.url(&format!(
-            "/v1/jobs/{}/events?token={token}",
-            other["id"].as_str().unwrap()
-        )))
+        .get(&format!("/v1/jobs/{}/events?token={token}", other.id))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
 
-    // After the TTL the token is refused; a fresh one and Last-Event-ID deliver the rest.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let resp = app
-        .client
-        .get(app.url(&events_url))
-        .header("Last-Event-ID", "3")
-        .send()
-        .await
-        .unwrap();
+    // Once the TTL has passed the token is refused; a fresh one and
+    // Last-Event-ID deliver the rest.
+    let deadline = Instant::now() + WAIT;
+    let resp = loop {
+        let resp = app
+            .get(&events_url)
+            .header("Last-Event-ID", "3")
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != 200 {
+            break resp;
+        }
+        assert!(Instant::now() < deadline, "the stream token never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(resp.status(), 401);
     let p: Value = resp.json().await.unwrap();
     assert!(p["detail"].as_str().unwrap().contains("expired"));
-    let fresh: Value = req(
-        &app,
-        reqwest::Method::POST,
-        &format!("/v1/jobs/{id}/stream-token"),
-        Some(ACME),
-    )
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    assert!(fresh["expires_at"].as_str().unwrap().ends_with('Z'));
+    let fresh = acme
+        .stream_token(&format!("/v1/jobs/{}/stream-token", job.id))
+        .await;
+    assert!(fresh.expires_at.ends_with('Z'));
     let rest = read_to_end(
-        app.client
-            .get(app.url(fresh["events_url"].as_str().unwrap()))
+        app.get(&fresh.events_url)
             .header("Last-Event-ID", "3")
             .send()
             .await
@@ -336,7 +267,7 @@ async fn stream_tokens_open_streams_without_headers_and_expire() {
     )
     .await;
     let mut all = first.clone();
-    all.extend(ids(&rest));
+    all.extend(seqs(&rest));
     let n = all.len() as i64;
     assert_eq!(all, (1..=n).collect::<Vec<_>>(), "every event exactly once");
     assert_eq!(rest.last().unwrap().event, "result");
@@ -346,8 +277,7 @@ async fn stream_tokens_open_streams_without_headers_and_expire() {
 async fn cors_answers_allowed_origins_only() {
     let app = keyed(|c| c.cors_origins = vec!["https://dash.example".into()]).await;
     let preflight = app
-        .client
-        .request(reqwest::Method::OPTIONS, app.url("/v1/jobs"))
+        .request(reqwest::Method::OPTIONS, "/v1/jobs")
         .header("Origin", "https://dash.example")
         .header("Access-Control-Request-Method", "POST")
         .header(
@@ -368,7 +298,9 @@ async fn cors_answers_allowed_origins_only() {
         .to_lowercase();
     assert!(allowed_headers.contains("authorization"));
 
-    let resp = req(&app, reqwest::Method::GET, "/v1/jobs", Some(ACME))
+    let resp = app
+        .with_bearer(ACME)
+        .get("/v1/jobs")
         .header("Origin", "https://dash.example")
         .send()
         .await
@@ -378,7 +310,9 @@ async fn cors_answers_allowed_origins_only() {
         "https://dash.example"
     );
 
-    let resp = req(&app, reqwest::Method::GET, "/v1/jobs", Some(ACME))
+    let resp = app
+        .with_bearer(ACME)
+        .get("/v1/jobs")
         .header("Origin", "https://evil.example")
         .send()
         .await
@@ -397,16 +331,15 @@ async fn each_limit_answers_with_its_status_and_retry_after() {
     let mut statuses = Vec::new();
     let mut retry_after = None;
     let mut first_id = None;
+    let (acme, globex) = (app.with_bearer(ACME), app.with_bearer(GLOBEX));
     for _ in 0..5 {
-        let resp = req(&app, reqwest::Method::POST, "/v1/jobs", Some(ACME))
-            .json(&json!({"kind": "demo", "input": {"steps": 100, "step_ms": 100}}))
-            .send()
-            .await
-            .unwrap();
+        let resp = acme
+            .post_job(&json!({"kind": "demo", "input": {"steps": 100, "step_ms": 100}}))
+            .await;
         statuses.push(resp.status().as_u16());
         if resp.status() == 202 && first_id.is_none() {
-            let job: Value = resp.json().await.unwrap();
-            first_id = job["id"].as_str().map(str::to_owned);
+            let job: Job = resp.json().await.unwrap();
+            first_id = Some(job.id);
             continue;
         }
         if resp.status() == 429 {
@@ -419,48 +352,31 @@ async fn each_limit_answers_with_its_status_and_retry_after() {
     assert_eq!(statuses[3], 429);
     assert!(retry_after.unwrap().parse::<u64>().unwrap() >= 1);
     // Another tenant has its own bucket.
-    let resp = req(&app, reqwest::Method::POST, "/v1/jobs", Some(GLOBEX))
-        .json(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
-        .send()
-        .await
-        .unwrap();
+    let resp = globex
+        .post_job(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
+        .await;
     assert_eq!(resp.status(), 202);
 
     // Streams: two open, the third is 429. (The job runs for 10 s.)
     let id = first_id.expect("a job was accepted");
     let path = format!("/v1/jobs/{id}/events");
-    let s1 = req(&app, reqwest::Method::GET, &path, Some(ACME))
-        .send()
-        .await
-        .unwrap();
-    let s2 = req(&app, reqwest::Method::GET, &path, Some(ACME))
-        .send()
-        .await
-        .unwrap();
+    let s1 = acme.get(&path).send().await.unwrap();
+    let s2 = acme.get(&path).send().await.unwrap();
     assert_eq!(
         (s1.status(), s2.status()),
         (reqwest::StatusCode::OK, reqwest::StatusCode::OK)
     );
-    let s3 = req(&app, reqwest::Method::GET, &path, Some(ACME))
-        .send()
-        .await
-        .unwrap();
+    let s3 = acme.get(&path).send().await.unwrap();
     assert_eq!(s3.status(), 429);
     assert!(s3.headers().contains_key("retry-after"));
     drop(s1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s = req(&app, reqwest::Method::GET, &path, Some(ACME))
-            .send()
-            .await
-            .unwrap();
+        let s = acme.get(&path).send().await.unwrap();
         if s.status() == 200 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a closed stream frees its slot"
-        );
+        assert!(Instant::now() < deadline, "a closed stream frees its slot");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(s2);
@@ -468,7 +384,8 @@ async fn each_limit_answers_with_its_status_and_retry_after() {
     // Input nested deeper than 64 levels: 422.
     let deep = format!("{}1{}", "[".repeat(65), "]".repeat(65));
     let body = format!(r#"{{"kind": "demo", "input": {deep}}}"#);
-    let resp = req(&app, reqwest::Method::POST, "/v1/jobs", Some(GLOBEX))
+    let resp = globex
+        .post("/v1/jobs")
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -500,27 +417,21 @@ async fn none_is_refused_off_loopback() {
 async fn tokens_and_keys_never_reach_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let keys = format!("acme:{ACME}");
-    let herald = HeraldProcess::start(
+    let mut herald = HeraldProcess::start(
         &dir.path().join("h.db"),
         "debug",
         &[("HERALD_AUTH", "api-keys"), ("HERALD_API_KEYS", &keys)],
     );
-    let addr = herald.base.trim_start_matches("http://").to_owned();
-    let client = reqwest::Client::new();
-    let job: Value = client
-        .post(format!("http://{addr}/v1/jobs"))
-        .bearer_auth(ACME)
-        .json(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let events = job["links"]["events"].as_str().unwrap();
+    let job = herald
+        .api()
+        .with_bearer(ACME)
+        .submit("demo", json!({"steps": 1, "step_ms": 0}))
+        .await;
+    let events = &job.links.events;
     let token = events.split("token=").nth(1).unwrap().to_owned();
-    let body = client
-        .get(format!("http://{addr}{events}"))
+    let body = herald
+        .api()
+        .get(events)
         .send()
         .await
         .unwrap()
@@ -528,7 +439,9 @@ async fn tokens_and_keys_never_reach_the_logs() {
         .await
         .unwrap();
     assert!(body.contains("event: result"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    herald
+        .next_json(WAIT, |v| v.to_string().contains("/events"))
+        .expect("the stream request is logged");
     let all = herald.kill().join("\n");
     assert!(
         all.contains("/events"),

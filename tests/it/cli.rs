@@ -4,6 +4,7 @@ use std::process::Output;
 
 use serde_json::json;
 
+use crate::common::Status::Running;
 use crate::common::TestApp;
 
 async fn herald(args: &[&str]) -> Output {
@@ -21,11 +22,12 @@ async fn herald(args: &[&str]) -> Output {
 async fn watch_follows_through_reconnects_and_exits_with_the_outcome() {
     // Streams last 1 s, the job about 2.5 s: watch must resume with Last-Event-ID.
     let app = TestApp::spawn_with(|c| c.max_stream_secs = Some(1)).await;
-    let job = app
-        .submit(json!({"kind": "demo", "input": {"steps": 5, "step_ms": 500}}))
-        .await;
-    let id = job["id"].as_str().unwrap();
-    let out = herald(&["watch", id, "--url", &app.base]).await;
+    let id = app
+        .submit("demo", json!({"steps": 5, "step_ms": 500}))
+        .await
+        .id
+        .to_string();
+    let out = herald(&["watch", &id, "--url", &app.base]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -39,7 +41,7 @@ async fn watch_follows_through_reconnects_and_exits_with_the_outcome() {
     assert!(stderr.contains("running (attempt 1)"), "{stderr}");
 
     // Watching a finished job: 204 from the stream, outcome from the snapshot.
-    let again = herald(&["watch", id, "--url", &app.base]).await;
+    let again = herald(&["watch", &id, "--url", &app.base]).await;
     assert_eq!(again.status.code(), Some(0));
     app.stop().await;
 }
@@ -48,9 +50,15 @@ async fn watch_follows_through_reconnects_and_exits_with_the_outcome() {
 async fn watch_exit_codes_for_failed_cancelled_and_missing_jobs() {
     let app = TestApp::spawn().await;
     let failing = app
-        .submit(json!({"kind": "demo", "input": {"steps": 2, "step_ms": 0, "fail_at": 1}, "max_attempts": 1}))
-        .await;
-    let out = herald(&["watch", failing["id"].as_str().unwrap(), "--url", &app.base]).await;
+        .submit_with(
+            "demo",
+            json!({"steps": 2, "step_ms": 0, "fail_at": 1}),
+            json!({"max_attempts": 1}),
+        )
+        .await
+        .id
+        .to_string();
+    let out = herald(&["watch", &failing, "--url", &app.base]).await;
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -60,15 +68,16 @@ async fn watch_exit_codes_for_failed_cancelled_and_missing_jobs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("demo_failure"));
 
     let long = app
-        .submit(json!({"kind": "demo", "input": {"steps": 1000, "step_ms": 20}}))
-        .await;
-    let id = long["id"].as_str().unwrap().to_owned();
+        .submit("demo", json!({"steps": 1000, "step_ms": 20}))
+        .await
+        .id;
     let base = app.base.clone();
-    let watcher = tokio::spawn(async move { herald(&["watch", &id, "--url", &base]).await });
-    app.wait_status(long["id"].as_str().unwrap(), "running")
-        .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(app.cancel(long["id"].as_str().unwrap()).await.status(), 202);
+    let watcher =
+        tokio::spawn(async move { herald(&["watch", &long.to_string(), "--url", &base]).await });
+    app.wait_status(long, Running).await;
+    // Cancelled while watch follows its stream.
+    app.wait_open_streams(1).await;
+    assert_eq!(app.cancel(long).await.status(), 202);
     let out = watcher.await.unwrap();
     assert_eq!(
         out.status.code(),

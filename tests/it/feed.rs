@@ -5,16 +5,19 @@ use std::time::Duration;
 
 use herald::config::AuthMode;
 use herald::config::Secret;
+use herald::domain::JobId;
 use serde_json::{json, Value};
 
+use crate::common::Status::{Running, Succeeded};
 use crate::common::{postgres_url, Backend, TestApp, TestDb, WAIT};
+use crate::downstream::FakeDownstream;
 
 /// One feed event as a client sees it.
 #[derive(Debug, Clone, PartialEq)]
 struct FeedEv {
     cursor: String,
     event: String,
-    job: String,
+    job: JobId,
     seq: i64,
     data: Value,
 }
@@ -63,7 +66,10 @@ impl Feed {
         Some(FeedEv {
             cursor: ev.id,
             event: ev.event,
-            job: data["job_id"].as_str().expect("job_id").to_owned(),
+            job: data["job_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("job_id"),
             seq: data["seq"].as_i64().expect("seq"),
             data,
         })
@@ -79,13 +85,13 @@ fn terminal(name: &str) -> bool {
 }
 
 /// Reads until every job in `jobs` has sent its terminal event.
-async fn read_until_done(feed: &mut Feed, jobs: &BTreeSet<String>) -> Vec<FeedEv> {
+async fn read_until_done(feed: &mut Feed, jobs: &BTreeSet<JobId>) -> Vec<FeedEv> {
     let mut out = Vec::new();
     let mut done = BTreeSet::new();
     while &done != jobs {
         let ev = feed.next().await;
         if terminal(&ev.event) {
-            done.insert(ev.job.clone());
+            done.insert(ev.job);
         }
         out.push(ev);
     }
@@ -93,10 +99,10 @@ async fn read_until_done(feed: &mut Feed, jobs: &BTreeSet<String>) -> Vec<FeedEv
 }
 
 /// Per job: the seqs seen, in order.
-fn seqs(events: &[FeedEv]) -> BTreeMap<String, Vec<i64>> {
-    let mut m: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+fn seqs(events: &[FeedEv]) -> BTreeMap<JobId, Vec<i64>> {
+    let mut m: BTreeMap<JobId, Vec<i64>> = BTreeMap::new();
     for e in events {
-        m.entry(e.job.clone()).or_default().push(e.seq);
+        m.entry(e.job).or_default().push(e.seq);
     }
     m
 }
@@ -107,25 +113,26 @@ async fn one_connection_carries_every_job_and_resumes_without_loss() {
     let mut jobs = BTreeSet::new();
     for steps in [3, 5, 4] {
         let job = app
-            .submit(json!({"kind": "demo", "input": {"steps": steps, "step_ms": 20}}))
+            .submit("demo", json!({"steps": steps, "step_ms": 20}))
             .await;
-        jobs.insert(job["id"].as_str().unwrap().to_owned());
+        jobs.insert(job.id);
     }
     let events = read_until_done(&mut feed, &jobs).await;
     // Every job's whole stream, in order: the same events as its own stream.
     for (job, seen) in seqs(&events) {
-        let stored = app.events(&job).await;
-        let want: Vec<i64> = stored.iter().map(|e| e.seq.0).collect();
-        assert_eq!(seen, want, "job {job}");
+        let stored = app.stored_events(job).await;
+        assert_eq!(seen, crate::common::seqs(&stored), "job {job}");
         for (e, s) in events.iter().filter(|e| e.job == job).zip(&stored) {
-            assert_eq!(e.event, s.kind.as_str());
-            let mut own: Value = serde_json::from_str(&s.data).unwrap();
-            own["job_id"] = json!(job);
-            own["seq"] = json!(s.seq.0);
+            assert_eq!(e.event, s.event);
+            let mut own = s.data.clone();
+            own["job_id"] = json!(job.to_string());
+            own["seq"] = json!(s.seq);
             assert_eq!(e.data, own, "the job's event data plus job_id and seq");
         }
     }
-    // Resume from every cursor: exactly what followed it, nothing else.
+    // Resume from every cursor: exactly what followed it, and after that
+    // nothing but what comes next, a job submitted now.
+    let mut resumed = Vec::new();
     for cut in [0, 1, events.len() / 2, events.len() - 2] {
         let mut again = Feed::open(&app, "", Some(&events[cut].cursor)).await;
         let mut rest = Vec::new();
@@ -133,12 +140,18 @@ async fn one_connection_carries_every_job_and_resumes_without_loss() {
             rest.push(again.next().await);
         }
         assert_eq!(rest, events[cut + 1..].to_vec(), "resumed after #{cut}");
-        assert!(
-            again
-                .next_within(Duration::from_millis(300))
-                .await
-                .is_none(),
-            "nothing more after the end"
+        resumed.push((cut, again));
+    }
+    let next = app
+        .submit("demo", json!({"steps": 1, "step_ms": 0}))
+        .await
+        .id;
+    for (cut, mut again) in resumed {
+        let ev = again.next().await;
+        assert_eq!(
+            (ev.job, ev.seq),
+            (next, 1),
+            "nothing more after the end (resumed after #{cut})"
         );
     }
     // The query parameter works like the header.
@@ -149,25 +162,27 @@ async fn one_connection_carries_every_job_and_resumes_without_loss() {
 }
 
 async fn filters_select_jobs_by_id_kind_and_status() {
-    let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
+    let ds = FakeDownstream::start().await;
+    let downstream = format!("local={}", ds.base);
+    let app = TestApp::spawn_with(|c| {
+        c.progress_min_interval_ms = 0;
+        c.downstreams = vec![downstream];
+    })
+    .await;
     let slow = app
-        .submit(json!({"kind": "demo", "input": {"steps": 100, "step_ms": 50}}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.wait_status(&slow, "running").await;
+        .submit("demo", json!({"steps": 100, "step_ms": 50}))
+        .await
+        .id;
+    app.wait_status(slow, Running).await;
     let mut by_status = Feed::open(&app, "?status=running", None).await;
     let other = app
-        .submit(json!({"kind": "demo", "input": {"steps": 10, "step_ms": 60}}))
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .submit("demo", json!({"steps": 10, "step_ms": 60}))
+        .await
+        .id;
     let mut by_job = Feed::open(&app, &format!("?job={other}"), None).await;
     let mut by_kind = Feed::open(&app, "?kind=aggregate", None).await;
-    app.wait_status(&other, "succeeded").await;
-    app.cancel(&slow).await;
+    app.wait_status(other, Succeeded).await;
+    app.cancel(slow).await;
     // status=running picked the job running when it opened, not the later one.
     loop {
         let ev = by_status.next().await;
@@ -188,16 +203,23 @@ async fn filters_select_jobs_by_id_kind_and_status() {
         }
     }
     assert_eq!(seen.last().unwrap(), "result");
-    assert!(
-        by_kind
-            .next_within(Duration::from_millis(300))
-            .await
-            .is_none(),
-        "no aggregate job ran"
+    // kind=aggregate let none of the demo jobs' events through: the first it
+    // carries is the first of an aggregate job submitted now.
+    let aggregate = app
+        .submit(
+            "aggregate",
+            json!({"sources": [{"name": "a", "downstream": "local", "path": "/slow/1"}]}),
+        )
+        .await
+        .id;
+    let ev = by_kind.next().await;
+    assert_eq!(
+        (ev.job, ev.seq),
+        (aggregate, 1),
+        "no demo job's event came through"
     );
     let bad = app
-        .client
-        .get(app.url("/v1/events"))
+        .get("/v1/events")
         .header("Last-Event-ID", "not-a-cursor")
         .send()
         .await
@@ -220,63 +242,29 @@ async fn a_feed_token_opens_the_feed_of_its_tenant_only() {
         c.stream_token_secret = Some(Secret("stream-secret-for-tests-0123".into()));
     })
     .await;
-    let no_key = app.client.get(app.url("/v1/events")).send().await.unwrap();
+    let no_key = app.get("/v1/events").send().await.unwrap();
     assert_eq!(no_key.status(), 401);
-    let token: Value = app
-        .client
-        .post(app.url("/v1/events/stream-token"))
-        .bearer_auth(ACME)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let events_url = token["events_url"].as_str().unwrap();
+    let acme = app.with_bearer(ACME);
+    let token = acme.stream_token("/v1/events/stream-token").await;
+    let events_url = &token.events_url;
     assert!(events_url.starts_with("/v1/events?token="), "{events_url}");
     let mut feed = Feed::open_with(&app.client, &app.url(events_url), None).await;
     // Another tenant's job stays out of acme's feed; acme's own comes in.
-    for key in [GLOBEX, ACME] {
-        let resp = app
-            .client
-            .post(app.url("/v1/jobs"))
-            .bearer_auth(key)
-            .json(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-    }
-    let acme_job: Value = app
-        .client
-        .get(app.url("/v1/jobs"))
-        .bearer_auth(ACME)
-        .send()
+    app.with_bearer(GLOBEX)
+        .submit("demo", json!({"steps": 1, "step_ms": 0}))
+        .await;
+    let acme_id = acme
+        .submit("demo", json!({"steps": 1, "step_ms": 0}))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let acme_id = acme_job["items"][0]["id"].as_str().unwrap().to_owned();
-    let events = read_until_done(&mut feed, &BTreeSet::from([acme_id.clone()])).await;
+        .id;
+    let events = read_until_done(&mut feed, &BTreeSet::from([acme_id])).await;
     assert!(events.iter().all(|e| e.job == acme_id), "{events:?}");
     // A job's stream token does not open the feed.
-    let job_token: Value = app
-        .client
-        .post(app.url(&format!("/v1/jobs/{acme_id}/stream-token")))
-        .bearer_auth(ACME)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job_token = acme
+        .stream_token(&format!("/v1/jobs/{acme_id}/stream-token"))
+        .await;
     let wrong = app
-        .client
-        .get(app.url(&format!(
-            "/v1/events?token={}",
-            job_token["token"].as_str().unwrap()
-        )))
+        .get(&format!("/v1/events?token={}", job_token.token))
         .send()
         .await
         .unwrap();
@@ -312,11 +300,11 @@ async fn concurrent_writers_and_a_resuming_reader_lose_and_repeat_nothing() {
     let mut jobs = Vec::new();
     for _ in 0..WRITERS {
         // Finished jobs whose event logs the writers then extend directly.
-        let job = app
-            .submit(json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
-            .await;
-        let id = job["id"].as_str().unwrap().to_owned();
-        app.wait_status(&id, "succeeded").await;
+        let id = app
+            .submit("demo", json!({"steps": 1, "step_ms": 0}))
+            .await
+            .id;
+        app.wait_status(id, Succeeded).await;
         jobs.push(id);
     }
     // Opened from now, before anything is written: the reader's first session.
@@ -326,9 +314,10 @@ async fn concurrent_writers_and_a_resuming_reader_lose_and_repeat_nothing() {
     for job in jobs.clone() {
         let pool = pool.clone();
         writers.push(tokio::spawn(async move {
+            let id = job.to_string();
             let base: i64 =
                 sqlx::query_scalar("SELECT last_seq FROM herald_jobs WHERE id = $1::uuid")
-                    .bind(&job)
+                    .bind(&id)
                     .fetch_one(&pool)
                     .await
                     .unwrap();
@@ -338,7 +327,7 @@ async fn concurrent_writers_and_a_resuming_reader_lose_and_repeat_nothing() {
                     "INSERT INTO herald_job_events (job_id, seq, event, data, at) \
                      VALUES ($1::uuid, $2, 'progress', $3, 0)",
                 )
-                .bind(&job)
+                .bind(&id)
                 .bind(base + n)
                 .bind(format!(r#"{{"n":{n}}}"#))
                 .execute(&mut *tx)
@@ -351,7 +340,7 @@ async fn concurrent_writers_and_a_resuming_reader_lose_and_repeat_nothing() {
                 // As herald does after a commit: wake the feeds, so the reader
                 // reads often, while other transactions are still open.
                 sqlx::query("SELECT pg_notify('herald_events', $1)")
-                    .bind(&job)
+                    .bind(&id)
                     .execute(&pool)
                     .await
                     .unwrap();
@@ -415,11 +404,11 @@ async fn concurrent_writers_and_a_resuming_reader_lose_and_repeat_nothing() {
     for w in writers {
         let (job, base) = w.await.unwrap();
         for n in 1..=PER_WRITER {
-            written.insert((job.clone(), base + n));
+            written.insert((job, base + n));
         }
     }
-    let got: Vec<(String, i64)> = read.iter().map(|e| (e.job.clone(), e.seq)).collect();
-    let unique: BTreeSet<(String, i64)> = got.iter().cloned().collect();
+    let got: Vec<(JobId, i64)> = read.iter().map(|e| (e.job, e.seq)).collect();
+    let unique: BTreeSet<(JobId, i64)> = got.iter().cloned().collect();
     assert_eq!(got.len(), unique.len(), "no event was read twice");
     let missing: Vec<_> = written.difference(&unique).take(5).collect();
     let extra: Vec<_> = unique.difference(&written).take(5).collect();
@@ -459,10 +448,10 @@ async fn an_open_transaction_in_another_database_does_not_hold_the_feed_back() {
     }
     let app = TestApp::spawn_in(TestDb::on(Backend::Postgres).await, |_| {}).await;
     let mut feed = Feed::open(&app, "", None).await;
-    let job = app
-        .submit(json!({"kind": "demo", "input": {"steps": 2, "step_ms": 10}}))
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = app
+        .submit("demo", json!({"steps": 2, "step_ms": 10}))
+        .await
+        .id;
     let events = read_until_done(&mut feed, &BTreeSet::from([id])).await;
     assert!(events.len() >= 3, "{events:?}");
     open.rollback().await.unwrap();

@@ -15,6 +15,7 @@ mod crash;
 mod dashboard;
 mod downstream;
 mod feed;
+mod kinds;
 mod nodes;
 mod operability;
 mod stream;

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use herald::domain::JobId;
+use serde_json::json;
 
-use crate::common::{
-    ids, open_stream_at, postgres_url, read_to_end, Backend, HeraldProcess, Sse, TestDb,
-};
+use crate::common::Status::{Queued, Running, Succeeded};
+use crate::common::{postgres_url, read_to_end, seqs, Api, Backend, Event, HeraldProcess, TestDb};
 
 /// Short leases and reconcile passes, so a killed node is noticed quickly.
 fn node(db: &TestDb, role: &str, id: &str) -> HeraldProcess {
@@ -28,56 +28,49 @@ fn node(db: &TestDb, role: &str, id: &str) -> HeraldProcess {
     )
 }
 
-async fn submit(client: &reqwest::Client, base: &str, input: Value) -> String {
-    let resp = client
-        .post(format!("{base}/v1/jobs"))
-        .json(&json!({"kind": "demo", "input": input}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let job: Value = resp.json().await.unwrap();
-    job["id"].as_str().unwrap().to_owned()
-}
-
 /// Which node ran (or runs) the job's current attempt, from the database.
-async fn running_node(pool: &sqlx::PgPool, id: &str) -> Option<String> {
+async fn running_node(pool: &sqlx::PgPool, id: JobId) -> Option<String> {
     sqlx::query_scalar("SELECT node_id FROM herald_jobs WHERE id = $1::uuid")
-        .bind(id)
+        .bind(id.to_string())
         .fetch_one(pool)
         .await
         .unwrap()
 }
 
 /// The stream carried every stored event of the job, once each, in order.
-async fn assert_exactly_once(pool: &sqlx::PgPool, id: &str, events: &[Sse]) {
+async fn assert_exactly_once(pool: &sqlx::PgPool, id: JobId, events: &[Event]) {
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM herald_job_events WHERE job_id = $1::uuid")
-            .bind(id)
+            .bind(id.to_string())
             .fetch_one(pool)
             .await
             .unwrap();
     let want: Vec<i64> = (1..=stored).collect();
     assert_eq!(
-        ids(events),
+        seqs(events),
         want,
         "every stored event once, in order, no gaps"
     );
 }
 
-fn names(events: &[Sse]) -> Vec<String> {
+/// The events but progress, a status as `queued#1` (status and attempt).
+fn milestones(events: &[Event]) -> Vec<String> {
     events
         .iter()
-        .map(|e| match e.event.as_str() {
-            "status" => format!(
-                "{}#{}",
-                e.data["status"].as_str().unwrap(),
-                e.data["attempt"]
-            ),
-            other => other.to_owned(),
+        .filter(|e| e.event != "progress")
+        .map(|e| match e.status() {
+            Some(status) => format!("{}#{}", status.as_str(), e.attempt().unwrap()),
+            None => e.event.clone(),
         })
-        .filter(|n| n != "progress")
         .collect()
+}
+
+/// Waits until the job runs and has reported progress.
+async fn wait_running(api: &Api, id: JobId) {
+    api.wait_for(id, "the job to run", |j| {
+        j.status == Running && j.progress.is_some()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -89,49 +82,42 @@ async fn an_api_node_streams_and_cancels_jobs_that_worker_nodes_run() {
     let db = TestDb::on(Backend::Postgres).await;
     let mut a = node(&db, "api", "node-a");
     let b = node(&db, "worker", "node-b");
-    let client = reqwest::Client::new();
     let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
 
     // Roles: the worker answers probes but not the API.
-    let probe = client
-        .get(format!("{}/readyz", b.base))
-        .send()
-        .await
-        .unwrap();
+    let probe = b.api().get("/readyz").send().await.unwrap();
     assert_eq!(probe.status(), 200);
-    let api = client
-        .get(format!("{}/v1/jobs", b.base))
-        .send()
-        .await
-        .unwrap();
+    let api = b.api().get("/v1/jobs").send().await.unwrap();
     assert_eq!(api.status(), 404, "worker nodes do not serve /v1");
 
     // 1. A job run on B, streamed from A: every event, once, in order.
-    let id = submit(&client, &a.base, json!({"steps": 10, "step_ms": 50})).await;
-    let events = read_to_end(open_stream_at(&client, &a.base, &id, None).await).await;
-    assert_exactly_once(&pool, &id, &events).await;
+    let api = a.api();
+    let id = api
+        .submit("demo", json!({"steps": 10, "step_ms": 50}))
+        .await
+        .id;
+    let events = api.stream_events(id).await;
+    assert_exactly_once(&pool, id, &events).await;
     assert_eq!(
         events.len(),
         2 + 10 + 1,
         "queued, running, 10 progress, result"
     );
     assert_eq!(events.last().unwrap().event, "result");
-    assert_eq!(running_node(&pool, &id).await.as_deref(), Some("node-b"));
+    assert_eq!(running_node(&pool, id).await.as_deref(), Some("node-b"));
 
     // 2. A cancel sent to A stops the job on B, and A's stream ends with it.
-    let id = submit(&client, &a.base, json!({"steps": 600, "step_ms": 50})).await;
-    let stream = open_stream_at(&client, &a.base, &id, None).await;
-    let reader = tokio::spawn(read_to_end(stream));
-    wait_running(&client, &a.base, &id).await;
-    let cancelled_at = std::time::Instant::now();
-    let resp = client
-        .post(format!("{}/v1/jobs/{id}/cancel", a.base))
-        .send()
+    let id = api
+        .submit("demo", json!({"steps": 600, "step_ms": 50}))
         .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+        .id;
+    let stream = api.open_stream(id, None).await;
+    let reader = tokio::spawn(read_to_end(stream));
+    wait_running(&api, id).await;
+    let cancelled_at = std::time::Instant::now();
+    assert_eq!(api.cancel(id).await.status(), 202);
     let events = reader.await.unwrap();
-    assert_exactly_once(&pool, &id, &events).await;
+    assert_exactly_once(&pool, id, &events).await;
     assert_eq!(events.last().unwrap().event, "cancelled");
     assert!(
         cancelled_at.elapsed() < Duration::from_secs(5),
@@ -139,10 +125,13 @@ async fn an_api_node_streams_and_cancels_jobs_that_worker_nodes_run() {
     );
 
     // 3. A's LISTEN connection is killed mid-job: the stream loses nothing.
-    let id = submit(&client, &a.base, json!({"steps": 40, "step_ms": 50})).await;
-    let stream = open_stream_at(&client, &a.base, &id, None).await;
+    let id = api
+        .submit("demo", json!({"steps": 40, "step_ms": 50}))
+        .await
+        .id;
+    let stream = api.open_stream(id, None).await;
     let reader = tokio::spawn(read_to_end(stream));
-    wait_running(&client, &a.base, &id).await;
+    wait_running(&api, id).await;
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE application_name = 'herald-listener node-a'",
@@ -156,7 +145,7 @@ async fn an_api_node_streams_and_cancels_jobs_that_worker_nodes_run() {
         "A's listener connection was found and ended"
     );
     let events = reader.await.unwrap();
-    assert_exactly_once(&pool, &id, &events).await;
+    assert_exactly_once(&pool, id, &events).await;
     assert_eq!(events.len(), 2 + 40 + 1);
     assert_eq!(events.last().unwrap().event, "result");
     let back = a.next_json(Duration::from_secs(10), |v| {
@@ -168,59 +157,36 @@ async fn an_api_node_streams_and_cancels_jobs_that_worker_nodes_run() {
 
     // 4. B is killed (-9) mid-job; C takes the job over after B's lease and
     //    A's stream shows the retry and the result, seq gapless.
-    let id = submit(&client, &a.base, json!({"steps": 30, "step_ms": 100})).await;
-    let stream = open_stream_at(&client, &a.base, &id, None).await;
+    let id = api
+        .submit("demo", json!({"steps": 30, "step_ms": 100}))
+        .await
+        .id;
+    let stream = api.open_stream(id, None).await;
     let reader = tokio::spawn(read_to_end(stream));
-    wait_running(&client, &a.base, &id).await;
-    assert_eq!(running_node(&pool, &id).await.as_deref(), Some("node-b"));
+    wait_running(&api, id).await;
+    assert_eq!(running_node(&pool, id).await.as_deref(), Some("node-b"));
     let c = node(&db, "worker", "node-c");
     tokio::time::sleep(Duration::from_millis(500)).await;
     b.kill();
     let events = reader.await.unwrap();
-    assert_exactly_once(&pool, &id, &events).await;
+    assert_exactly_once(&pool, id, &events).await;
     assert_eq!(
-        names(&events),
+        milestones(&events),
         ["queued#1", "running#1", "queued#2", "running#2", "result"],
         "the retry after the lost worker is visible"
     );
-    let job: Value = client
-        .get(format!("{}/v1/jobs/{id}", a.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(job["status"], "succeeded");
-    assert_eq!(job["attempt"], 2);
-    assert_eq!(running_node(&pool, &id).await.as_deref(), Some("node-c"));
+    let job = api.job(id).await;
+    assert_eq!(job.status, Succeeded);
+    assert_eq!(job.attempt, 2);
+    assert_eq!(running_node(&pool, id).await.as_deref(), Some("node-c"));
     let lost = events
         .iter()
-        .find(|e| e.data["status"] == "queued" && e.data["attempt"] == 2)
+        .find(|e| e.status() == Some(Queued) && e.attempt() == Some(2))
         .unwrap();
-    assert_eq!(lost.data["error"]["code"], "worker_lost", "{:?}", lost.data);
+    assert_eq!(lost.error_code(), Some("worker_lost"), "{:?}", lost.data);
 
     drop((a, c));
     pool.close().await;
-}
-
-async fn wait_running(client: &reqwest::Client, base: &str, id: &str) {
-    let deadline = std::time::Instant::now() + crate::common::WAIT;
-    loop {
-        let job: Value = client
-            .get(format!("{base}/v1/jobs/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["status"] == "running" && !job["progress"].is_null() {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "job never ran: {job}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The `environment` of each herald service in docker-compose.yml, with the
@@ -281,14 +247,9 @@ async fn the_docker_compose_layout_runs_as_processes() {
             .collect();
         nodes.push(HeraldProcess::start_url(db.url(), "info", &env));
     }
-    let client = reqwest::Client::new();
     // The compose health check: /readyz on every node.
     for n in &nodes {
-        let r = client
-            .get(format!("{}/readyz", n.base))
-            .send()
-            .await
-            .unwrap();
+        let r = n.api().get("/readyz").send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
     let key = services[0]
@@ -298,37 +259,27 @@ async fn the_docker_compose_layout_runs_as_processes() {
         .map(|(_, v)| v.split_once(':').unwrap().1.to_owned())
         .unwrap();
     let (one, two, worker) = (&nodes[0], &nodes[1], &nodes[2]);
-    let unauthenticated = client
-        .post(format!("{}/v1/jobs", one.base))
-        .json(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
-        .send()
-        .await
-        .unwrap();
+    let unauthenticated = one
+        .api()
+        .post_job(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
+        .await;
     assert_eq!(unauthenticated.status(), 401);
-    let job: Value = client
-        .post(format!("{}/v1/jobs", one.base))
-        .bearer_auth(&key)
-        .json(&json!({"kind": "demo", "input": {"steps": 5, "step_ms": 50}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let events_url = job["links"]["events"].as_str().unwrap();
+    let job = one
+        .api()
+        .with_bearer(&key)
+        .submit("demo", json!({"steps": 5, "step_ms": 50}))
+        .await;
+    let events_url = &job.links.events;
     assert!(events_url.contains("token="), "{events_url}");
-    let stream = client
-        .get(format!("{}{events_url}", two.base))
-        .send()
-        .await
-        .unwrap();
+    let stream = two.api().get(events_url).send().await.unwrap();
     let events = read_to_end(stream).await;
     let want: Vec<i64> = (1..=events.len() as i64).collect();
-    assert_eq!(ids(&events), want);
+    assert_eq!(seqs(&events), want);
     assert_eq!(events.last().unwrap().event, "result");
-    let api = client
-        .get(format!("{}/v1/jobs", worker.base))
-        .bearer_auth(&key)
+    let api = worker
+        .api()
+        .with_bearer(&key)
+        .get("/v1/jobs")
         .send()
         .await
         .unwrap();

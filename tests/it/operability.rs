@@ -4,15 +4,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use herald::config::Secret;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::common::{
-    open_stream, postgres_url, read_to_end, Backend, HeraldProcess, TestApp, TestDb, WAIT,
-};
+use crate::common::Status::{Failed, Running, Succeeded};
+use crate::common::{postgres_url, Backend, HeraldProcess, TestApp, TestDb};
 
 /// The scrape as (metric name + sorted labels) → value.
 async fn scrape(app: &TestApp, token: Option<&str>) -> (HashMap<String, f64>, String) {
-    let mut req = app.client.get(app.url("/metrics"));
+    let mut req = app.get("/metrics");
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -44,11 +43,11 @@ fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
 async fn metrics_parse_and_move_as_jobs_run_and_streams_deliver() {
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
     let (before, _) = scrape(&app, None).await;
-    let job = app
-        .submit(json!({"kind": "demo", "input": {"steps": 3, "step_ms": 20}}))
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    let events = read_to_end(open_stream(&app, &id, None, None).await).await;
+    let id = app
+        .submit("demo", json!({"steps": 3, "step_ms": 20}))
+        .await
+        .id;
+    let events = app.stream_events(id).await;
     assert_eq!(events.last().unwrap().event, "result");
     let (after, text) = scrape(&app, None).await;
 
@@ -74,7 +73,10 @@ async fn metrics_parse_and_move_as_jobs_run_and_streams_deliver() {
     assert!(text.contains("herald_job_run_seconds_bucket"));
     assert!(text.contains("herald_http_request_duration_seconds_bucket"));
     // Bounded cardinality: no job id in any label.
-    assert!(!text.contains(&id), "a job id leaked into the labels");
+    assert!(
+        !text.contains(&id.to_string()),
+        "a job id leaked into the labels"
+    );
     assert!(text.contains("route=\"/v1/jobs/{id}/events\""));
     app.stop().await;
 }
@@ -83,12 +85,11 @@ async fn the_metrics_token_protects_the_scrape() {
     let app =
         TestApp::spawn_with(|c| c.metrics_token = Some(Secret("scrape-token-0123456789".into())))
             .await;
-    let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let resp = app.get("/metrics").send().await.unwrap();
     assert_eq!(resp.status(), 401);
     assert!(resp.headers().contains_key("www-authenticate"));
     let resp = app
-        .client
-        .get(app.url("/metrics"))
+        .get("/metrics")
         .bearer_auth("wrong")
         .send()
         .await
@@ -103,18 +104,12 @@ async fn a_json_log_line_of_a_job_run_carries_job_id_and_kind() {
     let dir = tempfile::tempdir().unwrap();
     // `next_json` panics on any line that is not JSON.
     let mut herald = HeraldProcess::start(&dir.path().join("h.db"), "info", &[]);
-    let addr = herald.base.trim_start_matches("http://").to_owned();
-    let client = reqwest::Client::new();
-    let job: Value = client
-        .post(format!("http://{addr}/v1/jobs"))
-        .json(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
-        .send()
+    let id = herald
+        .api()
+        .submit("demo", json!({"steps": 1, "step_ms": 0}))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = job["id"].as_str().unwrap().to_owned();
+        .id
+        .to_string();
     let line = herald
         .next_json(Duration::from_secs(20), |v| v["message"] == "job succeeded")
         .expect("the job run is logged");
@@ -133,33 +128,35 @@ async fn retention_deletes_only_old_terminal_jobs() {
     })
     .await;
     let done = app
-        .submit(json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
-        .await;
-    let done = done["id"].as_str().unwrap().to_owned();
+        .submit("demo", json!({"steps": 1, "step_ms": 0}))
+        .await
+        .id;
     let failed = app
-        .submit(json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0, "fail_at": 1}, "max_attempts": 1}))
-        .await;
-    let failed = failed["id"].as_str().unwrap().to_owned();
+        .submit_with(
+            "demo",
+            json!({"steps": 1, "step_ms": 0, "fail_at": 1}),
+            json!({"max_attempts": 1}),
+        )
+        .await
+        .id;
     let running = app
-        .submit(json!({"kind": "demo", "input": {"steps": 200, "step_ms": 100}}))
-        .await;
-    let running = running["id"].as_str().unwrap().to_owned();
-    app.wait_status(&done, "succeeded").await;
-    app.wait_status(&failed, "failed").await;
-    app.wait_status(&running, "running").await;
+        .submit("demo", json!({"steps": 200, "step_ms": 100}))
+        .await
+        .id;
+    app.wait_status(done, Succeeded).await;
+    app.wait_status(failed, Failed).await;
+    app.wait_status(running, Running).await;
 
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let a = app
-            .client
-            .get(app.url(&format!("/v1/jobs/{done}")))
+            .get(&format!("/v1/jobs/{done}"))
             .send()
             .await
             .unwrap()
             .status();
         let b = app
-            .client
-            .get(app.url(&format!("/v1/jobs/{failed}")))
+            .get(&format!("/v1/jobs/{failed}"))
             .send()
             .await
             .unwrap()
@@ -174,15 +171,11 @@ async fn retention_deletes_only_old_terminal_jobs() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Its history is gone too: a client resuming it learns so.
-    assert_eq!(
-        open_stream(&app, &done, Some("1"), None).await.status(),
-        404
-    );
-    assert!(app.events(&done).await.is_empty());
+    assert_eq!(app.open_stream(done, Some("1")).await.status(), 404);
+    assert!(app.stored_events(done).await.is_empty());
     // The running job, older than the horizon, survives.
-    let job = app.get_job(&running).await;
-    assert_eq!(job["status"], "running");
-    assert!(!app.events(&running).await.is_empty());
+    assert_eq!(app.job(running).await.status, Running);
+    assert!(!app.stored_events(running).await.is_empty());
     app.stop().await;
 }
 
@@ -226,21 +219,6 @@ impl DbProxy {
     }
 }
 
-async fn wait_ready(app: &TestApp, want: u16) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let resp = app.client.get(app.url("/readyz")).send().await.unwrap();
-        if resp.status() == want {
-            return resp.json().await.unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/readyz never answered {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// PostgreSQL only: a SQLite file cannot go away from under an open connection.
 #[tokio::test]
 async fn readiness_is_503_while_the_database_is_away_and_200_when_it_returns() {
@@ -256,20 +234,17 @@ async fn readiness_is_503_while_the_database_is_away_and_200_when_it_returns() {
     let proxied = url.to_string();
     let app = TestApp::spawn_in(db, |c| c.database_url = proxied).await;
 
-    wait_ready(&app, 200).await;
+    app.wait_readyz(200).await;
     proxy.set_up(false);
-    let problem = wait_ready(&app, 503).await;
+    let problem = app.wait_readyz(503).await;
     assert_eq!(problem["code"], "store_unavailable", "{problem}");
     proxy.set_up(true);
-    let ok = wait_ready(&app, 200).await;
+    let ok = app.wait_readyz(200).await;
     assert_eq!(ok["status"], "ready");
 
     // And the node works again: a job runs to its end.
-    let job = app
-        .submit(json!({"kind": "demo", "input": {"steps": 2, "step_ms": 10}}))
-        .await;
-    app.wait_status(job["id"].as_str().unwrap(), "succeeded")
-        .await;
+    let job = app.submit("demo", json!({"steps": 2, "step_ms": 10})).await;
+    app.wait_status(job.id, Succeeded).await;
     app.stop().await;
 }
 

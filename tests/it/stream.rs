@@ -5,71 +5,70 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::common::{ids, open_stream, read_to_end, Sse, TestApp, WAIT};
+use crate::common::Status::{Queued, Running, Succeeded};
+use crate::common::{names, read_to_end, seqs, Event, TestApp, WAIT};
 
-fn job_id(job: &serde_json::Value) -> String {
-    job["id"].as_str().unwrap().to_owned()
-}
-
-async fn wait_streams(app: &TestApp, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while app.state.streams.open() != n {
-        assert!(
-            Instant::now() < deadline,
-            "open streams stayed at {}, want {n}",
-            app.state.streams.open()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Opens the job's stream resuming after the `Last-Event-ID` header, the
+/// `last_event_id` query parameter, or both.
+async fn resume(
+    app: &TestApp,
+    id: impl std::fmt::Display,
+    header: Option<&str>,
+    query: Option<&str>,
+) -> reqwest::Response {
+    let mut path = format!("/v1/jobs/{id}/events");
+    if let Some(q) = query {
+        path.push_str(&format!("?last_event_id={q}"));
     }
+    let mut req = app.get(&path);
+    if let Some(h) = header {
+        req = req.header("Last-Event-ID", h);
+    }
+    req.send().await.expect("stream request sent")
 }
 
 async fn the_stream_delivers_every_event_then_ends_after_the_result() {
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 5, "step_ms": 30}}))
-            .await,
-    );
-    let resp = open_stream(&app, &id, None, None).await;
+    let id = app
+        .submit("demo", json!({"steps": 5, "step_ms": 30}))
+        .await
+        .id;
+    let resp = app.open_stream(id, None).await;
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert_eq!(resp.headers()["cache-control"], "no-cache");
     assert_eq!(resp.headers()["x-accel-buffering"], "no");
     assert!(resp.headers().get("content-encoding").is_none());
     let events = read_to_end(resp).await;
     let n = events.len() as i64;
-    assert_eq!(ids(&events), (1..=n).collect::<Vec<_>>());
-    let names: Vec<_> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(seqs(&events), (1..=n).collect::<Vec<_>>());
     assert_eq!(
-        names,
+        names(&events),
         [
             "status", "status", "progress", "progress", "progress", "progress", "progress",
             "result"
         ]
     );
-    assert_eq!(events[0].data["status"], "queued");
-    assert_eq!(events[1].data["status"], "running");
-    assert_eq!(events[6].data["percent"], 100.0);
-    assert_eq!(events[7].data["result"], json!({"steps": 5}));
+    assert_eq!(events[0].status(), Some(Queued));
+    assert_eq!(events[1].status(), Some(Running));
+    assert_eq!(events[6].percent(), Some(100.0));
+    assert_eq!(events[7].result(), Some(&json!({"steps": 5})));
     for e in &events {
         assert!(e.data["at"].as_str().unwrap().ends_with('Z'));
     }
     // Matches the store exactly.
-    let stored = app.events(&id).await;
+    let stored = app.stored_events(id).await;
     assert_eq!(stored.len() as i64, n);
-    wait_streams(&app, 0).await;
+    app.wait_open_streams(0).await;
     app.stop().await;
 }
 
 async fn the_raw_stream_opens_with_retry() {
     let app = TestApp::spawn_with(|c| c.retry_ms = 1234).await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
-            .await,
-    );
-    let body = open_stream(&app, &id, None, None)
+    let id = app
+        .submit("demo", json!({"steps": 1, "step_ms": 0}))
         .await
-        .text()
-        .await
-        .unwrap();
+        .id;
+    let body = app.open_stream(id, None).await.text().await.unwrap();
     assert!(body.starts_with("retry: 1234\n\n"), "{body}");
     assert!(body.contains("id: 1\nevent: status\ndata: {"), "{body}");
     assert!(body.ends_with("\n\n"));
@@ -79,28 +78,28 @@ async fn the_raw_stream_opens_with_retry() {
 
 async fn resume_by_header_or_query_loses_and_repeats_nothing() {
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 6, "step_ms": 20}}))
-            .await,
-    );
-    let all = read_to_end(open_stream(&app, &id, None, None).await).await;
+    let id = app
+        .submit("demo", json!({"steps": 6, "step_ms": 20}))
+        .await
+        .id;
+    let all = app.stream_events(id).await;
     let n = all.len() as i64;
     assert_eq!(n, 9);
 
-    let by_header = read_to_end(open_stream(&app, &id, Some("3"), None).await).await;
-    assert_eq!(ids(&by_header), (4..=n).collect::<Vec<_>>());
+    let by_header = read_to_end(resume(&app, id, Some("3"), None).await).await;
+    assert_eq!(seqs(&by_header), (4..=n).collect::<Vec<_>>());
     assert_eq!(by_header, all[3..].to_vec());
 
-    let by_query = read_to_end(open_stream(&app, &id, None, Some("3")).await).await;
+    let by_query = read_to_end(resume(&app, id, None, Some("3")).await).await;
     assert_eq!(by_query, all[3..].to_vec());
 
     // A browser reconnecting sends the header while its URL still says 2.
-    let both = read_to_end(open_stream(&app, &id, Some("5"), Some("2")).await).await;
-    assert_eq!(ids(&both), (6..=n).collect::<Vec<_>>());
+    let both = read_to_end(resume(&app, id, Some("5"), Some("2")).await).await;
+    assert_eq!(seqs(&both), (6..=n).collect::<Vec<_>>());
 
     // Nothing left after the terminal event: 204, so EventSource stops.
     for last in [n.to_string(), (n + 5).to_string()] {
-        let resp = open_stream(&app, &id, Some(&last), None).await;
+        let resp = app.open_stream(id, Some(&last)).await;
         assert_eq!(resp.status(), 204, "Last-Event-ID {last}");
         assert!(resp.text().await.unwrap().is_empty());
     }
@@ -109,57 +108,54 @@ async fn resume_by_header_or_query_loses_and_repeats_nothing() {
 
 async fn bad_last_event_ids_and_unknown_jobs() {
     let app = TestApp::spawn().await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
-            .await,
-    );
+    let id = app
+        .submit("demo", json!({"steps": 1, "step_ms": 0}))
+        .await
+        .id;
     for (header, query) in [
         (Some("abc"), None),
         (Some("-1"), None),
         (None, Some("1.5")),
         (Some(" "), None),
     ] {
-        let resp = open_stream(&app, &id, header, query).await;
+        let resp = resume(&app, id, header, query).await;
         assert_eq!(resp.status(), 400, "{header:?} {query:?}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
         let p: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(p["code"], "bad_last_event_id");
     }
     let missing = uuid::Uuid::now_v7().to_string();
-    let resp = open_stream(&app, &missing, None, None).await;
+    let resp = app.open_stream(missing, None).await;
     assert_eq!(resp.status(), 404);
-    let resp = open_stream(&app, "nope", None, None).await;
+    let resp = app.open_stream("nope", None).await;
     assert_eq!(resp.status(), 400);
     app.stop().await;
 }
 
 async fn a_late_subscriber_gets_the_whole_history() {
     let app = TestApp::spawn().await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 3, "step_ms": 0}}))
-            .await,
-    );
-    app.wait_status(&id, "succeeded").await;
-    let events = read_to_end(open_stream(&app, &id, None, None).await).await;
-    let stored = app.events(&id).await;
-    assert_eq!(
-        ids(&events),
-        stored.iter().map(|e| e.seq.0).collect::<Vec<_>>()
-    );
-    assert_eq!(events.first().unwrap().data["status"], "queued");
+    let id = app
+        .submit("demo", json!({"steps": 3, "step_ms": 0}))
+        .await
+        .id;
+    app.wait_status(id, Succeeded).await;
+    let events = app.stream_events(id).await;
+    let stored = app.stored_events(id).await;
+    assert_eq!(seqs(&events), seqs(&stored));
+    assert_eq!(events.first().unwrap().status(), Some(Queued));
     assert_eq!(events.last().unwrap().event, "result");
     app.stop().await;
 }
 
 async fn a_hundred_subscribers_see_identical_sequences() {
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 20, "step_ms": 25}}))
-            .await,
-    );
+    let id = app
+        .submit("demo", json!({"steps": 20, "step_ms": 25}))
+        .await
+        .id;
     let mut readers = Vec::new();
     for _ in 0..100 {
-        let resp = open_stream(&app, &id, None, None).await;
+        let resp = app.open_stream(id, None).await;
         readers.push(tokio::spawn(read_to_end(resp)));
     }
     let mut all = Vec::new();
@@ -168,27 +164,27 @@ async fn a_hundred_subscribers_see_identical_sequences() {
     }
     let first = &all[0];
     assert_eq!(first.len(), 23, "queued, running, 20 progress, result");
-    assert_eq!(ids(first), (1..=23).collect::<Vec<_>>());
+    assert_eq!(seqs(first), (1..=23).collect::<Vec<_>>());
     for other in &all[1..] {
         assert_eq!(other, first);
     }
-    wait_streams(&app, 0).await;
-    assert_eq!(app.state.hub.watched_jobs(), 0, "subscriptions released");
+    app.wait_open_streams(0).await;
+    assert_eq!(app.watched_jobs(), 0, "subscriptions released");
     app.stop().await;
 }
 
 async fn a_slow_reader_still_gets_everything_in_order() {
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 60, "step_ms": 10}}))
-            .await,
-    );
-    let resp = open_stream(&app, &id, None, None).await;
+    let id = app
+        .submit("demo", json!({"steps": 60, "step_ms": 10}))
+        .await
+        .id;
+    let resp = app.open_stream(id, None).await;
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"retry:"));
     // Stop reading while the job runs to the end.
-    app.wait_status(&id, "succeeded").await;
+    app.wait_status(id, Succeeded).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut body = Vec::from(&first[..]);
     while let Some(chunk) = tokio::time::timeout(WAIT, stream.next())
@@ -209,35 +205,35 @@ async fn a_slow_reader_still_gets_everything_in_order() {
 
 async fn cancel_ends_every_stream_with_cancelled() {
     let app = TestApp::spawn().await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 1000, "step_ms": 20}}))
-            .await,
-    );
-    app.wait_status(&id, "running").await;
+    let id = app
+        .submit("demo", json!({"steps": 1000, "step_ms": 20}))
+        .await
+        .id;
+    app.wait_status(id, Running).await;
     let mut readers = Vec::new();
     for _ in 0..3 {
-        let resp = open_stream(&app, &id, None, None).await;
+        let resp = app.open_stream(id, None).await;
         readers.push(tokio::spawn(read_to_end(resp)));
     }
-    wait_streams(&app, 3).await;
-    assert_eq!(app.cancel(&id).await.status(), 202);
+    app.wait_open_streams(3).await;
+    assert_eq!(app.cancel(id).await.status(), 202);
     for r in readers {
-        let events: Vec<Sse> = r.await.unwrap();
+        let events: Vec<Event> = r.await.unwrap();
         let last = events.last().unwrap();
         assert_eq!(last.event, "cancelled");
-        assert_eq!(ids(&events), (1..=last.id).collect::<Vec<_>>());
+        assert_eq!(seqs(&events), (1..=last.seq).collect::<Vec<_>>());
     }
-    wait_streams(&app, 0).await;
+    app.wait_open_streams(0).await;
     app.stop().await;
 }
 
 async fn shutdown_ends_open_streams() {
     let app = TestApp::spawn_with(|c| c.shutdown_grace_secs = 0).await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 1000, "step_ms": 50}}))
-            .await,
-    );
-    let resp = open_stream(&app, &id, None, None).await;
+    let id = app
+        .submit("demo", json!({"steps": 1000, "step_ms": 50}))
+        .await
+        .id;
+    let resp = app.open_stream(id, None).await;
     let reader = tokio::spawn(async move {
         let mut s = resp.bytes_stream();
         while let Some(c) = s.next().await {
@@ -246,7 +242,7 @@ async fn shutdown_ends_open_streams() {
             }
         }
     });
-    wait_streams(&app, 1).await;
+    app.wait_open_streams(1).await;
     let streams = app.state.streams.clone();
     // What matters is how soon the stream ends once shutdown begins, not how
     // long the rest of the process takes to wind down.
@@ -261,17 +257,17 @@ async fn shutdown_ends_open_streams() {
 
 async fn a_client_that_disconnects_releases_its_stream() {
     let app = TestApp::spawn().await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 1000, "step_ms": 50}}))
-            .await,
-    );
-    let resp = open_stream(&app, &id, None, None).await;
-    wait_streams(&app, 1).await;
-    assert_eq!(app.state.hub.watched_jobs(), 1);
+    let id = app
+        .submit("demo", json!({"steps": 1000, "step_ms": 50}))
+        .await
+        .id;
+    let resp = app.open_stream(id, None).await;
+    app.wait_open_streams(1).await;
+    assert_eq!(app.watched_jobs(), 1);
     drop(resp);
-    wait_streams(&app, 0).await;
+    app.wait_open_streams(0).await;
     let deadline = Instant::now() + WAIT;
-    while app.state.hub.watched_jobs() != 0 {
+    while app.watched_jobs() != 0 {
         assert!(Instant::now() < deadline, "hub subscription not released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -280,11 +276,11 @@ async fn a_client_that_disconnects_releases_its_stream() {
 
 async fn heartbeats_keep_an_idle_stream_alive() {
     let app = TestApp::spawn_with(|c| c.heartbeat_secs = 1).await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 1, "step_ms": 5000}}))
-            .await,
-    );
-    let resp = open_stream(&app, &id, None, None).await;
+    let id = app
+        .submit("demo", json!({"steps": 1, "step_ms": 5000}))
+        .await
+        .id;
+    let resp = app.open_stream(id, None).await;
     let mut s = resp.bytes_stream();
     let mut body = Vec::new();
     let started = Instant::now();
@@ -311,11 +307,11 @@ async fn max_stream_secs_with_reconnects_delivers_each_event_exactly_once() {
         c.progress_min_interval_ms = 0;
     })
     .await;
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 20, "step_ms": 500}}))
-            .await,
-    );
-    let mut seen: Vec<Sse> = Vec::new();
+    let id = app
+        .submit("demo", json!({"steps": 20, "step_ms": 500}))
+        .await
+        .id;
+    let mut seen: Vec<Event> = Vec::new();
     let mut connections = 0;
     let started = Instant::now();
     loop {
@@ -323,8 +319,8 @@ async fn max_stream_secs_with_reconnects_delivers_each_event_exactly_once() {
             started.elapsed() < Duration::from_secs(40),
             "job never ended"
         );
-        let last = seen.last().map(|e| e.id.to_string());
-        let resp = open_stream(&app, &id, last.as_deref(), None).await;
+        let last = seen.last().map(|e| e.seq.to_string());
+        let resp = app.open_stream(id, last.as_deref()).await;
         if resp.status() == 204 {
             break;
         }
@@ -347,23 +343,23 @@ async fn max_stream_secs_with_reconnects_delivers_each_event_exactly_once() {
     );
     let n = seen.len() as i64;
     assert_eq!(
-        ids(&seen),
+        seqs(&seen),
         (1..=n).collect::<Vec<_>>(),
         "every event exactly once"
     );
     assert_eq!(n, 23);
-    assert_eq!(seen.last().unwrap().data["result"], json!({"steps": 20}));
+    assert_eq!(seen.last().unwrap().result(), Some(&json!({"steps": 20})));
     app.stop().await;
 }
 
 async fn progress_coalescing_keeps_the_latest_and_the_last() {
     let app = TestApp::spawn().await; // default interval: 50 ms
-    let id = job_id(
-        &app.submit(json!({"kind": "demo", "input": {"steps": 10000, "step_ms": 0}}))
-            .await,
-    );
-    let events = read_to_end(open_stream(&app, &id, None, None).await).await;
-    let progress: Vec<&Sse> = events.iter().filter(|e| e.event == "progress").collect();
+    let id = app
+        .submit("demo", json!({"steps": 10000, "step_ms": 0}))
+        .await
+        .id;
+    let events = app.stream_events(id).await;
+    let progress: Vec<&Event> = events.iter().filter(|e| e.event == "progress").collect();
     assert!(!progress.is_empty());
     assert!(
         progress.len() < 500,
@@ -371,16 +367,16 @@ async fn progress_coalescing_keeps_the_latest_and_the_last() {
         progress.len()
     );
     let last = progress.last().unwrap();
-    assert_eq!(last.data["percent"], 100.0, "the final percent is exact");
-    assert_eq!(last.data["message"], "10000/10000");
+    assert_eq!(last.percent(), Some(100.0), "the final percent is exact");
+    assert_eq!(last.message(), Some("10000/10000"));
     // The reports that were written still rise in order.
     let steps: Vec<i64> = progress
         .iter()
-        .map(|e| e.data["data"]["step"].as_i64().unwrap())
+        .map(|e| e.progress_data()["step"].as_i64().unwrap())
         .collect();
     assert!(steps.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(events.last().unwrap().event, "result");
-    assert_eq!(ids(&events), (1..=events.len() as i64).collect::<Vec<_>>());
+    assert_eq!(seqs(&events), (1..=events.len() as i64).collect::<Vec<_>>());
     app.stop().await;
 }
 

@@ -8,7 +8,10 @@ use poem::web::{Data, Json};
 use poem::{handler, http::StatusCode, EndpointExt, Response, Route, Server};
 use serde_json::{json, Value};
 
-use crate::common::{TestApp, WAIT};
+use herald::domain::JobId;
+
+use crate::common::Status::{Cancelled, Succeeded};
+use crate::common::{Job, TestApp, WAIT};
 
 /// What the downstream should do with a batch that holds a given row `id`.
 #[derive(Default)]
@@ -26,6 +29,8 @@ struct Recorder {
     keys: Mutex<Vec<String>>,
     /// Every request, whatever the answer.
     requests: Mutex<usize>,
+    /// The `Idempotency-Key` of every request, as it arrives.
+    arrived: Mutex<Vec<String>>,
     script: Mutex<Script>,
     /// How long each answer takes.
     delay: Mutex<std::time::Duration>,
@@ -38,9 +43,10 @@ async fn rows(
     rec: Data<&Arc<Recorder>>,
 ) -> Response {
     *rec.requests.lock().unwrap() += 1;
+    let key = req.header("idempotency-key").unwrap_or_default().to_owned();
+    rec.arrived.lock().unwrap().push(key.clone());
     let delay = *rec.delay.lock().unwrap();
     tokio::time::sleep(delay).await;
-    let key = req.header("idempotency-key").unwrap_or_default().to_owned();
     let ids: Vec<String> = batch
         .iter()
         .map(|r| {
@@ -121,22 +127,6 @@ async fn upload(
         .unwrap()
 }
 
-/// Waits for the job's end; its final JSON.
-async fn finished(app: &TestApp, id: &str) -> Value {
-    let deadline = std::time::Instant::now() + WAIT * 3;
-    loop {
-        let job = app.get_job(id).await;
-        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
-            return job;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "import never ended: {job}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// Every accepted row's id, with how many times it arrived.
 fn arrivals(rec: &Recorder) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
@@ -146,6 +136,20 @@ fn arrivals(rec: &Recorder) -> BTreeMap<String, usize> {
         }
     }
     m
+}
+
+/// The job's result; a failure names the job when it has none.
+fn result(job: &Job) -> &Value {
+    job.result
+        .as_ref()
+        .unwrap_or_else(|| panic!("no result: {job:?}"))
+}
+
+/// The batches of job `id` that reached the downstream, answered or not.
+fn batches_sent(rec: &Recorder, id: JobId) -> usize {
+    let prefix = format!("{id}:");
+    let arrived = rec.arrived.lock().unwrap();
+    arrived.iter().filter(|k| k.starts_with(&prefix)).count()
 }
 
 async fn a_large_csv_arrives_exactly_once_in_bounded_batches_and_names_its_bad_lines() {
@@ -160,11 +164,11 @@ async fn a_large_csv_arrives_exactly_once_in_bounded_batches_and_names_its_bad_l
     )
     .await;
     assert_eq!(resp.status(), 202);
-    let job: Value = resp.json().await.unwrap();
-    assert_eq!(job["kind"], "import");
-    let done = finished(&app, job["id"].as_str().unwrap()).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
-    let result = &done["result"];
+    let job: Job = resp.json().await.unwrap();
+    assert_eq!(job.kind, "import");
+    let done = app.wait_terminal(job.id).await;
+    assert_eq!(done.status, Succeeded, "{done:?}");
+    let result = result(&done);
     assert_eq!(result["rows_ok"], 49_997);
     assert_eq!(result["rows_failed"], 3);
     let lines: Vec<u64> = result["errors"]
@@ -189,16 +193,11 @@ async fn a_large_csv_arrives_exactly_once_in_bounded_batches_and_names_its_bad_l
         json!({"id": "1", "name": "name 1", "amount": "3"})
     );
     // The progress events carry the import's counts and reach 100 %.
-    let events = app.events(done["id"].as_str().unwrap()).await;
-    let last_progress: Value = events
-        .iter()
-        .rev()
-        .find(|e| e.kind.as_str() == "progress")
-        .map(|e| serde_json::from_str(&e.data).unwrap())
-        .unwrap();
-    assert_eq!(last_progress["stage"], "import");
-    assert_eq!(last_progress["percent"], 100.0);
-    assert_eq!(last_progress["data"]["rows_ok"], 49_997);
+    let events = app.stored_events(done.id).await;
+    let last_progress = events.iter().rev().find(|e| e.event == "progress").unwrap();
+    assert_eq!(last_progress.stage(), Some("import"));
+    assert_eq!(last_progress.percent(), Some(100.0));
+    assert_eq!(last_progress.progress_data()["rows_ok"], 49_997);
     app.stop().await;
 }
 
@@ -222,10 +221,10 @@ async fn ndjson_with_bad_lines_and_a_multipart_form_both_work() {
     )
     .await;
     assert_eq!(resp.status(), 202);
-    let job: Value = resp.json().await.unwrap();
-    let done = finished(&app, job["id"].as_str().unwrap()).await;
-    assert_eq!(done["result"]["rows_ok"], 49_997, "{done}");
-    let lines: Vec<u64> = done["result"]["errors"]
+    let job: Job = resp.json().await.unwrap();
+    let done = app.wait_terminal(job.id).await;
+    assert_eq!(result(&done)["rows_ok"], 49_997, "{done:?}");
+    let lines: Vec<u64> = result(&done)["errors"]
         .as_array()
         .unwrap()
         .iter()
@@ -242,16 +241,15 @@ async fn ndjson_with_bad_lines_and_a_multipart_form_both_work() {
         reqwest::multipart::Part::bytes(text.into_bytes()).file_name("rows.ndjson"),
     );
     let resp = app
-        .client
-        .post(app.url("/v1/uploads?downstream=sink&path=/rows&format=ndjson"))
+        .post("/v1/uploads?downstream=sink&path=/rows&format=ndjson")
         .multipart(form)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    let job: Value = resp.json().await.unwrap();
-    let done = finished(&app, job["id"].as_str().unwrap()).await;
-    assert_eq!(done["result"]["rows_ok"], 49_997, "{done}");
+    let job: Job = resp.json().await.unwrap();
+    let done = app.wait_terminal(job.id).await;
+    assert_eq!(result(&done)["rows_ok"], 49_997, "{done:?}");
     assert!(
         arrivals(&rec).values().all(|n| *n == 2),
         "each row once per upload"
@@ -276,13 +274,14 @@ async fn a_503_twice_is_retried_and_a_400_fails_exactly_that_batch() {
     )
     .await;
     assert_eq!(resp.status(), 202);
-    let job: Value = resp.json().await.unwrap();
-    let done = finished(&app, job["id"].as_str().unwrap()).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
+    let job: Job = resp.json().await.unwrap();
+    let done = app.wait_terminal(job.id).await;
+    assert_eq!(done.status, Succeeded, "{done:?}");
     // Rows 401..=500 were in the refused batch; every other row arrived once.
-    assert_eq!(done["result"]["rows_ok"], 900);
-    assert_eq!(done["result"]["rows_failed"], 100);
-    let failed_lines: Vec<u64> = done["result"]["errors"]
+    let result = result(&done);
+    assert_eq!(result["rows_ok"], 900);
+    assert_eq!(result["rows_failed"], 100);
+    let failed_lines: Vec<u64> = result["errors"]
         .as_array()
         .unwrap()
         .iter()
@@ -342,8 +341,8 @@ async fn bad_parameters_and_an_oversized_body_store_nothing() {
     .await;
     assert_eq!(resp.status(), 413);
     // Nothing was kept: no job, no stored chunk.
-    let jobs = app.get_json("/v1/jobs").await;
-    assert_eq!(jobs["items"].as_array().unwrap().len(), 0, "{jobs}");
+    let jobs = app.list("").await;
+    assert_eq!(jobs.items.len(), 0, "{jobs:?}");
     assert_eq!(chunks_stored(&app).await, 0);
     app.stop().await;
 }
@@ -382,21 +381,35 @@ async fn cancel_stops_the_batches() {
         text.into_bytes(),
     )
     .await;
-    let id = resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = resp.json::<Job>().await.unwrap().id;
     let deadline = std::time::Instant::now() + WAIT;
     while rec.accepted.lock().unwrap().len() < 5 {
         assert!(std::time::Instant::now() < deadline, "no batches arrived");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(app.cancel(&id).await.status(), 202);
-    let done = finished(&app, &id).await;
-    assert_eq!(done["status"], "cancelled", "{done}");
-    let at_cancel = rec.accepted.lock().unwrap().len();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let later = rec.accepted.lock().unwrap().len();
+    assert_eq!(app.cancel(id).await.status(), 202);
+    let done = app.wait_terminal(id).await;
+    assert_eq!(done.status, Cancelled, "{done:?}");
+    // herald records `cancelled` once the import's handler has stopped.
+    let at_cancel = batches_sent(&rec, id);
+    // Another import then runs to its end on the same herald and downstream,
+    // ten batches of at least 50 ms each; meanwhile the cancelled one sent
+    // nothing more.
+    let (text, _) = csv(10, &[]);
+    let next = upload(
+        &app,
+        "downstream=sink&path=/rows&format=csv&batch_size=1",
+        "text/csv",
+        text.into_bytes(),
+    )
+    .await
+    .json::<Job>()
+    .await
+    .unwrap()
+    .id;
+    assert_eq!(app.wait_terminal(next).await.status, Succeeded);
+    assert_eq!(batches_sent(&rec, next), 10);
+    let later = batches_sent(&rec, id);
     assert_eq!(later, at_cancel, "no batch after the cancel");
     assert!(
         later < 100,
@@ -423,19 +436,11 @@ async fn the_stored_file_is_deleted_with_its_job() {
         text.into_bytes(),
     )
     .await;
-    let id = resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = resp.json::<Job>().await.unwrap().id;
     assert!(chunks_stored(&app).await > 0, "the file is stored");
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let resp = app
-            .client
-            .get(app.url(&format!("/v1/jobs/{id}")))
-            .send()
-            .await
-            .unwrap();
+        let resp = app.get(&format!("/v1/jobs/{id}")).send().await.unwrap();
         if resp.status() == 404 {
             break;
         }
@@ -450,7 +455,7 @@ async fn the_stored_file_is_deleted_with_its_job() {
 }
 
 async fn chunks_of_an_upload_that_never_got_its_job_are_swept() {
-    use herald::domain::{JobId, Timestamp};
+    use herald::domain::Timestamp;
     let (base, _rec) = recorder().await;
     let app = app_with(&base).await;
     let (text, _) = csv(10, &[]);
@@ -507,13 +512,10 @@ async fn kill_9_during_an_import_then_restart_delivers_every_row_once() {
         ("HERALD_RETRY_BACKOFF_MS", "10"),
     ];
     let herald = HeraldProcess::start(&db, "info", &env);
-    let client = reqwest::Client::new();
     let (text, _) = csv(20_000, &[]);
-    let job: Value = client
-        .post(format!(
-            "{}/v1/uploads?downstream=sink&path=/rows&format=csv&batch_size=200",
-            herald.base
-        ))
+    let job: Job = herald
+        .api()
+        .post("/v1/uploads?downstream=sink&path=/rows&format=csv&batch_size=200")
         .header("content-type", "text/csv")
         .body(text)
         .send()
@@ -522,7 +524,6 @@ async fn kill_9_during_an_import_then_restart_delivers_every_row_once() {
         .json()
         .await
         .unwrap();
-    let id = job["id"].as_str().unwrap().to_owned();
     let deadline = std::time::Instant::now() + WAIT;
     while rec.accepted.lock().unwrap().len() < 20 {
         assert!(std::time::Instant::now() < deadline, "no batches arrived");
@@ -536,28 +537,10 @@ async fn kill_9_during_an_import_then_restart_delivers_every_row_once() {
     );
 
     let herald = HeraldProcess::start(&db, "info", &env);
-    let deadline = std::time::Instant::now() + WAIT * 3;
-    let done = loop {
-        let job: Value = client
-            .get(format!("{}/v1/jobs/{id}", herald.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["status"] == "succeeded" || job["status"] == "failed" {
-            break job;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "import never finished: {job}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    assert_eq!(done["status"], "succeeded", "{done}");
-    assert_eq!(done["attempt"], 2, "the restart ran the next attempt");
-    assert_eq!(done["result"]["rows_ok"], 20_000, "{done}");
+    let done = herald.api().wait_terminal(job.id).await;
+    assert_eq!(done.status, Succeeded, "{done:?}");
+    assert_eq!(done.attempt, 2, "the restart ran the next attempt");
+    assert_eq!(result(&done)["rows_ok"], 20_000, "{done:?}");
     let keys = rec.keys.lock().unwrap().clone();
     let batches = rec.accepted.lock().unwrap().clone();
     let mut by_key: BTreeMap<String, Vec<Value>> = BTreeMap::new();

@@ -5,11 +5,8 @@ use serde_json::{json, Value};
 use crate::common::TestApp;
 
 async fn assert_nothing_written(app: &TestApp) {
-    let list: Value = app.get_json("/v1/jobs").await;
-    assert!(
-        list["items"].as_array().unwrap().is_empty(),
-        "no job was stored: {list}"
-    );
+    let list = app.list("").await;
+    assert!(list.items.is_empty(), "no job was stored: {list:?}");
 }
 
 async fn problem(resp: reqwest::Response, status: u16, code: &str) -> Value {
@@ -36,8 +33,7 @@ async fn bad_submissions_are_refused_and_write_nothing() {
     let app = TestApp::spawn().await;
 
     let p = problem(
-        app.post_json("/v1/jobs", &json!({"kind": "nope", "input": {}}))
-            .await,
+        app.post_job(&json!({"kind": "nope", "input": {}})).await,
         422,
         "unknown_kind",
     )
@@ -49,8 +45,7 @@ async fn bad_submissions_are_refused_and_write_nothing() {
     );
 
     let malformed = app
-        .client
-        .post(app.url("/v1/jobs"))
+        .post("/v1/jobs")
         .header("content-type", "application/json")
         .body("{\"kind\": \"demo\", ")
         .send()
@@ -59,7 +54,7 @@ async fn bad_submissions_are_refused_and_write_nothing() {
     problem(malformed, 400, "malformed_json").await;
 
     let p = problem(
-        app.post_json("/v1/jobs", &json!({"input": {"steps": 1, "step_ms": 0}}))
+        app.post_job(&json!({"input": {"steps": 1, "step_ms": 0}}))
             .await,
         422,
         "validation_failed",
@@ -67,14 +62,14 @@ async fn bad_submissions_are_refused_and_write_nothing() {
     .await;
     assert_eq!(pointers(&p), ["/kind"]);
     let p = problem(
-        app.post_json("/v1/jobs", &json!({"kind": "demo"})).await,
+        app.post_job(&json!({"kind": "demo"})).await,
         422,
         "validation_failed",
     )
     .await;
     assert_eq!(pointers(&p), ["/input"]);
     let p = problem(
-        app.post_json("/v1/jobs", &json!({"kind": "demo", "input": {"steps": 3}}))
+        app.post_job(&json!({"kind": "demo", "input": {"steps": 3}}))
             .await,
         422,
         "validation_failed",
@@ -83,40 +78,29 @@ async fn bad_submissions_are_refused_and_write_nothing() {
     assert_eq!(pointers(&p), ["/input/step_ms"]);
 
     let p = problem(
-        app.post_json(
-            "/v1/jobs",
-            &json!({"kind": "demo", "input": {"steps": 0, "step_ms": 60001}}),
-        )
-        .await,
+        app.post_job(&json!({"kind": "demo", "input": {"steps": 0, "step_ms": 60001}}))
+            .await,
         422,
         "validation_failed",
     )
     .await;
     assert_eq!(pointers(&p), ["/input/steps", "/input/step_ms"]);
     let p = problem(
-        app.post_json(
-            "/v1/jobs",
-            &json!({"kind": "demo", "input": {"steps": 10001, "step_ms": 0}}),
-        )
-        .await,
+        app.post_job(&json!({"kind": "demo", "input": {"steps": 10001, "step_ms": 0}}))
+            .await,
         422,
         "validation_failed",
     )
     .await;
     assert_eq!(pointers(&p), ["/input/steps"]);
     let p = problem(
-        app.post_json("/v1/jobs", &json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}, "max_attempts": 21, "timeout_secs": 0})).await,
+        app.post_job(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}, "max_attempts": 21, "timeout_secs": 0})).await,
         422,
         "validation_failed",
     )
     .await;
     assert_eq!(pointers(&p), ["/max_attempts", "/timeout_secs"]);
-    problem(
-        app.post_json("/v1/jobs", &json!([1, 2])).await,
-        422,
-        "validation_failed",
-    )
-    .await;
+    problem(app.post_job(&json!([1, 2])).await, 422, "validation_failed").await;
 
     assert_nothing_written(&app).await;
     app.stop().await;
@@ -129,8 +113,7 @@ async fn a_body_over_the_limit_is_413_chunked_or_not() {
         "x".repeat(1024 * 1024)
     );
     let resp = app
-        .client
-        .post(app.url("/v1/jobs"))
+        .post("/v1/jobs")
         .header("content-type", "application/json")
         .body(big.clone())
         .send()
@@ -146,8 +129,7 @@ async fn a_body_over_the_limit_is_413_chunked_or_not() {
         .map(|c| Ok(c.to_vec()))
         .collect();
     let resp = app
-        .client
-        .post(app.url("/v1/jobs"))
+        .post("/v1/jobs")
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
@@ -161,7 +143,7 @@ async fn a_body_over_the_limit_is_413_chunked_or_not() {
 async fn bad_ids_and_unknown_jobs() {
     let app = TestApp::spawn().await;
     for path in ["/v1/jobs/not-a-uuid", "/v1/jobs/123"] {
-        let resp = app.client.get(app.url(path)).send().await.unwrap();
+        let resp = app.get(path).send().await.unwrap();
         problem(resp, 400, "invalid_parameter").await;
     }
     let resp = app.cancel("not-a-uuid").await;
@@ -169,17 +151,20 @@ async fn bad_ids_and_unknown_jobs() {
 
     let missing = uuid::Uuid::now_v7();
     let resp = app
-        .client
-        .get(app.url(&format!("/v1/jobs/{missing}")))
+        .get(&format!("/v1/jobs/{missing}"))
         .send()
         .await
         .unwrap();
     problem(resp, 404, "not_found").await;
-    problem(app.cancel(&missing.to_string()).await, 404, "not_found").await;
+    problem(app.cancel(missing).await, 404, "not_found").await;
 
-    let resp = app.client.get(app.url("/v2/nothing")).send().await.unwrap();
+    let resp = app.get("/v2/nothing").send().await.unwrap();
     problem(resp, 404, "not_found").await;
-    let resp = app.client.delete(app.url("/v1/jobs")).send().await.unwrap();
+    let resp = app
+        .request(reqwest::Method::DELETE, "/v1/jobs")
+        .send()
+        .await
+        .unwrap();
     problem(resp, 405, "method_not_allowed").await;
     app.stop().await;
 }
