@@ -392,10 +392,22 @@ pub struct Runs(pub Arc<dyn RunJob>);
 
 async fn handle_task(msg: JobMessage, runner: Data<Runs>) -> Result<(), BoxDynError> {
     let Runs(runner) = (*runner).clone();
-    runner.run(JobId(msg.job_id)).await.map_err(|e| {
-        tracing::error!(job_id = %msg.job_id, error = %e, "job run stopped by a store error");
-        Box::new(e) as BoxDynError
-    })
+    let id = JobId(msg.job_id);
+    // The job runs in a task of its own: apalis drives its handlers inside
+    // the worker and may drop them when the worker stops, and a runner
+    // dropped between deciding an outcome and writing it left the job
+    // `running` after a clean shutdown. The application waits for running
+    // jobs itself (the cancel registry counts them).
+    match tokio::spawn(runner.run(id)).await {
+        Ok(ran) => ran.map_err(|e| {
+            tracing::error!(job_id = %id, error = %e, "job run stopped by a store error");
+            Box::new(e) as BoxDynError
+        }),
+        Err(e) => {
+            tracing::error!(job_id = %id, error = %e, "job run ended abnormally");
+            Err(Box::new(e) as BoxDynError)
+        }
+    }
 }
 
 #[cfg(test)]
