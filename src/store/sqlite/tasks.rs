@@ -1,25 +1,12 @@
 //! apalis's task rows (its `Jobs` table) as herald sees them.
 
 use async_trait::async_trait;
-use sqlx::{Sqlite, Transaction};
 
 use super::writer::WriteOp;
 use super::SqliteStore;
 use crate::domain::{JobId, Timestamp};
 use crate::store::row::corrupt;
 use crate::store::{StoreError, TaskStore};
-
-/// Deletes the job's queue task, inside the writer's transaction.
-pub(super) async fn delete_task_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    id: JobId,
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM Jobs WHERE id = ?1")
-        .bind(id.task_id().to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
 
 #[async_trait]
 impl TaskStore for SqliteStore {

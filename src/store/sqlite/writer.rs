@@ -4,9 +4,8 @@
 use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
 
-use super::tasks::delete_task_in;
 use super::uploads::{unit_write, UnitWrite};
-use super::writes::{apply_in, apply_known_in, cancel_in, purge_in, submit_in};
+use super::writes::{apply_in, apply_known_in, cancel_in, delete_task_in, purge_in, submit_in};
 use crate::domain::{JobId, JobRecord, Submission, Timestamp, Transition};
 use crate::store::group::{Batching, Flush, Group};
 use crate::store::{ApplyError, CancelOutcome, StoreError, Submitted};

@@ -1,6 +1,6 @@
 //! The job writes the writer task runs, each inside the batch's transaction
 //! (so each sees the writes before it): a new job, a transition, a cancel
-//! request, the retention sweep.
+//! request, the retention sweep, a spent queue task's delete.
 
 use sqlx::{Sqlite, Transaction};
 
@@ -203,4 +203,16 @@ pub(super) async fn purge_in(
         .await?;
     }
     Ok(ids.len())
+}
+
+/// Deletes the job's queue task, inside the writer's transaction.
+pub(super) async fn delete_task_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: JobId,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM Jobs WHERE id = ?1")
+        .bind(id.task_id().to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
