@@ -62,32 +62,52 @@ struct State {
     deadline: Option<Instant>,
     stop: CancellationToken,
     started: bool,
+    /// Opened "from now": the first frame names that moment as a cursor.
+    announce: bool,
     /// Released with the stream: the open-feed count and the tenant's slot.
     _guards: (StreamGuard, StreamSlot),
 }
 
-/// The feed's SSE chunks after `after`, until `stop` fires or the max duration.
+/// Where a feed starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// After the client's cursor.
+    After(FeedCursor),
+    /// "From now" (no cursor given): after the feed's current end. The first
+    /// frame after `retry:` is that cursor as an `id:` without data: an
+    /// EventSource keeps it without dispatching anything, so a connection
+    /// that drops before the first event resumes from the moment it opened,
+    /// losing nothing.
+    Now(FeedCursor),
+}
+
+/// The feed's SSE chunks from `start`, until `stop` fires or the max duration.
 pub fn feed_events(
     store: Arc<dyn Store>,
     hub: &Hub,
     filter: FeedFilter,
-    after: FeedCursor,
+    start: Start,
     settings: StreamSettings,
     stop: CancellationToken,
     guards: (StreamGuard, StreamSlot),
 ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
     // Subscribe before the first read (see the module doc).
     let wake = hub.subscribe_feed();
+    let (cursor, announce) = match start {
+        Start::After(c) => (c, false),
+        Start::Now(c) => (c, true),
+    };
     let state = State {
         store,
         wake,
         filter,
-        cursor: after,
+        cursor,
         pending: VecDeque::new(),
         deadline: settings.max_duration.map(|d| Instant::now() + d),
         settings,
         stop,
         started: false,
+        announce,
         _guards: guards,
     };
     futures::stream::unfold(state, |mut st| async move {
@@ -99,7 +119,12 @@ pub fn feed_events(
 async fn next_chunk(st: &mut State) -> Option<Bytes> {
     if !st.started {
         st.started = true;
-        return Some(Bytes::from(format!("retry: {}\n\n", st.settings.retry_ms)));
+        let retry = st.settings.retry_ms;
+        return Some(Bytes::from(if st.announce {
+            format!("retry: {retry}\n\nid: {}\n\n", st.cursor)
+        } else {
+            format!("retry: {retry}\n\n")
+        }));
     }
     loop {
         if st.stop.is_cancelled() || st.deadline.is_some_and(|d| Instant::now() >= d) {

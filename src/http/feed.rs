@@ -16,6 +16,7 @@ use super::ApiTags;
 use super::AppState;
 use crate::auth::{Tenant, TokenScope};
 use crate::domain::JobId;
+use crate::feed::Start;
 use crate::store::{FeedCursor, FeedFilter, ListQuery};
 
 pub struct FeedApi;
@@ -32,7 +33,9 @@ result, failed or cancelled) and `data: <one line of JSON>`: the job event's dat
 plus `job_id` and `seq` (the event's id in the job's own stream). Comment lines (`: keep-alive`) \
 while idle. It does not end on its own: only at shutdown or after HERALD_MAX_STREAM_SECS; \
 reconnect with `Last-Event-ID` (or `last_event_id`) set to the last cursor to resume without loss \
-or repetition. Without a cursor it starts from now.";
+or repetition. Without a cursor it starts from now, and its first frame after `retry:` names that \
+moment: `id: <cursor>` and a blank line, no data (an EventSource keeps it as its last event id, so a \
+connection that drops before the first event resumes without loss).";
 
 impl ApiResponse for FeedResponse {
     fn meta() -> MetaResponses {
@@ -122,15 +125,15 @@ impl FeedApi {
             kind: kind.0,
         };
         let slot = stream_slot(state.0, tenant.0)?;
-        let after = match after {
-            Some(c) => c,
-            None => state.store.feed_head().await?,
+        let start = match after {
+            Some(c) => Start::After(c),
+            None => Start::Now(state.store.feed_head().await?),
         };
         let body = crate::feed::feed_events(
             state.store.clone(),
             &state.hub,
             filter,
-            after,
+            start,
             state.stream_settings.clone(),
             state.serving_stop.child_token(),
             (state.feeds.guard(), slot),

@@ -272,8 +272,64 @@ async fn a_feed_token_opens_the_feed_of_its_tenant_only() {
     app.stop().await;
 }
 
+/// DESIGN.md: a feed opened without a cursor starts "from now" and names that
+/// moment in its first frame, so a connection cut before the first event
+/// resumes from when it opened and loses what was appended in between.
+async fn a_feed_cut_before_its_first_event_resumes_from_when_it_opened() {
+    let app = TestApp::spawn().await;
+    // A job that ran before the feed opened is not part of "from now".
+    let before = app
+        .submit("demo", json!({"steps": 1, "step_ms": 0}))
+        .await
+        .id;
+    app.wait_status(before, Succeeded).await;
+
+    // The opening frames, read as they arrive, then the connection is cut.
+    let mut resp = app.get("/v1/events").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut head = String::new();
+    while head.matches("\n\n").count() < 2 {
+        let chunk = tokio::time::timeout(WAIT, resp.chunk())
+            .await
+            .expect("the opening frames in time")
+            .unwrap()
+            .expect("the feed stays open");
+        head.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    drop(resp);
+    let mut blocks = head.split("\n\n");
+    assert!(blocks.next().unwrap().starts_with("retry: "), "{head:?}");
+    let opening = blocks.next().unwrap();
+    let cursor = opening
+        .strip_prefix("id: ")
+        .unwrap_or_else(|| panic!("the frame after retry: is the cursor alone: {head:?}"));
+    assert!(
+        !cursor.is_empty() && !cursor.contains('\n'),
+        "an id line and nothing else (no event, no data): {opening:?}"
+    );
+
+    // Appended while no connection is open.
+    let job = app
+        .submit("demo", json!({"steps": 2, "step_ms": 0}))
+        .await
+        .id;
+    app.wait_status(job, Succeeded).await;
+
+    // Resumed with the id an EventSource kept: all of the new job, nothing older.
+    let mut feed = Feed::open(&app, "", Some(cursor)).await;
+    let events = read_until_done(&mut feed, &BTreeSet::from([job])).await;
+    assert!(
+        events.iter().all(|e| e.job == job),
+        "nothing from before the feed opened: {events:?}"
+    );
+    let stored = app.stored_events(job).await;
+    assert_eq!(seqs(&events)[&job], crate::common::seqs(&stored));
+    app.stop().await;
+}
+
 backend_tests!(
     one_connection_carries_every_job_and_resumes_without_loss,
+    a_feed_cut_before_its_first_event_resumes_from_when_it_opened,
     filters_select_jobs_by_id_kind_and_status,
     a_feed_token_opens_the_feed_of_its_tenant_only,
 );
