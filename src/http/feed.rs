@@ -104,7 +104,7 @@ impl FeedApi {
             (!job.0.is_empty()).then(|| job.0.iter().copied().map(JobId).collect());
         if let Some(status) = status.0 {
             let in_status = state
-                .store
+                .jobs
                 .list(&ListQuery {
                     tenant: tenant.0 .0.clone(),
                     status: Some(status.into()),

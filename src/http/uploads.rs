@@ -71,11 +71,8 @@ pub async fn upload(
                 Some(field) if field.name() == Some("file") => break field,
                 Some(_) => continue,
                 None => {
-                    return Err(ApiError::Invalid {
-                        code: "validation_failed",
-                        detail: "the upload's parameters are invalid; see `errors`".to_owned(),
-                        errors: vec![FieldError::new("/file", "the form has no field `file`")],
-                    })
+                    let missing = FieldError::new("/file", "the form has no field `file`");
+                    return Err(UploadError::Invalid(vec![missing]).into());
                 }
             }
         };
