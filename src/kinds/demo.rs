@@ -178,6 +178,7 @@ mod tests {
             ["/steps", "/step_ms"]
         );
         assert_eq!(pointers(json!({"steps": 10001})), ["/step_ms"]);
+        assert_eq!(pointers(json!({})), ["/steps", "/step_ms"]);
         assert_eq!(
             pointers(json!({"steps": 2, "step_ms": 1, "fail_at": 3})),
             ["/fail_at"]

@@ -41,7 +41,22 @@ pub(crate) fn from_value<T: DeserializeOwned + JsonSchema>(
                 pointer.push_str(&own);
             }
         }
-        vec![FieldError::new(pointer, message)]
+        let mut errors = vec![FieldError::new(pointer, message)];
+        // serde stops at its first error; every required field that is
+        // missing at the top is worth naming at once.
+        if let (Some(obj), Some(required)) = (
+            input.as_object(),
+            schema_of::<T>()["required"].as_array().cloned(),
+        ) {
+            for field in required.iter().filter_map(Value::as_str) {
+                let mut at = String::new();
+                push_key(&mut at, field);
+                if !obj.contains_key(field) && errors.iter().all(|e| e.pointer != at) {
+                    errors.push(FieldError::new(at, "is required"));
+                }
+            }
+        }
+        errors
     })
 }
 
@@ -105,6 +120,9 @@ mod tests {
     #[test]
     fn serde_errors_point_at_their_field() {
         assert_eq!(pointer(json!({"crews": []})), "/day");
+        let both = from_value::<Outer>(&json!({})).unwrap_err();
+        let both: Vec<&str> = both.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(both, ["/day", "/crews"]);
         assert_eq!(pointer(json!({"day": 5, "crews": []})), "/day");
         assert_eq!(
             pointer(json!({"day": "d", "crews": [{"hours": 1}, {"hours": "x"}]})),

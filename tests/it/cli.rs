@@ -114,7 +114,7 @@ async fn submit_follow_runs_a_job_to_its_result() {
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result, json!({"steps": 3}));
 
-    let out = herald(&["submit", "demo", r#"{"steps": 0}"#, "--url", &app.base]).await;
+    let out = herald(&["submit", "demo", r#"{"step_ms": 0}"#, "--url", &app.base]).await;
     assert_eq!(out.status.code(), Some(4));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
