@@ -123,3 +123,34 @@ async fn submit_follow_runs_a_job_to_its_result() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn watch_prints_each_item_as_a_json_line_before_the_result() {
+    // Streams last 1 s, the job about 2 s: items must not repeat across reconnects.
+    let app = TestApp::spawn_with(|c| c.max_stream_secs = Some(1)).await;
+    let id = app
+        .submit(
+            "demo",
+            json!({"steps": 4, "step_ms": 500, "emit_items": true}),
+        )
+        .await
+        .id
+        .to_string();
+    let out = herald(&["watch", &id, "--url", &app.base]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        &lines[..4],
+        [
+            r#"{"step":1}"#,
+            r#"{"step":2}"#,
+            r#"{"step":3}"#,
+            r#"{"step":4}"#
+        ],
+        "{stdout}"
+    );
+    let result: serde_json::Value = serde_json::from_str(&lines[4..].join("\n")).unwrap();
+    assert_eq!(result, json!({"steps": 4}));
+    app.stop().await;
+}
