@@ -102,6 +102,8 @@
 //!   and the built-in kinds (`demo`, `aggregate`, `import`).
 //! - [`domain`]: job ids, `JobStatus` and its transitions, progress, events;
 //!   the rules both backends share; no I/O.
+//! - [`testing`]: [`testing::TestServer`], a real herald on port 0 inside a
+//!   test (what herald's own tests start), for testing kinds of your own.
 //! - [`store`]: the store's traits, one per concept (jobs and their events,
 //!   the feed, uploads and checkpoints, nodes and leases, the queue's tasks;
 //!   `Store` is their sum), and its two backends, a folder each: SQLite (one
@@ -154,6 +156,7 @@ mod shutdown;
 pub mod store;
 mod stream;
 mod telemetry;
+pub mod testing;
 mod uploads;
 mod worker;
 

@@ -12,9 +12,9 @@ mod process;
 use std::time::{Duration, Instant};
 
 use herald::domain::{EventSeq, JobId};
-use herald::{AppState, Application, Config, Kinds};
+use herald::testing::TestServer;
+use herald::{AppState, Config, Kinds};
 use tempfile::TempDir;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use api::{assert_gapless, items, names, read_to_end, seqs, statuses, Api, Event, Job, Status};
@@ -112,7 +112,8 @@ pub struct TestApp {
     /// For what no client can see: open stream counts, the store, the config.
     pub state: AppState,
     pub db: TestDb,
-    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The herald itself (`herald::testing`, public for tests of other kinds).
+    server: TestServer,
 }
 
 impl std::ops::Deref for TestApp {
@@ -151,19 +152,15 @@ impl TestApp {
         let mut config = test_config(db.dir());
         config.database_url = db.url().to_owned();
         f(&mut config);
-        let app = Application::build_with(config, kinds)
+        let server = TestServer::start_with(config, kinds)
             .await
             .expect("application builds");
-        let api = Api::new(format!("http://{}", app.local_addr()));
-        let shutdown = app.shutdown_token();
-        let state = app.state().clone();
-        let handle = tokio::spawn(app.run());
         TestApp {
-            api,
-            shutdown,
-            state,
+            api: Api::new(server.base_url()),
+            shutdown: server.shutdown_token(),
+            state: server.state().clone(),
             db,
-            handle: Some(handle),
+            server,
         }
     }
 
@@ -215,19 +212,9 @@ impl TestApp {
     /// the app's jobs and queue worker have stopped, so nothing of it writes
     /// any more.
     pub async fn shut_down(&mut self) {
-        self.shutdown.cancel();
-        if let Some(h) = self.handle.take() {
-            tokio::time::timeout(Duration::from_secs(30), h)
-                .await
-                .expect("app stops within 30 s")
-                .expect("app task joins")
-                .expect("app run ends cleanly");
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.server
+            .shut_down()
+            .await
+            .expect("app stops cleanly within 30 s");
     }
 }
