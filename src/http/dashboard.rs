@@ -45,6 +45,7 @@ const MODULES: &[(&str, &str)] = &[
     module!("history.js"),
     module!("list.js"),
     module!("model.js"),
+    module!("schema.js"),
     module!("views/conn.js"),
     module!("views/detail.js"),
     module!("views/submit.js"),

@@ -7,6 +7,7 @@
  *   list.js     the job list's pages, loaded into the model
  *   feed.js     the multiplexed EventSource: tokens, cursor, reconnects
  *   history.js  one job's history, read for the detail view
+ *   schema.js   example inputs and help from a kind's input JSON Schema
  *   dom.js, format.js        DOM helpers; how values read
  *   views/      table, detail, submit, upload, conn (the connection state)
  *
@@ -25,6 +26,8 @@
  *     parsed by hand) and stops reading once it has caught up with the model; live
  *     events then come from the feed. The event log is keyed by seq, so an event
  *     seen both ways is shown once.
+ *   - The submit form offers the kinds of GET /v1/kinds, with an example input
+ *     built from each kind's input schema (schema.js).
  *   - Views learn of every change through the model's onJobChanged and onEvent.
  */
 
@@ -53,7 +56,7 @@ function init() {
   auth.init();
   setConnState('reconnecting', 'connecting…');
 
-  submit.showExample();
+  submit.loadKinds();
   ui.kind.addEventListener('change', submit.onKindChange);
   ui.submitForm.addEventListener('submit', submit.onSubmit);
   ui.input.addEventListener('input', () => ui.input.removeAttribute('aria-invalid'));
