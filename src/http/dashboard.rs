@@ -48,6 +48,7 @@ const MODULES: &[(&str, &str)] = &[
     module!("schema.js"),
     module!("views/conn.js"),
     module!("views/detail.js"),
+    module!("views/items.js"),
     module!("views/submit.js"),
     module!("views/table.js"),
     module!("views/upload.js"),

@@ -7,7 +7,7 @@ import { api, ApiError, jobPath, readProblem } from './api.js';
 import { isTerminal } from './format.js';
 
 /** The event names of a job's stream and of the feed. */
-export const EVENT_NAMES = ['status', 'progress', 'result', 'failed', 'cancelled'];
+export const EVENT_NAMES = ['status', 'progress', 'item', 'result', 'failed', 'cancelled'];
 /** Feed events held while the first job list loads; beyond this the oldest are dropped. */
 const MAX_BUFFERED = 10000;
 
@@ -100,6 +100,10 @@ export function applyEvent(ev) {
         message: d.message ?? null,
         data: d.data ?? null,
       };
+      break;
+    case 'item':
+      // Items are numbered from 0 without gaps: index n means at least n + 1.
+      if (Number.isInteger(d.index)) job.items_count = Math.max(Number(job.items_count) || 0, d.index + 1);
       break;
     case 'result':
       job.status = 'succeeded';
