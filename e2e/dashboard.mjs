@@ -65,7 +65,7 @@ async function keyedFlow() {
   await page.press('#api-key', 'Enter');
   await page.waitForSelector('#conn-state[data-state="live"]', { timeout: 10000 });
   check(true, 'with the key, the feed connects');
-  await page.waitForSelector('#kind option[value="demo"]', { timeout: 10000 });
+  await page.waitForSelector('#kind option[value="demo"]', { state: 'attached', timeout: 10000 });
   check(await page.isEnabled('#submit-button'), 'with the key, the kinds load into the form');
   const job = await api('/v1/jobs', { kind: 'demo', input: { steps: 3, step_ms: 50 } });
   await page.waitForSelector(`tr[data-job-id="${job.id}"][data-status="succeeded"]`, { timeout: 15000 });

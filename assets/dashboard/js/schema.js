@@ -181,9 +181,11 @@ export function describeInput(schema) {
       type: typeLabel(p),
       required: required.has(name),
       description: typeof p.description === 'string' ? p.description : (p.title || ''),
-      default: 'default' in p ? JSON.stringify(p.default) : null,
+      default: 'default' in p && p.default !== null ? JSON.stringify(p.default) : null,
     };
   });
+  // Required first, each group in the schema's order.
+  fields.sort((a, b) => Number(b.required) - Number(a.required));
   // Not the title: generators set it to the type's name (DemoInput).
   return { description: typeof s.description === 'string' ? s.description : '', fields };
 }
