@@ -65,6 +65,8 @@ async function keyedFlow() {
   await page.press('#api-key', 'Enter');
   await page.waitForSelector('#conn-state[data-state="live"]', { timeout: 10000 });
   check(true, 'with the key, the feed connects');
+  await page.waitForSelector('#kind option[value="demo"]', { state: 'attached', timeout: 10000 });
+  check(await page.isEnabled('#submit-button'), 'with the key, the kinds load into the form');
   const job = await api('/v1/jobs', { kind: 'demo', input: { steps: 3, step_ms: 50 } });
   await page.waitForSelector(`tr[data-job-id="${job.id}"][data-status="succeeded"]`, { timeout: 15000 });
   check(true, 'a job submitted elsewhere shows up and finishes live');
@@ -88,6 +90,24 @@ try {
   await page.waitForSelector('#conn-state[data-state="live"]', { timeout: 10000 });
   check(true, 'the feed connects: connection state is live');
 
+  // 0. The kind choice offers exactly what GET /v1/kinds lists; each kind fills
+  //    the input with an example built from its schema and shows its properties.
+  const kinds = (await api('/v1/kinds')).kinds;
+  await page.waitForSelector('#submit-button:not([disabled])', { timeout: 10000 });
+  const offered = await page.$$eval('#kind option', (os) => os.map((o) => o.value));
+  check(JSON.stringify(offered) === JSON.stringify(kinds.map((k) => k.name)),
+    `the kind choice lists what /v1/kinds lists (${offered.join(', ')})`);
+  for (const kind of kinds) {
+    await page.selectOption('#kind', kind.name);
+    const example = await page.inputValue('#input');
+    let parsed = null;
+    try { parsed = JSON.parse(example); } catch { /* checked below */ }
+    check(parsed !== null && typeof parsed === 'object', `${kind.name}: the input is prefilled with a JSON example`);
+    const fields = await page.$$eval('#kind-help li[data-field]', (lis) => lis.map((li) => li.dataset.field));
+    const props = Object.keys(kind.input_schema?.properties || {});
+    check(props.every((p) => fields.includes(p)), `${kind.name}: the help lists its properties (${fields.join(', ')})`);
+  }
+
   // 1. Submit from the form: the bar reaches 100 and the result appears.
   await page.selectOption('#kind', 'demo');
   await page.fill('#input', JSON.stringify({ steps: 5, step_ms: 150 }));
@@ -105,6 +125,42 @@ try {
   }, null, { timeout: 10000 });
   const result = await page.textContent('#result');
   check(JSON.parse(result).steps === 5 || result.includes('"steps": 5'), 'the result is shown, pretty-printed');
+
+  // Items: a job that emits them shows them in the detail view as they arrive,
+  // in order, once each; reopening the view shows the same list.
+  const before = new Set(await page.$$eval('tr[data-job-id]', (trs) => trs.map((tr) => tr.dataset.jobId)));
+  await page.fill('#input', JSON.stringify({ steps: 4, step_ms: 300, emit_items: true }));
+  await page.click('#submit-button');
+  const itemsJob = await page.waitForFunction((before) => [...document.querySelectorAll('tr[data-job-id]')]
+    .map((tr) => tr.dataset.jobId).find((id) => !before.includes(id)), [...before], { timeout: 10000 })
+    .then((handle) => handle.jsonValue());
+  await page.click(`tr[data-job-id="${itemsJob}"] td:nth-child(2)`);
+  await page.evaluate((id) => {
+    // Each line added to the list, with the job's status on screen at that moment.
+    window.heraldItemsSeen = [];
+    new MutationObserver((records) => {
+      const status = document.querySelector(`tr[data-job-id="${id}"]`)?.dataset.status;
+      for (const r of records) for (const n of r.addedNodes) window.heraldItemsSeen.push([Number(n.dataset.index), status]);
+    }).observe(document.querySelector('#items'), { childList: true });
+  }, itemsJob);
+  await page.waitForSelector('#items li[data-index="3"]', { timeout: 15000 });
+  const readItems = () => page.$$eval('#items li[data-index]', (lis) => lis.map((li) => [Number(li.dataset.index), li.title]));
+  const wantItems = [0, 1, 2, 3].map((i) => [i, JSON.stringify({ step: i + 1 })]);
+  let shown = await readItems();
+  check(JSON.stringify(shown) === JSON.stringify(wantItems),
+    `the items {"step":1}..{"step":4} show in order, once each (${shown.map((s) => s[1]).join(' ')})`);
+  const seen = await page.evaluate(() => window.heraldItemsSeen);
+  check(seen.some(([, status]) => status === 'running'), `items appear while the job runs (${JSON.stringify(seen)})`);
+  const order = seen.map(([i]) => i);
+  check(order.every((v, k) => k === 0 || v > order[k - 1]), `each item is added after the ones before it (${order.join(', ')})`);
+  check((await page.textContent('#items-count')).trim() === '4', 'the item count reads 4');
+  await page.waitForSelector(`tr[data-job-id="${itemsJob}"][data-status="succeeded"]`, { timeout: 15000 });
+  check((await page.textContent(`tr[data-job-id="${itemsJob}"] .col-items`)).trim() === '4', 'the row shows 4 items');
+  await page.click('#detail-close');
+  await page.click(`tr[data-job-id="${itemsJob}"] td:nth-child(2)`);
+  await page.waitForSelector('#items li[data-index="3"]', { timeout: 10000 });
+  shown = await readItems();
+  check(JSON.stringify(shown) === JSON.stringify(wantItems), 'reopened, the view lists the same four items');
 
   // A validation error from the API shows next to the form.
   await page.fill('#input', JSON.stringify({ steps: -1 }));
@@ -170,10 +226,10 @@ try {
 
   // 5. herald restarts mid-job: the page shows it, reconnects, and the job's
   //    event log in the detail view holds every event once.
-  const watched = await api('/v1/jobs', { kind: 'demo', input: { steps: 30, step_ms: 100 } });
+  const watched = await api('/v1/jobs', { kind: 'demo', input: { steps: 30, step_ms: 100, emit_items: true } });
   await page.waitForSelector(`tr[data-job-id="${watched.id}"]`, { timeout: 10000 });
   await page.click(`tr[data-job-id="${watched.id}"] td:nth-child(2)`);
-  await page.waitForSelector('#event-log li[data-seq="3"]', { timeout: 10000 });
+  await page.waitForSelector('#items li[data-index="2"]', { timeout: 10000 });
   console.log('RESTART');
   await page.waitForSelector('#conn-state:not([data-state="live"])', { timeout: 15000 });
   check(true, 'the page notices the lost connection');
@@ -183,10 +239,16 @@ try {
   await page.waitForSelector(`tr[data-job-id="${watched.id}"][data-status="succeeded"]`, { timeout: 60000 });
   const stored = await api(`/v1/jobs/${watched.id}`);
   await page.waitForSelector(`#event-log li[data-seq="${stored.last_event_id}"]`, { timeout: 10000 });
+  await page.waitForSelector('#items li[data-index="29"]', { timeout: 10000 });
+  // Item events are listed as items, every other event in the log: together, each
+  // of the job's events once.
   const seqs = await page.$$eval('#event-log li[data-seq]', (lis) => lis.map((li) => Number(li.dataset.seq)));
-  const want = Array.from({ length: stored.last_event_id }, (_, i) => i + 1);
-  check(JSON.stringify(seqs) === JSON.stringify(want),
-    `the event log holds events 1..${stored.last_event_id} once each, in order (got ${seqs.length})`);
+  const indexes = await page.$$eval('#items li[data-index]', (lis) => lis.map((li) => Number(li.dataset.index)));
+  check(JSON.stringify(indexes) === JSON.stringify(Array.from({ length: 30 }, (_, i) => i)),
+    `the item list holds items 0..29 once each, in order (got ${indexes.length})`);
+  check(seqs[0] === 1 && seqs.at(-1) === stored.last_event_id && seqs.every((v, k) => k === 0 || v > seqs[k - 1])
+    && seqs.length + indexes.length === stored.last_event_id,
+    `the event log holds the other events of 1..${stored.last_event_id} once each, in order (got ${seqs.length})`);
 
   check(errors.length === 0, `no page errors (${errors.join('; ')})`);
   console.log('DONE');

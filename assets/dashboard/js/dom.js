@@ -32,7 +32,9 @@ export function bindElements() {
     'upload-downstream', 'upload-path', 'upload-format', 'upload-batch-size', 'upload-button',
     'upload-status', 'upload-phase', 'upload-percent', 'upload-progress', 'upload-message',
     'upload-errors', 'jobs-body', 'jobs-empty', 'jobs-count', 'load-more', 'detail', 'detail-id',
-    'detail-close', 'detail-fields', 'result', 'event-log', 'event-log-status',
+    'detail-close', 'detail-fields', 'result', 'event-log', 'event-log-status', 'kind-help',
+    'items-section', 'items-count', 'items-earlier', 'items-earlier-text', 'items-load-earlier',
+    'items', 'items-status',
   ]) {
     ui[id.replace(/[-_](\w)/g, (_, c) => c.toUpperCase())] = document.getElementById(id);
   }

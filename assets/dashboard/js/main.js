@@ -7,8 +7,9 @@
  *   list.js     the job list's pages, loaded into the model
  *   feed.js     the multiplexed EventSource: tokens, cursor, reconnects
  *   history.js  one job's history, read for the detail view
+ *   schema.js   example inputs and help from a kind's input JSON Schema
  *   dom.js, format.js        DOM helpers; how values read
- *   views/      table, detail, submit, upload, conn (the connection state)
+ *   views/      table, detail (with items), submit, upload, conn (the connection state)
  *
  * Data flow, in one paragraph:
  *   - `jobs` (a Map id → job) is the page's model. A job is the API's job JSON
@@ -25,6 +26,12 @@
  *     parsed by hand) and stops reading once it has caught up with the model; live
  *     events then come from the feed. The event log is keyed by seq, so an event
  *     seen both ways is shown once.
+ *   - `item` events are events like the others (a seq each) but are keyed by their
+ *     index in the detail view's item list (views/items.js), not shown in the log;
+ *     the list keeps the newest items on the page and reads earlier ones from
+ *     GET /v1/jobs/{id}/items.
+ *   - The submit form offers the kinds of GET /v1/kinds, with an example input
+ *     built from each kind's input schema (schema.js).
  *   - Views learn of every change through the model's onJobChanged and onEvent.
  */
 
@@ -35,6 +42,7 @@ import { ensureList, loadOlder } from './list.js';
 import { onEvent, onJobChanged } from './model.js';
 import { setConnState } from './views/conn.js';
 import * as detail from './views/detail.js';
+import * as items from './views/items.js';
 import * as submit from './views/submit.js';
 import * as table from './views/table.js';
 import * as upload from './views/upload.js';
@@ -53,7 +61,7 @@ function init() {
   auth.init();
   setConnState('reconnecting', 'connecting…');
 
-  submit.showExample();
+  submit.loadKinds();
   ui.kind.addEventListener('change', submit.onKindChange);
   ui.submitForm.addEventListener('submit', submit.onSubmit);
   ui.input.addEventListener('input', () => ui.input.removeAttribute('aria-invalid'));
@@ -61,6 +69,7 @@ function init() {
   ui.uploadForm.addEventListener('submit', upload.onUploadSubmit);
   ui.uploadFile.addEventListener('change', upload.onUploadFileChange);
 
+  items.bindItems();
   ui.jobsBody.addEventListener('click', detail.onRowActivate);
   ui.jobsBody.addEventListener('keydown', detail.onRowActivate);
   ui.loadMore.addEventListener('click', loadOlder);

@@ -7,7 +7,7 @@ import { api, ApiError, jobPath, readProblem } from './api.js';
 import { isTerminal } from './format.js';
 
 /** The event names of a job's stream and of the feed. */
-export const EVENT_NAMES = ['status', 'progress', 'result', 'failed', 'cancelled'];
+export const EVENT_NAMES = ['status', 'progress', 'item', 'result', 'failed', 'cancelled'];
 /** Feed events held while the first job list loads; beyond this the oldest are dropped. */
 const MAX_BUFFERED = 10000;
 
@@ -15,8 +15,10 @@ const MAX_BUFFERED = 10000;
 export const jobs = new Map();
 /** Snapshot requests in flight, id → promise, so one job is fetched once at a time. */
 const jobFetches = new Map();
-/** Feed events for a job whose snapshot is being fetched, replayed when it arrives. */
+/** Feed events for a job not in the model yet, replayed when its first snapshot arrives. */
 const pendingEvents = new Map();
+/** Jobs to fetch again once their fetch in flight ends (it may predate what was asked for). */
+const refetch = new Set();
 /** Feed events held until the first job list is loaded. */
 let buffer = [];
 /** The first page of the list is in: feed events are merged, not buffered. */
@@ -59,7 +61,18 @@ export function upsertJob(snap) {
   if (!isTerminal(job) && job.status !== 'queued') job.retry_error = null;
   if (!cur) jobs.set(job.id, job);
   jobChanged(job);
+  applyHeld(job.id);
   return job;
+}
+
+/** Feed events held for a job that was not in the model: merged, in order, as soon
+ *  as a snapshot (any: the fetch, the POST's answer, a list page) brings the job,
+ *  before later feed events are (else those would hide them by seq). */
+function applyHeld(id) {
+  const held = pendingEvents.get(id);
+  if (!held) return;
+  pendingEvents.delete(id);
+  for (const ev of held) applyEvent(ev);
 }
 
 /**
@@ -101,6 +114,10 @@ export function applyEvent(ev) {
         data: d.data ?? null,
       };
       break;
+    case 'item':
+      // Items are numbered from 0 without gaps: index n means at least n + 1.
+      if (Number.isInteger(d.index)) job.items_count = Math.max(Number(job.items_count) || 0, d.index + 1);
+      break;
     case 'result':
       job.status = 'succeeded';
       job.result = d.result ?? null;
@@ -135,18 +152,22 @@ export function fetchJob(id) {
       return upsertJob(await res.json());
     } finally {
       jobFetches.delete(id);
-      // Events that arrived while the snapshot was in flight: the merge rule drops
-      // the ones the snapshot already contains.
-      const held = pendingEvents.get(id) || [];
-      pendingEvents.delete(id);
-      if (jobs.has(id)) for (const ev of held) applyEvent(ev);
+      // Held events of a job that turned out not to exist (404, an error) go.
+      if (!jobs.has(id)) pendingEvents.delete(id);
+      if (refetch.delete(id)) refreshJob(id);
     }
   })();
   jobFetches.set(id, promise);
   return promise;
 }
 
+/** Re-reads a job's snapshot; asked while a read is in flight, reads again after it
+ *  (that read may have been answered before what made this one necessary). */
 export function refreshJob(id) {
+  if (jobFetches.has(id)) {
+    refetch.add(id);
+    return;
+  }
   fetchJob(id).catch((e) => console.warn('herald: could not refresh job', id, e));
 }
 
@@ -162,7 +183,8 @@ export function onFeedEvent(ev) {
     // A job that is not on screen (new, or older than the list's first page).
     if (!pendingEvents.has(ev.jobId)) pendingEvents.set(ev.jobId, []);
     pendingEvents.get(ev.jobId).push(ev);
-    refreshJob(ev.jobId);
+    // The fetch in flight, if any, will do: it brings the job, the held events follow.
+    fetchJob(ev.jobId).catch((e) => console.warn('herald: could not fetch job', ev.jobId, e));
     return;
   }
   applyEvent(ev);

@@ -1,16 +1,27 @@
 // The detail view of one job (#detail, opened by #job=<id> in the URL): its
-// fields, its result, and its event log, filled from the job's history and
-// then kept current by the feed. The log is keyed by seq, so each event shows once.
+// fields, its result, its items (views/items.js) and its event log, filled from
+// the job's history and then kept current by the feed. The log is keyed by seq,
+// so each event shows once; `item` events go to the item list, not the log.
 
 import { h, ui } from '../dom.js';
 import { formatClock, formatTime, jobPercent, pretty, progressText } from '../format.js';
 import { readHistory } from '../history.js';
 import { applyEvent, fetchJob, jobs, seqOf } from '../model.js';
+import { itemEvent, resetItems, setItemsCount } from './items.js';
 import { markSelected } from './table.js';
+
+/** The history read covers at most the newest this many seqs, and the log keeps at
+ *  most this many lines: a job with many items or progress reports stays light. */
+const LOG_WINDOW = 1000;
 
 const detail = {
   jobId: null,
-  entries: new Map(), // seq → <li>
+  entries: new Map(), // seq → <li>, the log's lines
+  seen: new Set(), // every seq the view has taken (log lines and items)
+  doneTo: 0, // every seq of the window up to this one is in `seen`
+  readFrom: Infinity, // the first seq a history read asked for (older ones were never read)
+  dropped: false, // the log's oldest lines were removed (past LOG_WINDOW)
+  renderQueued: false,
   loader: null, // AbortController of the history read in progress
   historyError: null, // set when the history cannot be read; not retried automatically
 };
@@ -46,9 +57,14 @@ function openDetail(id) {
   closeDetail();
   detail.jobId = id;
   detail.entries = new Map();
+  detail.seen = new Set();
+  detail.doneTo = 0;
+  detail.readFrom = Infinity;
+  detail.dropped = false;
   detail.historyError = null;
+  resetItems(id);
   ui.eventLog.replaceChildren();
-  ui.eventLogStatus.textContent = '';
+  setLogStatus('');
   ui.result.textContent = '';
   ui.detailFields.replaceChildren();
   ui.detailId.textContent = id;
@@ -63,7 +79,7 @@ function openDetail(id) {
     fetchJob(id).then((job) => {
       if (detail.jobId !== id) return;
       if (!job) {
-        ui.eventLogStatus.textContent = '';
+        setLogStatus('');
         ui.detailFields.replaceChildren(h('p', { class: 'muted' }, 'No such job (it may have been purged).'));
       } else {
         markSelected(id, true);
@@ -82,18 +98,33 @@ export function closeDetail() {
   markSelected(detail.jobId, false);
   detail.jobId = null;
   detail.entries = new Map();
+  detail.seen = new Set();
+  resetItems(null);
   ui.detail.hidden = true;
   document.body.classList.remove('detail-open');
 }
 
-/** For the model's onJobChanged: a change to the job on view. */
+/** For the model's onJobChanged: a change to the job on view, drawn once per frame
+ *  (a history read or a burst of items changes the job many times in one). */
 export function jobChanged(job) {
-  if (detail.jobId === job.id) renderDetail();
+  if (detail.jobId !== job.id || detail.renderQueued) return;
+  detail.renderQueued = true;
+  requestAnimationFrame(() => {
+    detail.renderQueued = false;
+    renderDetail();
+  });
 }
 
-/** For the model's onEvent: an event of the job on view goes into the log. */
+/** For the model's onEvent: an event of the job on view goes into the log, or
+ *  into the item list when it is an item. */
 export function eventApplied(ev) {
-  if (detail.jobId === ev.jobId) addLogEntry(ev);
+  if (detail.jobId !== ev.jobId) return;
+  if (ev.name === 'item') {
+    detail.seen.add(ev.seq);
+    itemEvent(ev.jobId, ev.data);
+  } else {
+    addLogEntry(ev);
+  }
 }
 
 function renderDetail() {
@@ -126,19 +157,34 @@ function renderDetail() {
   ui.result.textContent = result;
   ui.result.dataset.status = job.status;
 
+  setItemsCount(job.id, job.items_count);
   ensureHistory();
 }
 
-/** The smallest seq in 1..last_event_id missing from the log, or 0 when it is complete. */
+/** The first seq the view covers: the newest LOG_WINDOW of the job's events. */
+function windowStart() {
+  const job = jobs.get(detail.jobId);
+  return job ? Math.max(1, seqOf(job) - LOG_WINDOW + 1) : 1;
+}
+
+/** The smallest seq of the window (up to last_event_id) the view has not taken,
+ *  or 0 when it has them all. */
 function firstMissingSeq() {
   const job = jobs.get(detail.jobId);
   if (!job) return 0;
   const last = seqOf(job);
-  let count = 0;
-  for (const seq of detail.entries.keys()) if (seq <= last) count += 1;
-  if (count >= last) return 0;
-  for (let s = 1; s <= last; s++) if (!detail.entries.has(s)) return s;
-  return 0;
+  let s = Math.max(windowStart(), detail.doneTo + 1);
+  while (s <= last && detail.seen.has(s)) s += 1;
+  detail.doneTo = s - 1;
+  return s <= last ? s : 0;
+}
+
+/** The log's status line, with a note when the log lacks the job's oldest events. */
+function setLogStatus(text) {
+  let note = '';
+  if (detail.dropped) note = `(the newest ${LOG_WINDOW} shown)`;
+  else if (detail.readFrom > 1 && detail.readFrom !== Infinity) note = `(events before #${detail.readFrom} not loaded)`;
+  ui.eventLogStatus.textContent = [text, note].filter(Boolean).join(' ');
 }
 
 /**
@@ -151,13 +197,14 @@ async function ensureHistory() {
   const id = detail.jobId;
   if (!id || detail.loader || detail.historyError) return;
   let from = firstMissingSeq();
+  if (from) detail.readFrom = Math.min(detail.readFrom, from);
   if (!from) {
-    ui.eventLogStatus.textContent = '';
+    setLogStatus('');
     return;
   }
   const controller = new AbortController();
   detail.loader = controller;
-  ui.eventLogStatus.textContent = 'loading history…';
+  setLogStatus('loading history…');
   let attempts = 0;
   // Each event goes through the model (which feeds the log); caught up with the
   // model (which the feed keeps current): stop reading.
@@ -178,7 +225,7 @@ async function ensureHistory() {
       // Still missing events after several reads: say so, and don't re-read on
       // every later event (reopening the view tries again).
       if (from) detail.historyError = new Error('history incomplete');
-      ui.eventLogStatus.textContent = from ? 'history incomplete' : '';
+      setLogStatus(from ? 'history incomplete' : '');
     }
   } catch (e) {
     if (e.name !== 'AbortError' && detail.jobId === id) {
@@ -190,9 +237,11 @@ async function ensureHistory() {
   }
 }
 
-/** Adds one event to the log, once per seq, in seq order. */
+/** Adds one event to the log, once per seq, in seq order; the oldest lines go
+ *  past LOG_WINDOW. */
 function addLogEntry(ev) {
-  if (detail.entries.has(ev.seq)) return;
+  if (detail.seen.has(ev.seq)) return;
+  detail.seen.add(ev.seq);
   const d = ev.data || {};
   const shown = {};
   for (const [k, v] of Object.entries(d)) {
@@ -212,4 +261,10 @@ function addLogEntry(ev) {
   }
   ui.eventLog.insertBefore(li, before);
   detail.entries.set(ev.seq, li);
+  while (detail.entries.size > LOG_WINDOW) {
+    const oldest = ui.eventLog.firstElementChild;
+    detail.entries.delete(Number(oldest.dataset.seq));
+    oldest.remove();
+    detail.dropped = true;
+  }
 }

@@ -24,6 +24,7 @@ function createRow(job) {
     kind: h('td', { class: 'col-kind' }),
     badge: h('span', { class: 'badge' }),
     attempt: h('td', { class: 'col-attempt num' }),
+    items: h('td', { class: 'col-items num' }),
     bar: h('div', {
       class: 'progress',
       role: 'progressbar',
@@ -42,6 +43,7 @@ function createRow(job) {
     r.kind,
     h('td', { class: 'col-status' }, r.badge),
     r.attempt,
+    r.items,
     h('td', { class: 'col-progress' }, r.bar, r.progressText),
     h('td', { class: 'col-created' }, r.created),
     h('td', { class: 'col-actions' }, r.cancel),
@@ -75,15 +77,19 @@ export function renderRow(job) {
   r.badge.className = `badge status-${job.status}`;
   r.badge.textContent = job.cancel_requested && !terminal ? `${job.status} (cancelling)` : job.status;
   r.attempt.textContent = job.max_attempts ? `${job.attempt}/${job.max_attempts}` : String(job.attempt ?? '');
+  r.items.textContent = job.items_count ? String(job.items_count) : '';
   const pct = jobPercent(job);
   const text = progressText(job);
   setBar(r.bar, pct, pct === null ? text || 'in progress' : `${Math.round(pct)}%${text ? ` · ${text}` : ''}`);
   r.bar.dataset.status = job.status;
   r.progressText.textContent = text;
   r.progressText.title = text;
-  r.created.dateTime = job.created_at || '';
-  r.created.textContent = formatTime(job.created_at);
-  r.created.title = job.created_at || '';
+  if (r.created.dateTime !== (job.created_at || '')) {
+    // Formatting a time is slow (Intl), and this runs on every event: only when it changes.
+    r.created.dateTime = job.created_at || '';
+    r.created.textContent = formatTime(job.created_at);
+    r.created.title = job.created_at || '';
+  }
   r.cancel.hidden = terminal;
   r.cancel.disabled = terminal || r.cancelling || !!job.cancel_requested;
   r.cancel.textContent = job.cancel_requested || r.cancelling ? 'Cancelling…' : 'Cancel';
