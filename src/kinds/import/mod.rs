@@ -73,9 +73,14 @@ impl Import {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportInput {
+    /// The downstream the rows go to (a name in HERALD_DOWNSTREAMS).
     pub downstream: String,
+    /// The path under its base URL each batch is POSTed to.
+    #[schemars(example = &"/rows")]
     pub path: String,
     pub format: Format,
+    /// Rows per batch, 1 to 10000.
+    #[schemars(range(min = 1, max = 10000), example = 500)]
     pub batch_size: i64,
     /// The stored file's size in bytes.
     pub size: i64,
