@@ -15,10 +15,12 @@ use crate::auth::{Auth, AuthMode};
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::config::Role;
+use crate::downstream::Downstreams;
 use crate::http::AppState;
 use crate::hub::Hub;
 use crate::jobs::Jobs;
-use crate::kinds::{registry, Kinds};
+use crate::kinds::call::Caller;
+use crate::kinds::{registry, Kinds, Limits, Services};
 use crate::limits::StreamLimit;
 use crate::notify::Wakers;
 use crate::queue::Queue;
@@ -146,8 +148,27 @@ impl Application {
         let jobs_root = CancellationToken::new();
         let cancels = CancelRegistry::new(jobs_root.clone());
         let hub = Hub::new();
-        let kinds =
-            Arc::new(registry(&config, store.clone(), kinds).context("configuring job kinds")?);
+        let downstreams = Downstreams::load(
+            &config.downstreams,
+            config.downstreams_file.as_deref(),
+            config.allow_any_url,
+        )
+        .context("configuring downstreams")?;
+        let caller = Arc::new(
+            Caller::new(Arc::new(downstreams), config.downstream_max_body_bytes)
+                .context("configuring the downstreams' HTTP client")?,
+        );
+        let kinds = Arc::new(
+            registry(caller.clone(), store.clone(), kinds).context("configuring job kinds")?,
+        );
+        let services = Arc::new(Services {
+            store: store.clone(),
+            caller,
+            limits: Limits {
+                max_item_bytes: config.max_item_bytes,
+                max_items: config.max_items_per_job,
+            },
+        });
         if config.allow_any_url {
             tracing::warn!("HERALD_ALLOW_ANY_URL is on: aggregate jobs may call any URL; never run this in production");
         }
@@ -168,6 +189,7 @@ impl Application {
         let runner = Arc::new(Runner {
             jobs: jobs.clone(),
             kinds: (*kinds).clone(),
+            services,
             cancels: cancels.clone(),
             config: RunnerConfig {
                 cancel_grace: config.cancel_grace(),

@@ -34,7 +34,7 @@ pub fn main(kinds: Kinds) -> ExitCode {
 async fn run(cli: Cli, kinds: Kinds) -> ExitCode {
     let config = match cli.command {
         Some(Command::Openapi) => {
-            println!("{}", crate::openapi_json());
+            println!("{}", crate::openapi_json(&kinds));
             return ExitCode::SUCCESS;
         }
         Some(Command::Submit {

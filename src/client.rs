@@ -219,6 +219,12 @@ async fn watch_inner(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
                         .collect();
                     bar.set_message(text.join(": "));
                 }
+                "item" => {
+                    // One JSON line per item on stdout, above the bar, so a
+                    // pipe gets exactly the items and the result.
+                    let line = serde_json::to_string(&data["item"]).unwrap_or_default();
+                    bar.suspend(|| println!("{line}"));
+                }
                 "result" => {
                     bar.set_position(100);
                     bar.finish_and_clear();

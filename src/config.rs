@@ -199,6 +199,16 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_RESULT_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_result_bytes: usize,
 
+    /// Largest job item, as JSON; a bigger one fails the handler's call with
+    /// `item_too_large`.
+    #[arg(long, env = "HERALD_MAX_ITEM_BYTES", default_value_t = 1024 * 1024)]
+    pub max_item_bytes: usize,
+
+    /// Most items one job may append; past it the handler's call fails with
+    /// `too_many_items`.
+    #[arg(long, env = "HERALD_MAX_ITEMS_PER_JOB", default_value_t = 100_000)]
+    pub max_items_per_job: i64,
+
     /// A comment line goes down an idle event stream this often, so proxies keep it.
     #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = 15)]
     pub heartbeat_secs: u64,

@@ -98,6 +98,11 @@ impl Jobs {
             })
     }
 
+    /// The kinds this herald runs.
+    pub fn kinds(&self) -> &Registry {
+        &self.kinds
+    }
+
     /// Checks `sub`'s input against its kind, without storing anything.
     pub fn check(&self, sub: &Submission) -> Result<(), SubmitError> {
         let Some(kind) = self.kinds.get(&sub.kind) else {
@@ -106,7 +111,7 @@ impl Jobs {
                 known: self.kinds.names().map(str::to_owned).collect(),
             });
         };
-        kind.validate(&sub.input)
+        kind.check(&sub.input)
             .map_err(|errors| SubmitError::InvalidInput {
                 kind: sub.kind.clone(),
                 errors,
@@ -143,6 +148,17 @@ impl Jobs {
 
     pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
         self.store.get(id).await
+    }
+
+    /// The job's items from `offset`, at most `limit`, as stored (the data
+    /// of their `item` events).
+    pub async fn items(
+        &self,
+        id: JobId,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.store.items(id, offset, limit).await
     }
 
     pub async fn list(&self, q: &ListQuery) -> Result<Vec<JobRecord>, StoreError> {

@@ -14,6 +14,8 @@ pub enum EventKind {
     Result,
     Failed,
     Cancelled,
+    /// One piece of a job's output (`{item, index, at}`).
+    Item,
 }
 
 impl EventKind {
@@ -24,6 +26,7 @@ impl EventKind {
             EventKind::Result => "result",
             EventKind::Failed => "failed",
             EventKind::Cancelled => "cancelled",
+            EventKind::Item => "item",
         }
     }
 
@@ -34,6 +37,7 @@ impl EventKind {
             EventKind::Result,
             EventKind::Failed,
             EventKind::Cancelled,
+            EventKind::Item,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -118,6 +122,8 @@ pub struct JobRecord {
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
     pub last_seq: EventSeq,
+    /// How many items the job has appended, over all its attempts.
+    pub items_count: i64,
 }
 
 /// An event about to be appended: its name and its one-line JSON data (with `at`).
@@ -135,6 +141,9 @@ pub enum Transition {
     /// A worker starts the current attempt.
     Start,
     Progress(Progress),
+    /// The running attempt appends one item (its JSON, serialized); its index
+    /// is the job's `items_count`.
+    Item(String),
     /// The attempt failed and another one will run (`attempt + 1`).
     Retry(JobError),
     /// The attempt was interrupted by a shutdown: back to the queue, same attempt.
@@ -152,6 +161,7 @@ impl Transition {
         match self {
             Transition::Start | Transition::Retry(_) | Transition::Requeue => EventKind::Status,
             Transition::Progress(_) => EventKind::Progress,
+            Transition::Item(_) => EventKind::Item,
             Transition::Succeed(_) => EventKind::Result,
             Transition::Fail(_) => EventKind::Failed,
             Transition::Cancel { .. } => EventKind::Cancelled,
@@ -217,6 +227,19 @@ impl JobRecord {
                     "at": now.to_rfc3339(),
                 });
                 (EventKind::Progress, data.to_string())
+            }
+            Transition::Item(item) => {
+                if !self.status.accepts_progress() {
+                    return Err(refuse("append an item"));
+                }
+                next.items_count += 1;
+                // `item` is already JSON: spliced in as it is, not parsed again.
+                let data = format!(
+                    r#"{{"item":{item},"index":{},"at":"{}"}}"#,
+                    self.items_count,
+                    now.to_rfc3339()
+                );
+                (EventKind::Item, data)
             }
             Transition::Retry(err) => {
                 if !self.status.can_become(JobStatus::Queued) {
@@ -314,6 +337,7 @@ pub(crate) mod tests {
             started_at: None,
             finished_at: None,
             last_seq: EventSeq(1),
+            items_count: 0,
         }
     }
 
@@ -390,6 +414,7 @@ pub(crate) mod tests {
         let all = [
             Transition::Start,
             Transition::Progress(p),
+            Transition::Item("1".into()),
             Transition::Retry(JobError::new("a", "b")),
             Transition::Requeue,
             Transition::Succeed(json!(1)),
@@ -405,6 +430,27 @@ pub(crate) mod tests {
                 assert!(job(st).apply(t, Timestamp(3)).is_err(), "{st} {t:?}");
             }
         }
+    }
+
+    #[test]
+    fn items_count_from_zero_across_attempts_and_only_while_running() {
+        let mut running = job(JobStatus::Running);
+        running.items_count = 2;
+        let item = Transition::Item(r#"{"a":[1,2]}"#.into());
+        let (j, ev) = running.apply(&item, Timestamp(4)).unwrap();
+        assert_eq!((j.items_count, ev.seq), (3, EventSeq(2)));
+        assert_eq!(ev.kind, EventKind::Item);
+        assert_eq!(data(&ev)["index"], 2);
+        assert_eq!(data(&ev)["item"], json!({"a": [1, 2]}));
+        assert!(!ev.data.contains('\n'));
+        let (j, _) = j
+            .apply(&Transition::Retry(JobError::new("x", "y")), Timestamp(5))
+            .unwrap();
+        assert_eq!(j.items_count, 3, "a retry keeps the items");
+        assert!(
+            j.apply(&item, Timestamp(6)).is_err(),
+            "a queued job appends nothing"
+        );
     }
 
     #[test]

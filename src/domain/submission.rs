@@ -151,6 +151,7 @@ impl Submission {
             started_at: None,
             finished_at: None,
             last_seq: EventSeq(1),
+            items_count: 0,
         }
     }
 

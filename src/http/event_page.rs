@@ -33,7 +33,7 @@ pub struct JobEventPageDto {
 pub struct JobLogEventDto {
     /// The job's gapless sequence number.
     pub id: i64,
-    /// status, progress, result, failed or cancelled.
+    /// status, progress, item, result, failed or cancelled.
     pub event: String,
     pub data: EventData,
 }

@@ -75,6 +75,17 @@ pub struct CancelledEventDto {
     pub at: String,
 }
 
+/// `event: item`: one piece of the job's output; never coalesced.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "ItemEvent")]
+pub struct ItemEventDto {
+    /// The item as the handler appended it.
+    pub item: Value,
+    /// The job's items count from 0, gapless, in append order.
+    pub index: i64,
+    pub at: String,
+}
+
 /// The `data:` of one event; which one the SSE `event:` field says.
 #[derive(Debug, Clone, Union)]
 #[oai(rename = "JobEvent")]
@@ -84,6 +95,7 @@ pub enum JobEventDto {
     Result(ResultEventDto),
     Failed(FailedEventDto),
     Cancelled(CancelledEventDto),
+    Item(ItemEventDto),
 }
 
 pub enum EventsResponse {
@@ -94,7 +106,7 @@ pub enum EventsResponse {
 
 const STREAM_DESCRIPTION: &str = "A `text/event-stream`. It opens with `retry: <ms>`, then sends \
 each event as `id: <seq>` (the job's gapless sequence number), `event: <name>` (status, progress, \
-result, failed or cancelled) and `data: <one line of JSON>` (see JobEvent), and comment lines \
+item, result, failed or cancelled) and `data: <one line of JSON>` (see JobEvent), and comment lines \
 (`: keep-alive`) while idle. It closes right after the terminal event (result, failed, cancelled), \
 at shutdown, or after HERALD_MAX_STREAM_SECS; reconnect with `Last-Event-ID` to resume. \
 With `Accept: application/json` (and not `text/event-stream`): a JSON page of the same events \

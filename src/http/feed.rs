@@ -36,7 +36,7 @@ pub enum FeedResponse {
 const FEED_DESCRIPTION: &str = "A `text/event-stream` of the events of every job of the caller's \
 tenant (or of the jobs the filters select). It opens with `retry: <ms>`, then sends each event as \
 `id: <cursor>` (an opaque feed position), `event: <name>` (the job event's name: status, progress, \
-result, failed or cancelled) and `data: <one line of JSON>`: the job event's data (see JobEvent) \
+item, result, failed or cancelled) and `data: <one line of JSON>`: the job event's data (see JobEvent) \
 plus `job_id` and `seq` (the event's id in the job's own stream). Comment lines (`: keep-alive`) \
 while idle. It does not end on its own: only at shutdown or after HERALD_MAX_STREAM_SECS; \
 reconnect with `Last-Event-ID` (or `last_event_id`) set to the last cursor to resume without loss \

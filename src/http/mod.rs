@@ -28,9 +28,11 @@ mod event_page;
 mod events;
 mod feed;
 mod health;
+mod items;
 mod jobs;
 mod metrics;
 mod models;
+mod openapi;
 pub mod server;
 mod state;
 mod uploads;
@@ -59,6 +61,7 @@ type Apis = (
     jobs::JobsApi,
     events::EventsApi,
     feed::FeedApi,
+    items::ItemsApi,
     health::HealthApi,
 );
 
@@ -69,6 +72,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             jobs::JobsApi,
             events::EventsApi,
             feed::FeedApi,
+            items::ItemsApi,
             health::HealthApi,
         ),
         "herald",
@@ -80,15 +84,22 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
     )
 }
 
-/// The OpenAPI document, as `herald openapi` prints it and `openapi/openapi.json` holds it.
-pub fn openapi_json() -> String {
-    openapi_service().spec()
+/// The OpenAPI document of a herald running `kinds`, each kind's input
+/// schema included: what `herald openapi` prints, `/openapi.json` serves,
+/// and (for the built-in kinds) `openapi/openapi.json` holds.
+pub fn openapi_json(kinds: &crate::Kinds) -> String {
+    openapi::with_kinds(&openapi_service().spec(), &kinds.schemas())
 }
 
 pub fn routes(state: AppState) -> impl Endpoint {
     let api = openapi_service();
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
+    let generated = api.spec();
+    let spec = openapi::with_kinds(&generated, &state.jobs.kinds().schemas());
+    // The docs page embeds the document: the one with the kinds patched in.
+    let docs_html = api.swagger_ui_html().replacen(&generated, &spec, 1);
+    let docs = poem::get(poem::endpoint::make_sync(move |_| {
+        poem::web::Html(docs_html.clone())
+    }));
     let limit = body::BodyLimit(state.config.max_body_bytes);
     let cors = (!state.config.cors_origins.is_empty()).then(|| {
         poem::middleware::Cors::new()
@@ -108,8 +119,15 @@ pub fn routes(state: AppState) -> impl Endpoint {
                 "/v1/uploads",
                 poem::post(uploads::upload).around(authenticate),
             )
-            .at("/openapi.json", spec)
-            .nest("/docs", docs)
+            .at(
+                "/openapi.json",
+                poem::get(poem::endpoint::make_sync(move |_| {
+                    poem::Response::builder()
+                        .content_type("application/json; charset=utf-8")
+                        .body(spec.clone())
+                })),
+            )
+            .at("/docs", docs)
             .nest("/", api.around(authenticate))
     } else {
         route.nest(

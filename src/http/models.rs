@@ -46,7 +46,7 @@ impl From<JobStatusDto> for JobStatus {
 pub struct SubmitJobDto {
     /// The job kind, e.g. `demo`.
     pub kind: String,
-    /// The kind's input. `demo`: `{"steps": 1..=10000, "step_ms": 0..=60000, "fail_at"?: n}`.
+    /// The kind's input; each kind's schema is in `GET /v1/kinds` (and below, keyed on `kind`).
     pub input: Value,
     /// Submitting again with the same key answers 200 with the same job (409 if
     /// the kind, input, max_attempts or timeout_secs differ).
@@ -107,6 +107,8 @@ pub struct JobDto {
     pub finished_at: Option<String>,
     /// The id of the job's latest event: resume its stream from here.
     pub last_event_id: i64,
+    /// How many items the job has appended (`GET /v1/jobs/{id}/items`).
+    pub items_count: i64,
     pub links: LinksDto,
 }
 
@@ -137,6 +139,7 @@ impl From<&JobRecord> for JobDto {
             started_at: j.started_at.map(|t| t.to_rfc3339()),
             finished_at: j.finished_at.map(|t| t.to_rfc3339()),
             last_event_id: j.last_seq.0,
+            items_count: j.items_count,
             links: LinksDto {
                 events: format!("{self_}/events"),
                 self_,

@@ -1,13 +1,16 @@
-//! `demo`: `{steps, step_ms, fail_at?, ignore_cancel?}`. Reports `steps` progress
-//! events `step_ms` apart, fails at step `fail_at` when given, and answers
-//! `{"steps": steps}`. For trying the service and for tests.
+//! `demo`: `{steps, step_ms, fail_at?, panic_at?, emit_items?, ignore_cancel?}`.
+//! Reports `steps` progress events `step_ms` apart; fails at step `fail_at`
+//! and panics at step `panic_at` when given; with `emit_items` each step
+//! also appends the item `{"step": k}`. Answers `{"steps": steps}`. For
+//! trying the service and for tests.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::domain::{fields, FieldError};
+use crate::domain::FieldError;
 use crate::kinds::{JobContext, JobFailure, JobKind};
 
 pub const MAX_STEPS: u64 = 10_000;
@@ -15,73 +18,96 @@ pub const MAX_STEP_MS: u64 = 60_000;
 
 pub struct Demo;
 
-#[derive(Debug, Clone, PartialEq)]
+/// The demo's input.
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DemoInput {
+    /// Progress events to report, 1 to 10000.
+    #[serde(deserialize_with = "whole")]
+    #[schemars(range(min = 1, max = 10000), example = 5)]
     pub steps: u64,
+    /// The pause before each step, 0 to 60000 ms.
+    #[serde(deserialize_with = "whole")]
+    #[schemars(range(max = 60000), example = 200)]
     pub step_ms: u64,
+    /// Fail the attempt at this step (1 to `steps`).
+    #[serde(default, deserialize_with = "some_whole")]
     pub fail_at: Option<u64>,
+    /// Panic at this step (1 to `steps`), to see a panic contained.
+    #[serde(default, deserialize_with = "some_whole")]
+    pub panic_at: Option<u64>,
+    /// Append the item `{"step": k}` at each step.
+    #[serde(default)]
+    pub emit_items: bool,
     /// Keep stepping after a cancel (to see `cancel_grace` stop a handler that
     /// ignores its token).
+    #[serde(default)]
     pub ignore_cancel: bool,
 }
 
+/// A whole number, also when written `2.0` (JSON does not tell them apart).
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = f64::deserialize(d)?;
+    if n.fract() != 0.0 || n < 0.0 || n > u64::MAX as f64 {
+        return Err(serde::de::Error::custom(format!(
+            "must be a whole number of at least 0, got {n}"
+        )));
+    }
+    Ok(n as u64)
+}
+
+fn some_whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    whole(d).map(Some)
+}
+
 impl DemoInput {
-    pub fn parse(input: &Value) -> Result<DemoInput, Vec<FieldError>> {
-        let obj = fields::object(input, "", "{\"steps\": 5, \"step_ms\": 200}")?;
+    /// The checks serde does not make: ranges, and steps named within `steps`.
+    pub fn check(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
-        fields::unknown_fields(
-            obj,
-            &["steps", "step_ms", "fail_at", "ignore_cancel"],
-            "",
-            &mut errors,
-        );
-        let mut int = |field: &str, max: u64, min: u64| {
-            if fields::required(obj, field, "", &mut errors) {
-                fields::whole_number(obj, field, min as i64..=max as i64, "", &mut errors)
-                    .map(|n| n as u64)
-            } else {
-                None
-            }
-        };
-        let steps = int("steps", MAX_STEPS, 1);
-        let step_ms = int("step_ms", MAX_STEP_MS, 0);
-        let fail_at = fields::whole_number(obj, "fail_at", 1..=MAX_STEPS as i64, "", &mut errors)
-            .map(|n| n as u64);
-        let ignore_cancel = fields::boolean(obj, "ignore_cancel", "", &mut errors).unwrap_or(false);
-        if let (Some(steps), Some(at)) = (steps, fail_at) {
-            if at > steps {
-                errors.push(FieldError::new(
-                    "/fail_at",
-                    format!("must be at most steps ({steps})"),
-                ));
+        if !(1..=MAX_STEPS).contains(&self.steps) {
+            errors.push(FieldError::new(
+                "/steps",
+                format!("must be 1 to {MAX_STEPS}"),
+            ));
+        }
+        if self.step_ms > MAX_STEP_MS {
+            errors.push(FieldError::new(
+                "/step_ms",
+                format!("must be 0 to {MAX_STEP_MS}"),
+            ));
+        }
+        for (field, at) in [("fail_at", self.fail_at), ("panic_at", self.panic_at)] {
+            match at {
+                Some(0) => errors.push(FieldError::new(format!("/{field}"), "must be at least 1")),
+                Some(at) if at > self.steps => errors.push(FieldError::new(
+                    format!("/{field}"),
+                    format!("must be at most steps ({})", self.steps),
+                )),
+                _ => {}
             }
         }
-        match (steps, step_ms) {
-            (Some(steps), Some(step_ms)) if errors.is_empty() => Ok(DemoInput {
-                steps,
-                step_ms,
-                fail_at,
-                ignore_cancel,
-            }),
-            _ => Err(errors),
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
         }
     }
 }
 
 #[async_trait]
 impl JobKind for Demo {
+    type Input = DemoInput;
+    type Output = Value;
+
     fn name(&self) -> &'static str {
         "demo"
     }
 
-    fn validate(&self, input: &Value) -> Result<(), Vec<FieldError>> {
-        DemoInput::parse(input).map(|_| ())
+    fn validate(&self, input: &DemoInput) -> Result<(), Vec<FieldError>> {
+        input.check()
     }
 
-    async fn run(&self, ctx: &JobContext) -> Result<Value, JobFailure> {
-        let input = DemoInput::parse(&ctx.input).map_err(|errs| {
-            JobFailure::permanent("bad_input", format!("demo input is invalid: {errs:?}"))
-        })?;
+    async fn run(&self, input: DemoInput, ctx: &JobContext) -> Result<Value, JobFailure> {
         for step in 1..=input.steps {
             let pause = tokio::time::sleep(Duration::from_millis(input.step_ms));
             if input.ignore_cancel {
@@ -97,6 +123,13 @@ impl JobKind for Demo {
                     "demo_failure",
                     format!("demo failed at step {step} as asked by fail_at"),
                 ));
+            }
+            if input.panic_at == Some(step) {
+                panic!("demo panicked at step {step} as asked by panic_at");
+            }
+            // An attempt after a retry resumes after the items earlier ones appended.
+            if input.emit_items && ctx.items_count() < step as i64 {
+                ctx.item(json!({"step": step})).await?;
             }
             let percent = step as f64 * 100.0 / input.steps as f64;
             ctx.progress(
@@ -114,33 +147,52 @@ impl JobKind for Demo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::typed::from_value;
+
+    fn parse(v: Value) -> Result<DemoInput, Vec<FieldError>> {
+        let input: DemoInput = from_value(&v)?;
+        input.check().map(|_| input)
+    }
+
+    fn pointers(v: Value) -> Vec<String> {
+        parse(v)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.pointer)
+            .collect()
+    }
 
     #[test]
     fn valid_input() {
-        let d = DemoInput::parse(&json!({"steps": 3, "step_ms": 0, "fail_at": 2})).unwrap();
+        let d = parse(json!({"steps": 3, "step_ms": 0, "fail_at": 2, "emit_items": true})).unwrap();
         assert_eq!(d.steps, 3);
         assert_eq!(d.fail_at, Some(2));
+        assert!(d.emit_items);
         assert!(!d.ignore_cancel);
     }
 
     #[test]
     fn out_of_range_and_missing_values_are_named() {
-        let errs = DemoInput::parse(&json!({"steps": 0, "step_ms": 60001})).unwrap_err();
-        let p: Vec<_> = errs.iter().map(|e| e.pointer.as_str()).collect();
-        assert_eq!(p, ["/steps", "/step_ms"]);
-        let errs = DemoInput::parse(&json!({"steps": 10001})).unwrap_err();
-        let p: Vec<_> = errs.iter().map(|e| e.pointer.as_str()).collect();
-        assert_eq!(p, ["/steps", "/step_ms"]);
-        let errs = DemoInput::parse(&json!({"steps": 2, "step_ms": 1, "fail_at": 3})).unwrap_err();
-        assert_eq!(errs[0].pointer, "/fail_at");
-        assert!(DemoInput::parse(&json!({"steps": "5", "step_ms": 1})).is_err());
-        assert!(DemoInput::parse(&json!({"steps": 1.5, "step_ms": 1})).is_err());
         assert_eq!(
-            DemoInput::parse(&json!({"steps": 2.0, "step_ms": 0}))
-                .unwrap()
-                .steps,
-            2
+            pointers(json!({"steps": 0, "step_ms": 60001})),
+            ["/steps", "/step_ms"]
         );
-        assert!(DemoInput::parse(&json!([])).is_err());
+        assert_eq!(pointers(json!({"steps": 10001})), ["/step_ms"]);
+        assert_eq!(
+            pointers(json!({"steps": 2, "step_ms": 1, "fail_at": 3})),
+            ["/fail_at"]
+        );
+        assert_eq!(
+            pointers(json!({"steps": 2, "step_ms": 1, "panic_at": 0})),
+            ["/panic_at"]
+        );
+        assert_eq!(pointers(json!({"steps": "5", "step_ms": 1})), ["/steps"]);
+        assert_eq!(pointers(json!({"steps": 1.5, "step_ms": 1})), ["/steps"]);
+        assert_eq!(
+            pointers(json!({"steps": 1, "step_ms": 1, "stpes": 1})),
+            ["/stpes"]
+        );
+        assert_eq!(pointers(json!([])), [""]);
+        assert_eq!(parse(json!({"steps": 2.0, "step_ms": 0})).unwrap().steps, 2);
     }
 }

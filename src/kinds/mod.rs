@@ -7,9 +7,11 @@
 //! file's rows sent to a downstream in batches).
 
 pub mod aggregate;
+pub(crate) mod call;
 mod context;
 pub mod demo;
 pub mod import;
+mod typed;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,9 +19,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-pub use context::{JobContext, ReportProgress};
+pub use crate::domain::FieldError;
+pub use call::Downstream;
+pub use context::JobContext;
+pub(crate) use context::{Limits, Report, Services};
 
-use crate::domain::{FieldError, JobError};
+use call::Caller;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::domain::JobError;
 
 /// How an attempt failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,39 +68,153 @@ impl From<anyhow::Error> for JobFailure {
     }
 }
 
-/// A kind of job. herald's own live in this module, one each; all are
-/// registered in [`registry`].
+/// A kind of job: its name, its typed input, and what one attempt does.
+///
+/// The input is what clients submit under `input`, read with serde: a body
+/// that does not fit is a 422 with a JSON pointer into `input` (a missing or
+/// unknown field, a wrong type), before any job exists. Checks serde cannot
+/// express (ranges, fields that depend on each other) go in
+/// [`JobKind::validate`]. The input's JSON Schema (from `schemars`) is listed
+/// by `GET /v1/kinds` and in the OpenAPI document.
+///
+/// ```
+/// use herald::{JobContext, JobFailure, JobKind};
+/// use serde::Deserialize;
+///
+/// #[derive(Deserialize, schemars::JsonSchema)]
+/// #[serde(deny_unknown_fields)]
+/// struct Input {
+///     /// How many greetings.
+///     times: u32,
+/// }
+///
+/// struct Greet;
+///
+/// #[async_trait::async_trait]
+/// impl JobKind for Greet {
+///     type Input = Input;
+///     type Output = serde_json::Value;
+///
+///     fn name(&self) -> &'static str {
+///         "greet"
+///     }
+///
+///     async fn run(&self, input: Input, ctx: &JobContext) -> Result<serde_json::Value, JobFailure> {
+///         for n in 0..input.times {
+///             ctx.item(serde_json::json!({"hello": n})).await?;
+///         }
+///         Ok(serde_json::json!({"greeted": input.times}))
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait JobKind: Send + Sync + 'static {
-    /// The name clients submit as `kind`.
+    /// The input clients submit (`#[serde(deny_unknown_fields)]` makes a
+    /// misspelt field an error rather than a silently ignored one).
+    type Input: DeserializeOwned + JsonSchema + Send + 'static;
+    /// The job's result.
+    type Output: Serialize + Send;
+
+    /// The name clients submit as `kind`: unique among this herald's kinds.
     fn name(&self) -> &'static str;
 
-    /// Checks `input`; pointers in the errors are relative to the input
-    /// (`/steps`), the API prefixes them with `/input`.
-    fn validate(&self, input: &Value) -> Result<(), Vec<FieldError>>;
+    /// Checks beyond what serde checks. Pointers are relative to the input
+    /// (`/steps`); the API prefixes them with `/input`.
+    fn validate(&self, _input: &Self::Input) -> Result<(), Vec<FieldError>> {
+        Ok(())
+    }
 
     /// Runs one attempt. Stop promptly when `ctx.cancelled()` fires.
+    async fn run(&self, input: Self::Input, ctx: &JobContext) -> Result<Self::Output, JobFailure>;
+}
+
+/// A kind as herald runs it, whatever its input type: what the registry
+/// holds. Every [`JobKind`] is one (through [`Typed`]); `aggregate` and
+/// `import` implement it directly, keeping their own input checks, which
+/// report every field error at once.
+#[async_trait]
+pub(crate) trait Kind: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// The input's JSON Schema (OpenAPI 3.0 flavour, subschemas inlined).
+    fn input_schema(&self) -> Value;
+
+    /// Checks an input; pointers relative to the input.
+    fn check(&self, input: &Value) -> Result<(), Vec<FieldError>>;
+
     async fn run(&self, ctx: &JobContext) -> Result<Value, JobFailure>;
+}
+
+/// A [`JobKind`] behind the [`Kind`] interface.
+pub(crate) struct Typed<K>(pub(crate) K);
+
+impl<K: JobKind> Typed<K> {
+    fn parse(&self, input: &Value) -> Result<K::Input, Vec<FieldError>> {
+        let typed = typed::from_value::<K::Input>(input)?;
+        self.0.validate(&typed)?;
+        Ok(typed)
+    }
+}
+
+#[async_trait]
+impl<K: JobKind> Kind for Typed<K> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn input_schema(&self) -> Value {
+        typed::schema_of::<K::Input>()
+    }
+
+    fn check(&self, input: &Value) -> Result<(), Vec<FieldError>> {
+        self.parse(input).map(|_| ())
+    }
+
+    async fn run(&self, ctx: &JobContext) -> Result<Value, JobFailure> {
+        // Checked at submit; a stored input that no longer fits (the kind's
+        // input type changed since) is no use retrying.
+        let input = self.parse(&ctx.input).map_err(|errors| {
+            JobFailure::permanent("bad_input", typed::describe(self.name(), &errors))
+        })?;
+        let output = self.0.run(input, ctx).await?;
+        serde_json::to_value(output).map_err(|e| {
+            JobFailure::permanent(
+                "bad_result",
+                format!("the result cannot be written as JSON: {e}"),
+            )
+        })
+    }
 }
 
 /// Every job kind this build knows, by name.
 #[derive(Clone, Default)]
 pub struct Registry {
-    kinds: BTreeMap<&'static str, Arc<dyn JobKind>>,
+    kinds: BTreeMap<&'static str, Arc<dyn Kind>>,
 }
 
 impl Registry {
-    pub fn with(mut self, kind: impl JobKind) -> Self {
-        self.kinds.insert(kind.name(), Arc::new(kind));
-        self
-    }
-
-    pub fn get(&self, name: &str) -> Option<Arc<dyn JobKind>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<dyn Kind>> {
         self.kinds.get(name).cloned()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.kinds.keys().copied()
+    }
+
+    /// Each kind's name and input schema, by name.
+    pub(crate) fn schemas(&self) -> BTreeMap<&'static str, Value> {
+        self.kinds
+            .iter()
+            .map(|(name, kind)| (*name, kind.input_schema()))
+            .collect()
+    }
+
+    fn add(&mut self, kind: Arc<dyn Kind>) -> anyhow::Result<()> {
+        let name = kind.name();
+        if self.kinds.insert(name, kind).is_some() {
+            anyhow::bail!("two job kinds are named `{name}`: give each kind a name of its own");
+        }
+        Ok(())
     }
 }
 
@@ -99,7 +223,7 @@ impl Registry {
 #[derive(Clone, Default)]
 pub struct Kinds {
     builtin: bool,
-    extra: Vec<Arc<dyn JobKind>>,
+    extra: Vec<Arc<dyn Kind>>,
 }
 
 impl Kinds {
@@ -111,40 +235,52 @@ impl Kinds {
         }
     }
 
-    /// Adds a kind of your own. Its name must differ from every other kind's.
+    /// No kinds at all; add your own with [`Kinds::with`].
+    pub fn none() -> Kinds {
+        Kinds::default()
+    }
+
+    /// Each kind's name and input schema, by name, without building the
+    /// kinds (`herald openapi` needs no store or downstreams).
+    pub(crate) fn schemas(&self) -> BTreeMap<&'static str, Value> {
+        let mut out = BTreeMap::new();
+        if self.builtin {
+            out.insert("demo", typed::schema_of::<demo::DemoInput>());
+            out.insert("aggregate", aggregate::input_schema());
+            out.insert("import", typed::schema_of::<import::ImportInput>());
+        }
+        for kind in &self.extra {
+            out.insert(kind.name(), kind.input_schema());
+        }
+        out
+    }
+
+    /// Adds a kind of your own. Its name must differ from every other kind's
+    /// (herald refuses to start otherwise).
     pub fn with(mut self, kind: impl JobKind) -> Kinds {
-        self.extra.push(Arc::new(kind));
+        self.extra.push(Arc::new(Typed(kind)));
         self
     }
 }
 
 /// The one place where job kinds are registered: the built-in ones (which
 /// need the configuration's downstreams and the store), then `kinds`' own.
-pub fn registry(
-    config: &crate::config::Config,
+pub(crate) fn registry(
+    caller: Arc<Caller>,
     store: Arc<dyn crate::store::Store>,
     kinds: Kinds,
 ) -> anyhow::Result<Registry> {
     let mut registry = Registry::default();
     if kinds.builtin {
-        let downstreams = Arc::new(crate::downstream::Downstreams::load(
-            &config.downstreams,
-            config.downstreams_file.as_deref(),
-            config.allow_any_url,
-        )?);
-        registry = registry
-            .with(demo::Demo)
-            .with(aggregate::Aggregate::new(
-                downstreams.clone(),
-                config.downstream_max_body_bytes,
-            )?)
-            .with(import::Import::new(downstreams, store)?);
+        registry.add(Arc::new(Typed(demo::Demo)))?;
+        registry.add(Arc::new(aggregate::Aggregate::new(caller.clone())))?;
+        registry.add(Arc::new(Typed(import::Import::new(
+            caller.downstreams.clone(),
+            store,
+        )?)))?;
     }
     for kind in kinds.extra {
-        let name = kind.name();
-        if registry.kinds.insert(name, kind).is_some() {
-            anyhow::bail!("two job kinds are named `{name}`: give each kind a name of its own");
-        }
+        registry.add(kind)?;
     }
     Ok(registry)
 }

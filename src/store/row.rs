@@ -25,6 +25,7 @@ pub(super) struct JobRow {
     pub(super) started_at: Option<i64>,
     pub(super) finished_at: Option<i64>,
     pub(super) last_seq: i64,
+    pub(super) items_count: i64,
 }
 
 pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -60,6 +61,7 @@ impl TryFrom<JobRow> for JobRecord {
             started_at: r.started_at.map(Timestamp),
             finished_at: r.finished_at.map(Timestamp),
             last_seq: EventSeq(r.last_seq),
+            items_count: r.items_count,
         })
     }
 }

@@ -52,6 +52,10 @@ pub trait JobStore: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
+    /// The job's items from index `offset` on, at most `limit`, each as the
+    /// data of its `item` event (`{"item":…,"index":n,"at":…}`), as stored.
+    async fn items(&self, id: JobId, offset: i64, limit: i64) -> Result<Vec<String>, StoreError>;
+
     /// Which of these jobs have a cancel request stored (the periodic backup
     /// for a cancel notification that another node sent and this one missed).
     async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError>;

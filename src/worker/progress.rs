@@ -2,10 +2,10 @@
 //! herald persists at most one ordinary report per job per
 //! `HERALD_PROGRESS_MIN_INTERVAL_MS`, always the latest value.
 //!
-//! Reports queue in call order. An ordinary report replaces an ordinary one
-//! still waiting at the end of the queue; a *kept* report (aggregate's
-//! per-source completions) is never replaced and never waits: its arrival cuts
-//! the interval short. When the attempt ends the runner calls
+//! Reports and items queue in call order. An ordinary report replaces an
+//! ordinary one still waiting at the end of the queue; a *kept* report
+//! (aggregate's per-source completions) and an item are never replaced and
+//! never wait: their arrival cuts the interval short. When the attempt ends the runner calls
 //! [`ProgressPump::finish`], which writes whatever is still queued at once, so
 //! the last report always lands before the status or terminal event.
 
@@ -18,11 +18,18 @@ use tokio::task::JoinHandle;
 
 use crate::domain::{JobRecord, Progress, Transition};
 use crate::jobs::Jobs;
-use crate::kinds::{JobFailure, ReportProgress};
+use crate::kinds::{JobFailure, Report as ReportUpdates};
 use crate::store::ApplyError;
 
+/// What a handler asked to write.
+enum Update {
+    Progress(Progress),
+    /// An item's JSON.
+    Item(String),
+}
+
 struct Report {
-    progress: Progress,
+    update: Update,
     kept: bool,
     persisted: Option<oneshot::Sender<Result<(), JobFailure>>>,
 }
@@ -47,19 +54,23 @@ pub(crate) struct Reporter {
     coalesce: bool,
 }
 
-impl ReportProgress for Reporter {
-    fn report(
+impl ReportUpdates for Reporter {
+    fn progress(
         &self,
         progress: Progress,
         kept: bool,
     ) -> futures::future::BoxFuture<'_, Result<(), JobFailure>> {
-        Box::pin(self.report(progress, kept))
+        Box::pin(self.report(Update::Progress(progress), kept))
+    }
+
+    fn item(&self, item: String) -> futures::future::BoxFuture<'_, Result<(), JobFailure>> {
+        Box::pin(self.report(Update::Item(item), true))
     }
 }
 
 impl Reporter {
-    /// Queues `progress`. A kept report resolves once it is persisted.
-    pub(crate) async fn report(&self, progress: Progress, kept: bool) -> Result<(), JobFailure> {
+    /// Queues `update`. A kept one resolves once it is persisted.
+    async fn report(&self, update: Update, kept: bool) -> Result<(), JobFailure> {
         let (tx, rx) = if kept {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -71,13 +82,13 @@ impl Reporter {
             if q.closing {
                 return Err(JobFailure::permanent(
                     "attempt_over",
-                    "progress reported after the attempt ended",
+                    "progress or an item reported after the attempt ended",
                 ));
             }
             match q.reports.back_mut() {
-                Some(last) if self.coalesce && !kept && !last.kept => last.progress = progress,
+                Some(last) if self.coalesce && !kept && !last.kept => last.update = update,
                 _ => q.reports.push_back(Report {
-                    progress,
+                    update,
                     kept,
                     persisted: tx,
                 }),
@@ -150,7 +161,11 @@ async fn pump(
             shared.notify.notified().await;
             continue;
         };
-        let result = persist(&current, &jobs, report.progress).await;
+        let transition = match report.update {
+            Update::Progress(p) => Transition::Progress(p),
+            Update::Item(item) => Transition::Item(item),
+        };
+        let result = persist(&current, &jobs, transition).await;
         if let Some(tx) = report.persisted {
             let _ = tx.send(result);
         }
@@ -179,19 +194,19 @@ async fn pump(
 async fn persist(
     current: &Mutex<JobRecord>,
     jobs: &Jobs,
-    progress: Progress,
+    transition: Transition,
 ) -> Result<(), JobFailure> {
     let known = current.lock().expect("job record poisoned").clone();
-    match jobs.record(&known, &Transition::Progress(progress)).await {
+    match jobs.record(&known, &transition).await {
         Ok(job) => {
             *current.lock().expect("job record poisoned") = job;
             Ok(())
         }
         Err(ApplyError::Store(e)) => {
-            tracing::warn!(job_id = %known.id, error = %e, "progress not persisted");
+            tracing::warn!(job_id = %known.id, error = %e, "progress or item not persisted");
             Err(JobFailure::retryable(
                 "store_unavailable",
-                format!("could not persist progress: {e}"),
+                format!("could not persist progress or an item: {e}"),
             ))
         }
         Err(e) => Err(JobFailure::permanent("job_not_running", e.to_string())),

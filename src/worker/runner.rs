@@ -4,13 +4,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use serde_json::Value;
 
 use super::progress::ProgressPump;
 use crate::cancel::{CancelRegistry, RunningJob};
 use crate::domain::{JobError, JobId, JobRecord, Transition};
 use crate::jobs::Jobs;
-use crate::kinds::{JobContext, JobFailure, Registry};
+use crate::kinds::{JobContext, JobFailure, Registry, Services};
 use crate::store::{ApplyError, StoreError};
 
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct RunnerConfig {
 pub struct Runner {
     pub(crate) jobs: Arc<Jobs>,
     pub(crate) kinds: Registry,
+    /// What every handler's context shares (store, downstreams, item limits).
+    pub(crate) services: Arc<Services>,
     pub(crate) cancels: Arc<CancelRegistry>,
     pub(crate) config: RunnerConfig,
 }
@@ -195,7 +198,12 @@ impl Runner {
             self.jobs.clone(),
             self.config.progress_interval,
         );
-        let ctx = JobContext::new(job, running.token().clone(), Arc::new(reporter));
+        let ctx = JobContext::new(
+            job,
+            running.token().clone(),
+            Arc::new(reporter),
+            self.services.clone(),
+        );
         let timeout = async {
             match job.timeout_secs {
                 Some(s) => tokio::time::sleep(Duration::from_secs(s as u64)).await,
@@ -208,8 +216,11 @@ impl Runner {
         };
         // The handler keeps running after its token fires, until it returns or
         // the grace runs out; dropping its future stops it at its await point.
+        // A panic fails this attempt and nothing else: the worker, the other
+        // jobs and every stream carry on.
+        let run = std::panic::AssertUnwindSafe(kind.run(&ctx)).catch_unwind();
         let outcome = tokio::select! {
-            r = kind.run(&ctx) => Attempt::Finished(r),
+            r = run => Attempt::Finished(r.unwrap_or_else(|panic| Err(panicked(panic.as_ref())))),
             _ = timeout => Attempt::TimedOut(job.timeout_secs.unwrap_or_default()),
             _ = grace => Attempt::Abandoned,
         };
@@ -263,4 +274,15 @@ impl Runner {
             Transition::Fail(failure.error)
         }
     }
+}
+
+/// The failure of an attempt whose handler panicked, with the panic's message.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> JobFailure {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    tracing::error!(panic = %message, "job handler panicked; the attempt fails");
+    JobFailure::retryable("panicked", format!("the handler panicked: {message}"))
 }

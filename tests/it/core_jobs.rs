@@ -458,7 +458,7 @@ async fn the_committed_openapi_document_is_current() {
         "openapi/openapi.json exists; create it with `cargo run -- openapi > openapi/openapi.json`",
     );
     assert!(
-        committed.trim_end() == herald::openapi_json().trim_end(),
+        committed.trim_end() == herald::openapi_json(&herald::Kinds::builtin()).trim_end(),
         "openapi/openapi.json is stale: regenerate it with `cargo run -- openapi > openapi/openapi.json`"
     );
     let app = TestApp::spawn().await;

@@ -79,14 +79,19 @@ async fn walk(app: &TestApp, id: impl std::fmt::Display, limit: usize) -> Vec<Pa
 async fn pages_walk_a_finished_job_and_agree_with_the_stream() {
     let app = TestApp::spawn_with(|c| c.progress_min_interval_ms = 0).await;
     let id = app
-        .submit("demo", json!({"steps": 7, "step_ms": 0}))
+        .submit(
+            "demo",
+            json!({"steps": 7, "step_ms": 0, "emit_items": true}),
+        )
         .await
         .id;
     app.wait_terminal(id).await;
     let streamed = app.stream_events(id).await;
+    let items = streamed.iter().filter(|e| e.event == "item").count();
+    assert_eq!(items, 7, "{streamed:?}");
     assert!(
-        streamed.len() >= 9,
-        "status×2, 7 progress, result: {streamed:?}"
+        streamed.len() >= 16,
+        "status×2, 7 progress, 7 items, result: {streamed:?}"
     );
 
     let pages = walk(&app, id, 3).await;

@@ -76,9 +76,9 @@ impl Drop for Running {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Input {
+pub struct Input {
     steps: u64,
     step_ms: u64,
     #[serde(default)]
@@ -88,30 +88,30 @@ struct Input {
     ignore_cancel: bool,
 }
 
-impl Input {
-    fn parse(input: &Value) -> Result<Input, String> {
-        serde_json::from_value(input.clone()).map_err(|e| e.to_string())
-    }
-}
-
 pub struct Steps {
     log: StepLog,
 }
 
 #[async_trait]
 impl JobKind for Steps {
+    type Input = Input;
+    type Output = Value;
+
     fn name(&self) -> &'static str {
         "steps"
     }
 
-    fn validate(&self, input: &Value) -> Result<(), Vec<FieldError>> {
-        Input::parse(input)
-            .map(|_| ())
-            .map_err(|e| vec![FieldError::new("", e)])
+    fn validate(&self, input: &Input) -> Result<(), Vec<FieldError>> {
+        match input.fail_at {
+            Some(at) if at > input.steps => Err(vec![FieldError::new(
+                "/fail_at",
+                format!("must be at most steps ({})", input.steps),
+            )]),
+            _ => Ok(()),
+        }
     }
 
-    async fn run(&self, ctx: &JobContext) -> Result<Value, JobFailure> {
-        let input = Input::parse(&ctx.input).map_err(|e| JobFailure::permanent("bad_input", e))?;
+    async fn run(&self, input: Input, ctx: &JobContext) -> Result<Value, JobFailure> {
         let _running = Running::start(&self.log, ctx.job_id);
         for step in 1..=input.steps {
             let pause = tokio::time::sleep(Duration::from_millis(input.step_ms));

@@ -15,6 +15,9 @@
 
 mod fetch;
 mod plan;
+mod schema;
+
+pub(crate) use schema::input_schema;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
@@ -26,52 +29,41 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
 use crate::domain::FieldError;
-use crate::downstream::Downstreams;
-use crate::kinds::{JobContext, JobFailure, JobKind};
+use crate::kinds::call::Caller;
+use crate::kinds::{JobContext, JobFailure, Kind};
 use fetch::Outcome;
 
 pub const MAX_SOURCES: usize = 100;
 pub const DEFAULT_CONCURRENCY: usize = 4;
 pub const MAX_CONCURRENCY: usize = 32;
-pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_RETRIES: u32 = crate::kinds::call::DEFAULT_RETRIES;
 pub const MAX_RETRIES: u32 = 10;
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_TIMEOUT: Duration = crate::kinds::call::DEFAULT_TIMEOUT;
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
 
 pub struct Aggregate {
-    downstreams: Arc<Downstreams>,
-    http: reqwest::Client,
-    max_body_bytes: usize,
+    caller: Arc<Caller>,
 }
 
 impl Aggregate {
-    pub fn new(downstreams: Arc<Downstreams>, max_body_bytes: usize) -> anyhow::Result<Aggregate> {
-        let redirects = if downstreams.allow_any_url {
-            reqwest::redirect::Policy::limited(5)
-        } else {
-            // A redirect could lead anywhere: follow none.
-            reqwest::redirect::Policy::none()
-        };
-        let http = reqwest::Client::builder()
-            .redirect(redirects)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Aggregate {
-            downstreams,
-            http,
-            max_body_bytes,
-        })
+    pub(crate) fn new(caller: Arc<Caller>) -> Aggregate {
+        Aggregate { caller }
     }
 }
 
+/// Implemented directly (not through the typed [`crate::JobKind`]) so that
+/// `plan` reports every field error of an input at once.
 #[async_trait]
-impl JobKind for Aggregate {
+impl Kind for Aggregate {
     fn name(&self) -> &'static str {
         "aggregate"
     }
 
-    fn validate(&self, input: &Value) -> Result<(), Vec<FieldError>> {
+    fn input_schema(&self) -> Value {
+        schema::input_schema()
+    }
+
+    fn check(&self, input: &Value) -> Result<(), Vec<FieldError>> {
         self.plan(input).map(|_| ())
     }
 

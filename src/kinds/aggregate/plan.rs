@@ -116,7 +116,7 @@ impl Aggregate {
             "timeout_ms",
             "retries",
         ];
-        if self.downstreams.allow_any_url {
+        if self.caller.downstreams.allow_any_url {
             allowed.push("url");
         }
         fields::unknown_fields(obj, &allowed, &here, errors);
@@ -162,50 +162,51 @@ impl Aggregate {
                 .map(|n| n as u64);
         let retries = fields::whole_number(obj, "retries", 0..=MAX_RETRIES as i64, &here, errors)
             .map_or(DEFAULT_RETRIES, |n| n as u32);
-        let target = if let (Some(url), true) = (obj.get("url"), self.downstreams.allow_any_url) {
-            match url
-                .as_str()
-                .and_then(|u| Url::parse(u).ok())
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-            {
-                Some(u) => Some((u, Vec::new(), None)),
-                None => {
-                    errors.push(FieldError::new(at("/url"), "must be an http or https URL"));
-                    None
-                }
-            }
-        } else {
-            let downstream = obj.get("downstream").and_then(Value::as_str);
-            let path = obj.get("path").and_then(Value::as_str);
-            match (downstream, path) {
-                (None, _) => {
-                    errors.push(FieldError::new(
-                        at("/downstream"),
-                        "is required: the name of a configured downstream",
-                    ));
-                    None
-                }
-                (Some(_), None) => {
-                    errors.push(FieldError::new(
-                        at("/path"),
-                        "is required: a path under the downstream, such as /v1/items",
-                    ));
-                    None
-                }
-                (Some(d), Some(p)) => match self.downstreams.resolve(d, p) {
-                    Ok((url, ds)) => Some((url, ds.headers.clone(), ds.timeout)),
-                    Err(why) => {
-                        let field = if self.downstreams.get(d).is_none() {
-                            "/downstream"
-                        } else {
-                            "/path"
-                        };
-                        errors.push(FieldError::new(at(field), why));
+        let target =
+            if let (Some(url), true) = (obj.get("url"), self.caller.downstreams.allow_any_url) {
+                match url
+                    .as_str()
+                    .and_then(|u| Url::parse(u).ok())
+                    .filter(|u| matches!(u.scheme(), "http" | "https"))
+                {
+                    Some(u) => Some((u, Vec::new(), None)),
+                    None => {
+                        errors.push(FieldError::new(at("/url"), "must be an http or https URL"));
                         None
                     }
-                },
-            }
-        };
+                }
+            } else {
+                let downstream = obj.get("downstream").and_then(Value::as_str);
+                let path = obj.get("path").and_then(Value::as_str);
+                match (downstream, path) {
+                    (None, _) => {
+                        errors.push(FieldError::new(
+                            at("/downstream"),
+                            "is required: the name of a configured downstream",
+                        ));
+                        None
+                    }
+                    (Some(_), None) => {
+                        errors.push(FieldError::new(
+                            at("/path"),
+                            "is required: a path under the downstream, such as /v1/items",
+                        ));
+                        None
+                    }
+                    (Some(d), Some(p)) => match self.caller.downstreams.resolve(d, p) {
+                        Ok((url, ds)) => Some((url, ds.headers.clone(), ds.timeout)),
+                        Err(why) => {
+                            let field = if self.caller.downstreams.get(d).is_none() {
+                                "/downstream"
+                            } else {
+                                "/path"
+                            };
+                            errors.push(FieldError::new(at(field), why));
+                            None
+                        }
+                    },
+                }
+            };
         if errors.len() > before {
             return None;
         }

@@ -68,7 +68,10 @@ impl Import {
 }
 
 /// The import's input, as the upload endpoint writes it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+///
+/// Import jobs are created by `POST /v1/uploads`, which writes this input.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ImportInput {
     pub downstream: String,
     pub path: String,
@@ -78,7 +81,7 @@ pub struct ImportInput {
     pub size: i64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Csv,
@@ -151,17 +154,14 @@ pub fn check(
 
 #[async_trait]
 impl JobKind for Import {
+    type Input = ImportInput;
+    type Output = Value;
+
     fn name(&self) -> &'static str {
         "import"
     }
 
-    fn validate(&self, input: &Value) -> Result<(), Vec<FieldError>> {
-        let parsed: ImportInput = serde_json::from_value(input.clone()).map_err(|e| {
-            vec![FieldError::new(
-                "",
-                format!("import jobs are created by POST /v1/uploads ({e})"),
-            )]
-        })?;
+    fn validate(&self, parsed: &ImportInput) -> Result<(), Vec<FieldError>> {
         check(
             &self.downstreams,
             &parsed.downstream,
@@ -171,9 +171,7 @@ impl JobKind for Import {
         .map(|_| ())
     }
 
-    async fn run(&self, ctx: &JobContext) -> Result<Value, JobFailure> {
-        let input: ImportInput = serde_json::from_value(ctx.input.clone())
-            .map_err(|e| JobFailure::permanent("bad_input", e.to_string()))?;
+    async fn run(&self, input: ImportInput, ctx: &JobContext) -> Result<Value, JobFailure> {
         let url = check(
             &self.downstreams,
             &input.downstream,
@@ -184,10 +182,7 @@ impl JobKind for Import {
         let store_err =
             |e: crate::store::StoreError| JobFailure::retryable("store_error", e.to_string());
         // Resume after the last acknowledged batch, if an earlier attempt got that far.
-        let resumed: Tally = match self.store.checkpoint(ctx.job_id).await.map_err(store_err)? {
-            Some(cp) => serde_json::from_str(&cp).unwrap_or_default(),
-            None => Tally::default(),
-        };
+        let resumed: Tally = ctx.checkpoint().await?.unwrap_or_default();
         let done_line = resumed.line;
         let mut tally = resumed;
         let mut parser = Parser::new(input.format);
@@ -272,16 +267,7 @@ impl Import {
     }
 
     async fn checkpoint(&self, ctx: &JobContext, tally: &Tally) -> Result<(), JobFailure> {
-        let cp = serde_json::to_string(tally).expect("a tally serializes");
-        self.store
-            .set_checkpoint(ctx.job_id, &cp)
-            .await
-            .map_err(|e| {
-                JobFailure::retryable(
-                    "store_error",
-                    format!("could not record the checkpoint: {e}"),
-                )
-            })
+        ctx.save_checkpoint(tally).await
     }
 
     async fn report(

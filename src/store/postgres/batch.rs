@@ -41,6 +41,7 @@ pub(super) struct TransitionRow {
     data: String,
     if_seq: i64,
     task: Option<String>,
+    items_count: i64,
 }
 
 impl TransitionRow {
@@ -62,6 +63,7 @@ impl TransitionRow {
             data: ev.data,
             if_seq: if_seq.0,
             task: delete_task.then(|| job.id.task_id().to_string()),
+            items_count: job.items_count,
         }
     }
 }
@@ -106,13 +108,14 @@ impl Flush for Writes {
             "WITH v AS ( \
                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
                  $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], \
-                 $12::text[], $13::int8[], $16::text[]) \
+                 $12::text[], $13::int8[], $16::text[], $17::int8[]) \
                AS v(id, status, progress, result, error, attempt, started_at, finished_at, seq, at, \
-                 event, data, if_seq, task)), \
+                 event, data, if_seq, task, items_count)), \
              upd AS ( \
                UPDATE herald_jobs j SET status = v.status, progress = v.progress, result = v.result, \
                  error = v.error, attempt = v.attempt, started_at = v.started_at, \
                  finished_at = v.finished_at, last_seq = v.seq, updated_at = v.at, \
+                 items_count = v.items_count, \
                  node_id = CASE WHEN v.status = 'running' THEN $14 ELSE j.node_id END \
                FROM v WHERE j.id = ANY($1::uuid[]) AND j.id = v.id AND j.last_seq = v.if_seq \
                RETURNING j.id, v.seq, v.event, v.data, v.at, v.task), \
@@ -140,6 +143,7 @@ impl Flush for Writes {
         .bind(&self.node)
         .bind(&deletes)
         .bind(&a.task)
+        .bind(&a.items_count)
         .fetch_all(&self.pool)
         .await?
         .into_iter()
@@ -170,6 +174,7 @@ struct TransitionArrays {
     data: Vec<String>,
     if_seq: Vec<i64>,
     task: Vec<Option<String>>,
+    items_count: Vec<i64>,
 }
 
 impl TransitionArrays {
@@ -188,6 +193,7 @@ impl TransitionArrays {
         self.data.push(row.data.clone());
         self.if_seq.push(row.if_seq);
         self.task.push(row.task.clone());
+        self.items_count.push(row.items_count);
     }
 }
 

@@ -144,6 +144,20 @@ impl JobStore for PgStore {
         rows.into_iter().map(StoredEvent::try_from).collect()
     }
 
+    async fn items(&self, id: JobId, offset: i64, limit: i64) -> Result<Vec<String>, StoreError> {
+        // The partial index on item events keeps the offset's skipping to
+        // this job's items.
+        Ok(sqlx::query_scalar(
+            "SELECT data FROM herald_job_events WHERE job_id = $1 AND event = 'item' \
+             ORDER BY seq LIMIT $3 OFFSET $2",
+        )
+        .bind(id.0)
+        .bind(offset)
+        .bind(limit)
+        .fetch_all(&self.pools.main)
+        .await?)
+    }
+
     async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
         let found: Vec<Uuid> = sqlx::query_scalar(

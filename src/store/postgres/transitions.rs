@@ -25,7 +25,7 @@ where
     let written: i64 = sqlx::query_scalar(
         "WITH upd AS ( \
            UPDATE herald_jobs SET status = $2, progress = $3, result = $4, error = $5, attempt = $6, \
-             started_at = $7, finished_at = $8, last_seq = $9, updated_at = $10, \
+             started_at = $7, finished_at = $8, last_seq = $9, updated_at = $10, items_count = $14, \
              node_id = CASE WHEN $2 = 'running' THEN $13 ELSE node_id END \
            WHERE id = $1 RETURNING id), \
          ins AS ( \
@@ -46,6 +46,7 @@ where
     .bind(ev.kind.as_str())
     .bind(&ev.data)
     .bind(node)
+    .bind(job.items_count)
     .fetch_one(exec)
     .await?;
     if written != 1 {

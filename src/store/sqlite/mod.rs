@@ -31,7 +31,7 @@ use writer::{Answer, WriteOp, Writer};
 macro_rules! job_columns {
     () => {
         "id, tenant, kind, status, input, progress, result, error, attempt, max_attempts, \
-         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq"
+         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq, items_count"
     };
 }
 

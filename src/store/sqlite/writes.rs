@@ -26,7 +26,7 @@ pub(super) async fn write_transition(
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE herald_jobs SET status = ?2, progress = ?3, result = ?4, error = ?5, attempt = ?6, \
-         started_at = ?7, finished_at = ?8, last_seq = ?9, updated_at = ?10 \
+         started_at = ?7, finished_at = ?8, last_seq = ?9, updated_at = ?10, items_count = ?14 \
          WHERE id = ?1 AND (?13 IS NULL OR last_seq = ?13); \
          INSERT INTO herald_job_events (job_id, seq, event, data, at) \
          SELECT ?1, ?9, ?11, ?12, ?10 WHERE changes() = 1;",
@@ -44,6 +44,7 @@ pub(super) async fn write_transition(
     .bind(ev.kind.as_str())
     .bind(&ev.data)
     .bind(if_seq.map(|s| s.0))
+    .bind(job.items_count)
     .execute(&mut **tx)
     .await?;
     if done.rows_affected() == 0 && if_seq.is_some() {

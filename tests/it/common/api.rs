@@ -57,6 +57,8 @@ pub struct Job {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub last_event_id: i64,
+    /// How many items the job has appended.
+    pub items_count: i64,
     pub links: Links,
 }
 
@@ -174,10 +176,23 @@ impl Event {
         self.data["message"].as_str()
     }
 
+    /// An `item` event's item.
+    pub fn item(&self) -> Option<&Value> {
+        (self.event == "item").then(|| &self.data["item"])
+    }
+
     /// A `progress` event's kind-specific `data`.
     pub fn progress_data(&self) -> &Value {
         &self.data["data"]
     }
+}
+
+/// The items among `events`, in order, with their indexes.
+pub fn items(events: &[Event]) -> Vec<(i64, Value)> {
+    events
+        .iter()
+        .filter_map(|e| Some((e.data["index"].as_i64()?, e.item()?.clone())))
+        .collect()
 }
 
 /// The seqs, in order.

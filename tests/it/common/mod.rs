@@ -17,7 +17,7 @@ use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use api::{assert_gapless, names, read_to_end, seqs, statuses, Api, Event, Job, Status};
+pub use api::{assert_gapless, items, names, read_to_end, seqs, statuses, Api, Event, Job, Status};
 pub use db::TestDb;
 pub use process::HeraldProcess;
 
