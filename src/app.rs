@@ -236,6 +236,7 @@ impl Application {
             feeds: Arc::new(StreamCounter::default()),
             auth,
             stream_limit: StreamLimit::new(config.max_streams_per_tenant),
+            long_polls: StreamLimit::new(config.max_streams_per_tenant),
             config: Arc::new(config),
         };
         Ok(Application {

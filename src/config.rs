@@ -302,7 +302,9 @@ pub struct Config {
     #[arg(long, env = "HERALD_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<Secret>,
 
-    /// Open event streams per tenant; more answer 429.
+    /// Open event streams per tenant; more answer 429. Waiting long-polls of
+    /// the event log's JSON pages (`wait=`) have a count of their own with the
+    /// same maximum.
     #[arg(long, env = "HERALD_MAX_STREAMS_PER_TENANT", default_value_t = 1000)]
     pub max_streams_per_tenant: usize,
 

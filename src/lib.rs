@@ -125,6 +125,8 @@
 //! - `stream` and `frame`: a job's SSE stream (subscribe, replay, tail,
 //!   heartbeat, end) and one event in SSE framing.
 //! - `feed`: the multiplexed feed (`GET /v1/events`).
+//! - `event_log`: a job's log and the feed read a page at a time, with the
+//!   long-poll, for clients that cannot hold a stream.
 //! - `http`: the web layer: routes, middleware (access log, authentication),
 //!   `/metrics`, problem+json errors, the accept loop.
 //! - `auth`: API keys, JWTs and stream tokens → the request's tenant.
@@ -142,6 +144,7 @@ mod client;
 pub mod config;
 pub mod domain;
 mod downstream;
+mod event_log;
 mod feed;
 mod frame;
 mod http;

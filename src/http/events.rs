@@ -1,9 +1,11 @@
-//! `GET /v1/jobs/{id}/events`: the job's Server-Sent Events stream.
+//! `GET /v1/jobs/{id}/events`: the job's Server-Sent Events stream, or a JSON
+//! page of its log (see `event_log`).
 
 use poem::http::{header, StatusCode};
 use poem::web::Data;
 use poem::{Body, IntoResponse, Response};
 use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, Object, OpenApi, Union};
@@ -11,6 +13,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::event_log::{self, PageParams, Wants};
+use super::event_page::JobEventPageDto;
 use super::jobs::owned_job;
 use super::models::JobErrorDto;
 use super::ApiTags;
@@ -96,6 +100,7 @@ pub enum JobEventDto {
 
 pub enum EventsResponse {
     Stream(Body),
+    Page(Json<JobEventPageDto>),
     NothingLeft,
 }
 
@@ -103,7 +108,10 @@ const STREAM_DESCRIPTION: &str = "A `text/event-stream`. It opens with `retry: <
 each event as `id: <seq>` (the job's gapless sequence number), `event: <name>` (status, progress, \
 item, result, failed or cancelled) and `data: <one line of JSON>` (see JobEvent), and comment lines \
 (`: keep-alive`) while idle. It closes right after the terminal event (result, failed, cancelled), \
-at shutdown, or after HERALD_MAX_STREAM_SECS; reconnect with `Last-Event-ID` to resume.";
+at shutdown, or after HERALD_MAX_STREAM_SECS; reconnect with `Last-Event-ID` to resume. \
+With `Accept: application/json` (and not `text/event-stream`): a JSON page of the same events \
+(JobEventPage); `terminal` says the job has ended and nothing follows, and `last_event_id` is the \
+next request's `after`. A job that has ended answers a page too, never 204.";
 
 impl ApiResponse for EventsResponse {
     fn meta() -> MetaResponses {
@@ -113,14 +121,20 @@ impl ApiResponse for EventsResponse {
                     description: STREAM_DESCRIPTION,
                     status: Some(200),
                     status_range: None,
-                    content: vec![MetaMediaType {
-                        content_type: "text/event-stream",
-                        schema: JobEventDto::schema_ref(),
-                    }],
+                    content: vec![
+                        MetaMediaType {
+                            content_type: "text/event-stream",
+                            schema: JobEventDto::schema_ref(),
+                        },
+                        MetaMediaType {
+                            content_type: "application/json",
+                            schema: JobEventPageDto::schema_ref(),
+                        },
+                    ],
                     headers: vec![],
                 },
                 MetaResponse {
-                    description: "Nothing is left to send: the job has ended and the given id is at or past its terminal event. Browsers stop reconnecting.",
+                    description: "Only for the stream: nothing is left to send: the job has ended and the given id is at or past its terminal event. Browsers stop reconnecting.",
                     status: Some(204),
                     status_range: None,
                     content: vec![],
@@ -132,6 +146,7 @@ impl ApiResponse for EventsResponse {
 
     fn register(registry: &mut Registry) {
         JobEventDto::register(registry);
+        JobEventPageDto::register(registry);
     }
 }
 
@@ -139,6 +154,7 @@ impl IntoResponse for EventsResponse {
     fn into_response(self) -> Response {
         match self {
             EventsResponse::Stream(body) => sse_response(body),
+            EventsResponse::Page(page) => page.into_response(),
             EventsResponse::NothingLeft => StatusCode::NO_CONTENT.into_response(),
         }
     }
@@ -171,11 +187,14 @@ pub(super) fn stream_slot(
         })
 }
 
-/// Where a reconnecting client resumes: the `Last-Event-ID` header, else the
-/// `last_event_id` parameter (for clients that cannot set headers), else
-/// none. A value that does not parse is a 400 that says what to send (`hint`).
+/// Where a client resumes: the `Last-Event-ID` header, else the `after`
+/// parameter, else the `last_event_id` parameter, else none. The header wins
+/// because a browser's EventSource sends it on its own reconnect while its URL
+/// keeps the first request's parameters. A value that does not parse is a 400
+/// that says what to send (`hint`).
 pub(super) fn resume_after<T>(
     header: Option<String>,
+    after: Option<String>,
     query: Option<String>,
     hint: &str,
 ) -> Result<Option<T>, ApiError>
@@ -183,10 +202,11 @@ where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
-    let (raw, source) = match (header, query) {
-        (Some(h), _) => (h, "the Last-Event-ID header"),
-        (None, Some(q)) => (q, "the last_event_id parameter"),
-        (None, None) => return Ok(None),
+    let (raw, source) = match (header, after, query) {
+        (Some(h), _, _) => (h, "the Last-Event-ID header"),
+        (None, Some(a), _) => (a, "the after parameter"),
+        (None, None, Some(q)) => (q, "the last_event_id parameter"),
+        (None, None, None) => return Ok(None),
     };
     raw.parse().map(Some).map_err(|e| ApiError::BadRequest {
         code: "bad_last_event_id",
@@ -196,23 +216,39 @@ where
 
 #[OpenApi(tag = "ApiTags::Jobs")]
 impl EventsApi {
-    /// Stream a job's events
+    /// Stream a job's events, or read them a page at a time
     ///
     /// Server-Sent Events: the job's events from the start (or after
     /// `Last-Event-ID`), then live ones as they happen, until the terminal event.
+    /// With `Accept: application/json` (and not `text/event-stream`), a JSON
+    /// page of the same events instead, for clients that cannot hold a stream:
+    /// after `after`, at most `limit`, waiting up to `wait` seconds for a first one.
     #[oai(path = "/v1/jobs/:id/events", method = "get")]
+    #[allow(clippy::too_many_arguments)]
     #[tracing::instrument(skip_all, fields(tenant = %tenant.0 .0, job_id = %id.0))]
     async fn events(
         &self,
         state: Data<&AppState>,
         tenant: Data<&Tenant>,
         id: Path<Uuid>,
+        wants: Wants,
         /// Resume after this event id (what a reconnecting EventSource sends).
+        /// It wins over `after` and `last_event_id`.
         #[oai(name = "Last-Event-ID")]
         last_event_id_header: Header<Option<String>>,
+        /// The events after this id (a page's `last_event_id`). It wins over
+        /// `last_event_id`.
+        after: Query<Option<String>>,
         /// Resume after this event id, for clients that cannot set headers on
-        /// their first request. The header wins when both are present.
+        /// their first request.
         last_event_id: Query<Option<String>>,
+        /// JSON pages only: at most this many events, 1 to 1000 (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<i64>>,
+        /// JSON pages only: when there is no event after `after` yet, wait up
+        /// to this many seconds (1 to 25) for one; an empty page when none came.
+        #[oai(validator(minimum(value = "1"), maximum(value = "25")))]
+        wait: Query<Option<u64>>,
         /// A stream token (see `links.events` and `POST /v1/jobs/{id}/stream-token`),
         /// for clients that cannot send `Authorization`.
         #[oai(name = "token")]
@@ -221,11 +257,20 @@ impl EventsApi {
         let id = JobId(id.0);
         let after = resume_after(
             last_event_id_header.0,
+            after.0,
             last_event_id.0,
             "send the `id` of the last event you received",
         )?
         .unwrap_or(EventSeq(0));
         let job = owned_job(state.0, tenant.0, id).await?;
+        if wants == Wants::Page {
+            let params = PageParams {
+                limit: limit.0,
+                wait: wait.0,
+            };
+            let page = event_log::job_page(state.0, tenant.0, &job, after, params).await?;
+            return Ok(EventsResponse::Page(Json(page)));
+        }
         if job.status.is_terminal() && after >= job.last_seq {
             return Ok(EventsResponse::NothingLeft);
         }

@@ -9,6 +9,8 @@
 //! - [`error`]: `ApiError` → RFC 9457 problem+json
 //! - `jobs`: the `/v1/jobs` routes (submit, list, get, cancel)
 //! - `events`: a job's Server-Sent Events stream
+//! - `event_log`, `event_page`: the same logs as JSON pages (`Accept:
+//!   application/json` on a job's events and on the feed), and their DTOs
 //! - `feed`: the multiplexed feed of many jobs' events, and its tokens
 //! - `health`: `/healthz`, `/readyz`
 //! - `dashboard`: the dashboard page at `/` (static files in the binary)
@@ -21,6 +23,8 @@ mod authenticate;
 mod body;
 mod dashboard;
 pub mod error;
+mod event_log;
+mod event_page;
 mod events;
 mod feed;
 mod health;

@@ -38,4 +38,7 @@ pub struct AppState {
     pub feeds: Arc<StreamCounter>,
     pub auth: Arc<Auth>,
     pub stream_limit: Arc<StreamLimit>,
+    /// Waiting long-polls of the event log's JSON pages, per tenant (a count
+    /// of their own, with the streams' maximum).
+    pub long_polls: Arc<StreamLimit>,
 }

@@ -14,6 +14,7 @@ mod core_jobs;
 mod crash;
 mod dashboard;
 mod downstream;
+mod event_log;
 mod feed;
 mod items;
 mod kinds;
