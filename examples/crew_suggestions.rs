@@ -244,10 +244,12 @@ impl JobKind for CrewSuggestions {
 
         let total = orders.len();
         for (n, wo) in orders.iter().enumerate().skip(resumed) {
-            // Cancel stops between work orders.
+            // Cancel stops between work orders: checked first (`biased`), so
+            // even with `compute_ms: 0` no work order starts after a cancel.
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(input.compute_ms)) => {}
+                biased;
                 _ = ctx.cancelled() => return Err(JobFailure::cancelled()),
+                _ = tokio::time::sleep(Duration::from_millis(input.compute_ms)) => {}
             }
             let suggestion = planner.suggest(wo);
             checkpoint

@@ -12,6 +12,7 @@ mod browser;
 mod cli;
 mod core_jobs;
 mod crash;
+mod crew;
 mod dashboard;
 mod downstream;
 mod event_log;

@@ -144,6 +144,15 @@ impl TestApp {
         Self::start(TestDb::new().await, kinds, f).await
     }
 
+    /// With `kinds` on `db` (a restart of an app that ran them there).
+    pub async fn spawn_in_with_kinds(
+        db: TestDb,
+        kinds: Kinds,
+        f: impl FnOnce(&mut Config),
+    ) -> TestApp {
+        Self::start(db, kinds, f).await
+    }
+
     async fn start(db: TestDb, kinds: Kinds, f: impl FnOnce(&mut Config)) -> TestApp {
         // RUST_LOG=debug cargo test … shows the server's logs.
         if std::env::var_os("RUST_LOG").is_some() {
