@@ -117,12 +117,30 @@ impl JobContext {
     /// permanently with `item_too_large` over `HERALD_MAX_ITEM_BYTES`, and
     /// with `too_many_items` past `HERALD_MAX_ITEMS_PER_JOB`.
     pub async fn item(&self, item: impl Serialize) -> Result<(), JobFailure> {
-        let json = serde_json::to_string(&item).map_err(|e| {
-            JobFailure::permanent(
-                "bad_item",
-                format!("the item cannot be written as JSON: {e}"),
-            )
-        })?;
+        let json = serialize_item(&item)?;
+        self.append(json).await
+    }
+
+    /// Appends several items in order, each as [`Self::item`] does. They
+    /// are serialized before the first is appended (so the returned future
+    /// does not hold `items`).
+    pub fn items<T: Serialize>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+    ) -> impl std::future::Future<Output = Result<(), JobFailure>> + Send + '_ {
+        let serialized: Result<Vec<String>, JobFailure> = items
+            .into_iter()
+            .map(|item| serialize_item(&item))
+            .collect();
+        async move {
+            for json in serialized? {
+                self.append(json).await?;
+            }
+            Ok(())
+        }
+    }
+
+    async fn append(&self, json: String) -> Result<(), JobFailure> {
         let limits = self.services.limits;
         if json.len() > limits.max_item_bytes {
             return Err(JobFailure::permanent(
@@ -145,17 +163,6 @@ impl JobContext {
         }
         self.report.item(json).await?;
         self.items.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Appends several items in order, each as [`Self::item`] does.
-    pub async fn items<T: Serialize>(
-        &self,
-        items: impl IntoIterator<Item = T>,
-    ) -> Result<(), JobFailure> {
-        for item in items {
-            self.item(item).await?;
-        }
         Ok(())
     }
 
@@ -222,6 +229,15 @@ impl JobContext {
             timeout: None,
         })
     }
+}
+
+fn serialize_item(item: &impl Serialize) -> Result<String, JobFailure> {
+    serde_json::to_string(item).map_err(|e| {
+        JobFailure::permanent(
+            "bad_item",
+            format!("the item cannot be written as JSON: {e}"),
+        )
+    })
 }
 
 fn store_failure(e: crate::store::StoreError) -> JobFailure {

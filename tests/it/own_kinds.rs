@@ -105,3 +105,53 @@ backend_tests!(
     a_typed_input_that_does_not_fit_is_a_422_with_pointers,
     kinds_and_their_schemas_are_listed,
 );
+
+/// `Echo`: a kind written against the public API only, for the test below.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct EchoInput {
+    words: Vec<String>,
+}
+
+struct Echo;
+
+#[async_trait::async_trait]
+impl herald::JobKind for Echo {
+    type Input = EchoInput;
+    type Output = Value;
+
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+
+    async fn run(
+        &self,
+        input: EchoInput,
+        ctx: &herald::JobContext,
+    ) -> Result<Value, herald::JobFailure> {
+        ctx.items(input.words.iter().map(|w| json!({"word": w})))
+            .await?;
+        Ok(json!({"echoed": input.words.len()}))
+    }
+}
+
+/// `herald::testing::TestServer`, as the README shows it: a herald with only
+/// a kind of one's own, on port 0 and a temporary SQLite file.
+#[tokio::test]
+async fn the_public_test_server_runs_a_kind_of_ones_own() {
+    let server = herald::testing::TestServer::start(herald::Kinds::none().with(Echo), |_| {})
+        .await
+        .unwrap();
+    let api = crate::common::Api::new(server.base_url());
+    let kinds = api.get_json("/v1/kinds").await;
+    assert_eq!(kinds["kinds"].as_array().unwrap().len(), 1);
+    let job = api.submit("echo", json!({"words": ["a", "b"]})).await;
+    let done = api.wait_terminal(job.id).await;
+    assert_eq!(done.result, Some(json!({"echoed": 2})));
+    assert_eq!(done.items_count, 2);
+    let page = api.get_json(&format!("/v1/jobs/{}/items", job.id)).await;
+    assert_eq!(page["items"][1]["item"], json!({"word": "b"}));
+    let unknown = api.post_job(&json!({"kind": "demo", "input": {}})).await;
+    assert_eq!(unknown.status(), 422, "only the kinds it was given");
+    server.stop().await.unwrap();
+}
