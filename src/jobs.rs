@@ -177,11 +177,19 @@ impl Jobs {
     /// of a job (anything but a retry, which keeps its queue task for the next
     /// attempt) also deletes the job's spent queue task.
     pub async fn record(&self, known: &JobRecord, t: &Transition) -> Result<JobRecord, ApplyError> {
-        let keeps_task = matches!(t, Transition::Progress(_) | Transition::Retry(_));
-        let job = if keeps_task {
-            self.store.apply_known(known, t).await?
-        } else {
+        // Only an outcome or a return to the queue is a runner's last write
+        // of the job, which takes its spent queue task along.
+        let last_write = matches!(
+            t,
+            Transition::Succeed(_)
+                | Transition::Fail(_)
+                | Transition::Cancel { .. }
+                | Transition::Requeue
+        );
+        let job = if last_write {
             self.store.apply_final(known, t).await?
+        } else {
+            self.store.apply_known(known, t).await?
         };
         self.changed(t.event_kind(), &job).await;
         Ok(job)

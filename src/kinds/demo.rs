@@ -109,10 +109,17 @@ impl JobKind for Demo {
 
     async fn run(&self, input: DemoInput, ctx: &JobContext) -> Result<Value, JobFailure> {
         for step in 1..=input.steps {
-            let pause = tokio::time::sleep(Duration::from_millis(input.step_ms));
-            if input.ignore_cancel {
-                pause.await;
+            if input.step_ms == 0 {
+                // No pause: a zero sleep would still wait for the timer's
+                // next 1 ms tick. Yield, so other tasks run between steps.
+                tokio::task::yield_now().await;
+                if ctx.is_cancelled() && !input.ignore_cancel {
+                    return Err(JobFailure::cancelled());
+                }
+            } else if input.ignore_cancel {
+                tokio::time::sleep(Duration::from_millis(input.step_ms)).await;
             } else {
+                let pause = tokio::time::sleep(Duration::from_millis(input.step_ms));
                 tokio::select! {
                     _ = pause => {}
                     _ = ctx.cancelled() => return Err(JobFailure::cancelled()),
