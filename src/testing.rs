@@ -45,14 +45,15 @@ pub struct TestServer {
 
 impl TestServer {
     /// herald with `kinds` on a fresh SQLite file in the temp directory,
-    /// listening on 127.0.0.1 port 0; `configure` may change any setting
-    /// (downstreams, limits…) first.
+    /// listening on a free port of 127.0.0.1; `configure` may change any
+    /// setting (downstreams, limits…) first.
     pub async fn start(
         kinds: Kinds,
         configure: impl FnOnce(&mut Config),
     ) -> anyhow::Result<TestServer> {
         let file = std::env::temp_dir().join(format!("herald-test-{}.db", uuid::Uuid::now_v7()));
         let mut config = Config::from_env();
+        config.listen = "127.0.0.1:0".parse().expect("a socket address");
         config.database_url = format!("sqlite://{}", file.display());
         configure(&mut config);
         let mut server = TestServer::start_with(config, kinds).await?;
@@ -60,10 +61,10 @@ impl TestServer {
         Ok(server)
     }
 
-    /// herald with `config` as it is, except that it listens on 127.0.0.1
-    /// port 0 (any database: SQLite or PostgreSQL).
-    pub async fn start_with(mut config: Config, kinds: Kinds) -> anyhow::Result<TestServer> {
-        config.listen = "127.0.0.1:0".parse().expect("a socket address");
+    /// herald with `config` as it is (any database: SQLite or PostgreSQL;
+    /// set `listen` to `127.0.0.1:0` for a free port, or to a port an
+    /// earlier server used, to restart it there).
+    pub async fn start_with(config: Config, kinds: Kinds) -> anyhow::Result<TestServer> {
         let app = Application::build_with(config, kinds)
             .await
             .context("starting herald for a test")?;

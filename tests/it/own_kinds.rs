@@ -5,26 +5,8 @@
 
 use serde_json::{json, Value};
 
+use crate::common::invalid_pointers;
 use crate::kinds::spawn_with_steps;
-
-async fn pointers(resp: reqwest::Response) -> Vec<String> {
-    assert_eq!(resp.status(), 422);
-    assert_eq!(
-        resp.headers()["content-type"].to_str().unwrap(),
-        "application/problem+json"
-    );
-    let problem: Value = resp.json().await.unwrap();
-    assert_eq!(problem["code"], "validation_failed", "{problem}");
-    problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            assert!(e["detail"].as_str().is_some_and(|d| !d.is_empty()), "{e}");
-            e["pointer"].as_str().unwrap().to_owned()
-        })
-        .collect()
-}
 
 /// serde's errors point at their field (missing, wrong type, unknown), the
 /// kind's own `validate` at the fields it names; no job is made.
@@ -47,7 +29,7 @@ async fn a_typed_input_that_does_not_fit_is_a_422_with_pointers() {
         let resp = app
             .post_job(&json!({"kind": "steps", "input": input}))
             .await;
-        assert_eq!(pointers(resp).await, [want], "{input}");
+        assert_eq!(invalid_pointers(resp).await, [want], "{input}");
     }
     assert!(app.list("").await.items.is_empty(), "nothing was stored");
     let ok = app.submit("steps", json!({"steps": 1, "step_ms": 0})).await;

@@ -1,32 +1,12 @@
 //! Every bad input answers problem+json with the right status and writes nothing.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::common::TestApp;
+use crate::common::{pointers, problem, TestApp};
 
 async fn assert_nothing_written(app: &TestApp) {
     let list = app.list("").await;
     assert!(list.items.is_empty(), "no job was stored: {list:?}");
-}
-
-async fn problem(resp: reqwest::Response, status: u16, code: &str) -> Value {
-    assert_eq!(resp.status(), status, "status for {code}");
-    assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["code"], code, "{body}");
-    assert_eq!(body["status"], status);
-    assert_eq!(body["type"], format!("/problems/{code}"));
-    assert!(body["title"].is_string() && body["detail"].is_string());
-    body
-}
-
-fn pointers(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["pointer"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 async fn bad_submissions_are_refused_and_write_nothing() {

@@ -428,3 +428,33 @@ impl Api {
         read_to_end(self.open_stream(id, None).await).await
     }
 }
+
+/// A problem+json answer with `status` and `code`, checked field by field.
+pub async fn problem(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status(), status, "status for {code}");
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["type"], format!("/problems/{code}"));
+    assert!(body["title"].is_string() && body["detail"].is_string());
+    body
+}
+
+/// The JSON pointers of a 422's field errors, in order (each with a detail).
+pub fn pointers(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert!(e["detail"].as_str().is_some_and(|d| !d.is_empty()), "{e}");
+            e["pointer"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// [`pointers`] of an answer that must be a 422 `validation_failed`.
+pub async fn invalid_pointers(resp: reqwest::Response) -> Vec<String> {
+    pointers(&problem(resp, 422, "validation_failed").await)
+}

@@ -17,7 +17,10 @@ use herald::{AppState, Config, Kinds};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-pub use api::{assert_gapless, items, names, read_to_end, seqs, statuses, Api, Event, Job, Status};
+pub use api::{
+    assert_gapless, invalid_pointers, items, names, pointers, problem, read_to_end, seqs, statuses,
+    Api, Event, Job, Status,
+};
 pub use db::TestDb;
 pub use process::HeraldProcess;
 

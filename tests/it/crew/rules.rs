@@ -5,11 +5,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{
     crew, items_in_order, listed_items, permit, spawn, suggestion, work_order, Day, Downstreams,
 };
+use crate::common::invalid_pointers;
 use crate::common::Status::Succeeded;
 
 const DAY: &str = "2026-11-30";
@@ -199,18 +200,6 @@ async fn each_rule_shows_in_the_items() {
     );
 }
 
-async fn pointers(resp: reqwest::Response) -> Vec<String> {
-    assert_eq!(resp.status(), 422);
-    let problem: Value = resp.json().await.unwrap();
-    assert_eq!(problem["code"], "validation_failed", "{problem}");
-    problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["pointer"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// A missing or bad field is a 422 pointing at it, and no job is made;
 /// `GET /v1/kinds` lists the kind with its input's schema.
 async fn a_bad_input_is_a_422_pointing_at_its_field() {
@@ -234,7 +223,7 @@ async fn a_bad_input_is_a_422_pointing_at_its_field() {
         let resp = app
             .post_job(&json!({"kind": "crew_suggestions", "input": input}))
             .await;
-        assert_eq!(pointers(resp).await, [want], "{input}");
+        assert_eq!(invalid_pointers(resp).await, [want], "{input}");
     }
     assert!(app.list("").await.items.is_empty(), "no job was made");
 
