@@ -228,7 +228,7 @@ pub struct Config {
     #[arg(long, env = "HERALD_PROGRESS_MIN_INTERVAL_MS", default_value_t = 50)]
     pub progress_min_interval_ms: u64,
 
-    /// Named downstreams for `aggregate` jobs: `name=url,name=url`
+    /// Named downstreams that jobs may call (`aggregate` sources, imports, your own kinds through `ctx.downstream(name)`): `name=url,name=url`
     /// (e.g. `crews=http://crews.internal:8081,permits=https://permits.internal`).
     #[arg(long, env = "HERALD_DOWNSTREAMS", value_delimiter = ',')]
     pub downstreams: Vec<String>,
