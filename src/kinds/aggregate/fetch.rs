@@ -33,15 +33,15 @@ impl Aggregate {
         total: usize,
     ) -> Outcome {
         let started = Instant::now();
+        let req = Request {
+            url: src.url.clone(),
+            method: src.method.clone(),
+            headers: src.headers.clone(),
+            body: src.body.clone(),
+            timeout: src.timeout,
+        };
         let mut attempt = 1;
         let result = loop {
-            let req = Request {
-                url: src.url.clone(),
-                method: src.method.clone(),
-                headers: src.headers.clone(),
-                body: src.body.clone(),
-                timeout: src.timeout,
-            };
             match self.caller.once(&req).await {
                 Ok((value, bytes, status)) => break Ok((value, bytes, status.as_u16())),
                 Err(e) if e.retry && attempt <= src.retries => {
