@@ -107,7 +107,9 @@ impl Application {
             sqlite::migrate(&pools.writer)
                 .await
                 .context("running database migrations")?;
-            let queue = Queue::sqlite(&pools.queue, config.worker_concurrency);
+            // One process: every queued job wakes this worker itself, so
+            // the poll is only the backstop.
+            let queue = Queue::new(Duration::from_secs(1));
             let store: Arc<dyn Store> = Arc::new(SqliteStore::new(pools));
             Backend {
                 store,
@@ -121,7 +123,9 @@ impl Application {
             postgres::migrate(&pools.main)
                 .await
                 .context("running database migrations")?;
-            let queue = Queue::postgres(&pools.queue, config.worker_concurrency);
+            // Jobs queued by other nodes wake this one through LISTEN; the
+            // poll covers a notification lost with its connection.
+            let queue = Queue::new(Duration::from_millis(500));
             let node = NodeIdentity {
                 id: node_id.clone(),
                 role: config.role.as_str(),
@@ -204,18 +208,10 @@ impl Application {
                 .heartbeat()
                 .await
                 .context("registering this node in the database")?;
-            let pushed = Reconciler {
-                jobs: jobs.clone(),
-                store: store.clone(),
-                queue: queue.clone(),
-                cancels: cancels.clone(),
-            }
-            .at_startup()
-            .await
-            .context("recovering jobs at start-up")?;
-            if pushed > 0 {
-                tracing::info!(pushed, "queued jobs given a fresh queue task at start-up");
-            }
+            Reconciler { jobs: jobs.clone() }
+                .at_startup()
+                .await
+                .context("recovering jobs at start-up")?;
         }
 
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -311,7 +307,8 @@ impl Application {
         let worker = runs_jobs.then(|| {
             queue.spawn_worker(
                 node_id.clone(),
-                crate::queue::Runs(runner),
+                state.jobs.clone(),
+                runner,
                 config.worker_concurrency,
                 worker_stop.clone(),
             )
@@ -326,9 +323,6 @@ impl Application {
             background.push(tokio::spawn(
                 Reconciler {
                     jobs: state.jobs.clone(),
-                    store: state.store.clone(),
-                    queue: queue.clone(),
-                    cancels: state.cancels.clone(),
                 }
                 .run_periodically(
                     Duration::from_secs(config.reconcile_secs.max(1)),

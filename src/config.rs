@@ -321,7 +321,8 @@ pub struct Config {
     #[arg(long, env = "HERALD_RETENTION_SWEEP_SECS", default_value_t = 60)]
     pub retention_sweep_secs: u64,
 
-    /// How often the reconciler looks for queued jobs that lost their queue task.
+    /// How often a node that runs jobs checks for nodes whose lease ran out
+    /// (PostgreSQL) and takes their running jobs over.
     #[arg(long, env = "HERALD_RECONCILE_SECS", default_value_t = 10)]
     pub reconcile_secs: u64,
 

@@ -1,7 +1,7 @@
 //! The jobs service: the only code that changes a job.
 //!
-//! Submit, start, progress, outcome (succeed, fail, retry, requeue), cancel and
-//! recovery all go through [`Jobs`]. Each method does the whole change in one
+//! Submit, the queue's claim (which starts jobs), progress, outcome (succeed,
+//! fail, retry, requeue), cancel and recovery all go through [`Jobs`]. Each method does the whole change in one
 //! place, the way mini-redis's `Db::set` stores a value and wakes its waiters
 //! in the same function:
 //!
@@ -10,7 +10,9 @@
 //! 3. the wake-up of other nodes (the store's `announce`: on PostgreSQL a
 //!    batched NOTIFY right after the commit; nobody to tell on SQLite);
 //! 4. the cancel registry (a cancel fires the job's token where it runs here);
-//! 5. the job metrics.
+//! 5. the job metrics;
+//! 6. for a job that became queued, the wake-up of the workers (this node's
+//!    when the job is due, other nodes' through the store).
 //!
 //! HTTP handlers, the runner, the progress pump, uploads and the reconciler
 //! call this; none of them writes a job or wakes the hub itself.
@@ -19,12 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cancel::CancelRegistry;
-use crate::domain::{EventKind, FieldError, JobId, JobRecord, Submission, Transition};
+use crate::domain::{EventKind, FieldError, JobId, JobRecord, JobStatus, Submission, Transition};
 use crate::hub::Hub;
 use crate::kinds::Registry;
 use crate::limits::SubmitRate;
 use crate::queue::Queue;
-use crate::store::{ApplyError, CancelOutcome, ListQuery, Recovered, Store, StoreError, Submitted};
+use crate::store::{
+    ApplyError, CancelOutcome, Claim, ListQuery, Recovered, Store, StoreError, Submitted,
+};
 
 /// Why a submission was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +122,8 @@ impl Jobs {
             })
     }
 
-    /// Checks and stores a job, then pushes it to the queue. The caller has
+    /// Checks and stores a job (its row is its place in the queue), then
+    /// wakes the workers. The caller has
     /// taken the tenant's [`Jobs::admit`] first (an upload does so before it
     /// stores its file).
     #[tracing::instrument(skip_all, fields(kind = %sub.kind))]
@@ -138,11 +143,8 @@ impl Jobs {
         self.store.announce(job.id).await;
         crate::telemetry::applied(EventKind::Status, &job);
         tracing::info!(job_id = %job.id, kind = %job.kind, "job submitted");
-        if let Err(e) = self.queue.push(job.id).await {
-            // The job is stored, so it is not lost: the reconciler pushes
-            // queued jobs that have no task.
-            tracing::warn!(job_id = %job.id, error = %e, "queue push failed; the reconciler will retry it");
-        }
+        // The stored row is the queue entry: workers only need waking.
+        self.queued(&job).await;
         Ok(Accepted::Created(job))
     }
 
@@ -165,40 +167,22 @@ impl Jobs {
         self.store.list(q).await
     }
 
-    /// Starts the job's next attempt: `queued` → `running`.
-    pub async fn start(&self, id: JobId) -> Result<JobRecord, ApplyError> {
-        let job = self.store.apply(id, &Transition::Start).await?;
-        self.changed(EventKind::Status, &job).await;
-        Ok(job)
+    /// The queue's claim: starts up to `limit` due queued jobs on this node
+    /// (`queued` → `running`, each with its event) for the worker to run.
+    pub async fn claim(&self, limit: usize) -> Result<Claim, StoreError> {
+        let claim = self.store.claim(limit).await?;
+        for job in &claim.started {
+            self.changed(EventKind::Status, job).await;
+        }
+        Ok(claim)
     }
 
     /// Records a change of a running job, `known` being the job as its runner
-    /// last saw it: a progress report, or an attempt's outcome. The last write
-    /// of a job (anything but a retry, which keeps its queue task for the next
-    /// attempt) also deletes the job's spent queue task.
+    /// last saw it: a progress report, an item, or an attempt's outcome.
     pub async fn record(&self, known: &JobRecord, t: &Transition) -> Result<JobRecord, ApplyError> {
-        // Only an outcome or a return to the queue is a runner's last write
-        // of the job, which takes its spent queue task along.
-        let last_write = matches!(
-            t,
-            Transition::Succeed(_)
-                | Transition::Fail(_)
-                | Transition::Cancel { .. }
-                | Transition::Requeue
-        );
-        let job = if last_write {
-            self.store.apply_final(known, t).await?
-        } else {
-            self.store.apply_known(known, t).await?
-        };
+        let job = self.store.apply_known(known, t).await?;
         self.changed(t.event_kind(), &job).await;
         Ok(job)
-    }
-
-    /// Deletes the job's spent queue task (a job whose last write could not
-    /// take it along).
-    pub async fn drop_task(&self, id: JobId) -> Result<(), StoreError> {
-        self.store.delete_task(id).await
     }
 
     /// A client's cancel: a queued job is `cancelled` at once, a running one
@@ -253,5 +237,15 @@ impl Jobs {
         self.hub.notify(job.id);
         self.store.announce(job.id).await;
         crate::telemetry::applied(event, job);
+        if job.status == JobStatus::Queued {
+            self.queued(job).await;
+        }
+    }
+
+    /// `job` is queued (new, retried, put back): this node's worker claims
+    /// it when it is due, and other nodes' workers are told.
+    async fn queued(&self, job: &JobRecord) {
+        self.queue.wake_at(job.run_at);
+        self.store.announce_queued().await;
     }
 }

@@ -117,7 +117,8 @@
 //! - `uploads`: a file streamed into the store becomes an `import` job.
 //! - `worker`: the runner (attempts, timeout, cancel grace, retries),
 //!   progress coalescing, and the crash reconciler.
-//! - `queue`: the apalis queue (a task is `{job_id}`) and its worker.
+//! - `queue`: the queue (the job table itself: a worker claims due jobs) and
+//!   the apalis worker that runs them.
 //! - `cancel`: job id → `CancellationToken` for the jobs running here.
 //! - `hub`: per-job wake-ups ("look again"; the store holds the events).
 //! - `notify`: PostgreSQL LISTEN: other nodes' events, cancels and queue

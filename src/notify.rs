@@ -5,8 +5,8 @@
 //!   node's subscribers of that job, and they read the store;
 //! - `herald_cancel` (job id): a cancel was requested; fire the job's token if
 //!   it runs here;
-//! - `apalis::job::insert` (apalis's own trigger): a task was pushed; wake
-//!   this node's queue worker so it fetches now rather than on its interval.
+//! - `herald_queue` (nothing): a job became queued on another node; wake
+//!   this node's queue worker so it claims now rather than on its interval.
 //!
 //! Notifications sent while the connection is down are lost. So after every
 //! (re)connect, once LISTEN is in place again, the node wakes every local
@@ -29,14 +29,11 @@ use crate::cancel::CancelRegistry;
 use crate::domain::JobId;
 use crate::hub::Hub;
 use crate::queue::QueueWaker;
-use crate::store::postgres::{CANCEL_CHANNEL, EVENTS_CHANNEL};
+use crate::store::postgres::{CANCEL_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL};
 use crate::store::Store;
 
 /// How often every local stream and the worker look at the store anyway.
 const BACKSTOP: Duration = Duration::from_secs(10);
-
-/// apalis-postgres's insert trigger notifies this channel.
-const QUEUE_CHANNEL: &str = "apalis::job::insert";
 
 /// What the listener wakes on this node.
 #[derive(Clone)]

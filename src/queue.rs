@@ -1,69 +1,51 @@
-//! The apalis queue. A task carries only `{job_id}`; the runner loads the job.
+//! The queue is herald's job table: a queued job waits in `herald_jobs`
+//! (oldest `run_at` first), and the worker takes jobs with a *claim*, one
+//! write that starts a batch of due jobs on this node (`queued` → `running`
+//! with their events). A job is one row with one write path: no second queue
+//! table to keep in step, no push, no reconciler re-pushing what a crash left
+//! between the two.
 //!
-//! apalis 1.0 traps this module avoids, each verified against its source:
-//! - an idle worker picks up new tasks only on its 30 s heartbeat unless it is
-//!   woken: [`Queue::push`] wakes it through a stream poll strategy, and a 1 s
-//!   interval backs that up for tasks pushed by anyone else;
-//! - task ids must be ULIDs: ours is the job's UUID as a ULID (same 128 bits);
-//! - the storage re-runs failed tasks up to 25 times unless each task sets
-//!   `max_attempts`: ours set 1, because herald counts attempts itself (the
-//!   runner retries inside one task, and the reconciler re-pushes what a crash
-//!   left behind);
-//! - its lock and ack queries scan the whole task table, so herald turns them
-//!   off and deletes a task's row itself once the job is done with it.
+//! apalis runs the jobs: its worker drives a [`CustomBackend`] whose fetch
+//! stream is the claimer below, with the worker's concurrency. The claimer
+//! claims as many jobs as there are free slots, hands them to apalis one by
+//! one, and then sleeps until it is woken:
+//! - a job became queued here ([`QueueWaker::wake_at`]: at once for a new
+//!   job, at the end of its backoff for a retry);
+//! - another node queued one (PostgreSQL: `herald_queue`, see `notify.rs`);
+//! - a running job finished while every slot was taken and more were waiting;
+//! - an echo of a wake-up (see [`Wakeups`]), or the backstop interval.
 //!
-//! On PostgreSQL the queue is apalis-postgres (schema `apalis`), and the
-//! worker is named after the node, so a task's `lock_by` says which node holds
-//! it (the reconciler uses that to tell a live holder from a dead one). Its
-//! wake-ups come from the node's LISTEN connection (`notify.rs`), which hears
-//! apalis's insert trigger, so a task pushed by any node wakes every worker.
+//! Claimed jobs that apalis has not taken yet when the worker stops go back
+//! to the queue (same attempt), so a stop never strands a started job.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apalis::prelude::*;
-use apalis_postgres::PostgresStorage;
-use apalis_sqlite::{SqlitePool, SqliteStorage};
-use async_trait::async_trait;
-use futures::Stream;
-use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::domain::JobId;
-use crate::store::group::{Batching, Flush, Group};
+use crate::domain::{JobRecord, Timestamp, Transition};
+use crate::jobs::Jobs;
 
-/// The queue's message: the job id and nothing else.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobMessage {
-    pub job_id: Uuid,
-}
+/// What apalis hands the handler: a job the claim started here.
+#[derive(Debug, Clone)]
+pub struct Claimed(pub Box<JobRecord>);
 
-#[derive(Debug, thiserror::Error)]
-#[error("could not push job {job_id} to the queue: {message}")]
-pub struct PushError {
-    pub job_id: JobId,
-    pub message: String,
-}
-
-const QUEUE_NAME: &str = "herald";
-
-/// Pushes tasks and wakes the local worker.
+/// The queue's wake-ups, shared by the jobs service (which queues jobs) and
+/// the worker (which claims them).
 #[derive(Clone)]
 pub struct Queue {
-    storage: Storage,
-    pushes: Group<Pusher>,
     wake: QueueWaker,
-}
-
-#[derive(Clone)]
-enum Storage {
-    Sqlite(SqliteStorage<JobMessage>),
-    Postgres(PostgresStorage<JobMessage>),
+    /// The backstop: how often an idle worker claims anyway.
+    poll_every: Duration,
 }
 
 /// Wakes the local worker. Wake-ups that arrive while one is pending collapse
@@ -75,28 +57,365 @@ impl QueueWaker {
     pub fn wake(&self) {
         self.0.notify_one();
     }
+
+    /// Wakes the worker at `at` (at once if that has come): when a retry's
+    /// backoff ends.
+    pub fn wake_at(&self, at: Timestamp) {
+        let wait = at.0 - Timestamp::now().0;
+        if wait <= 0 {
+            self.wake();
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(wait as u64)).await;
+            me.wake();
+        });
+    }
 }
 
-/// The wake-ups as the stream apalis polls on; one per worker run, so a
-/// worker restarted after an error gets a fresh one. It is the worker's only
-/// poll strategy: it yields on a wake-up, on each of its echoes, and on every
-/// tick of the backstop interval.
+impl Queue {
+    /// `poll_every`: the backstop for a wake-up that never came (on
+    /// PostgreSQL, a notification lost with its connection).
+    pub fn new(poll_every: Duration) -> Queue {
+        Queue {
+            wake: QueueWaker::default(),
+            poll_every,
+        }
+    }
+
+    /// Wakes the local worker when `at` has come.
+    pub fn wake_at(&self, at: Timestamp) {
+        self.wake.wake_at(at);
+    }
+
+    /// Wakes the local worker (a job was queued by another node).
+    pub fn waker(&self) -> QueueWaker {
+        self.wake.clone()
+    }
+
+    /// Starts the apalis worker, named `name`, which claims through `jobs`
+    /// and runs with `runner`, at most `concurrency` jobs at once; it stops
+    /// claiming when `stop` fires, puts back what it claimed and had not
+    /// started, and ends once its in-flight jobs have returned. apalis ends
+    /// a worker whose backend fails; this starts it again, after a pause that
+    /// grows to 5 s.
+    pub fn spawn_worker(
+        &self,
+        name: String,
+        jobs: Arc<Jobs>,
+        runner: Arc<dyn RunJob>,
+        concurrency: usize,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let claimer = Arc::new(Claimer {
+            jobs: jobs.clone(),
+            concurrency: concurrency.max(1),
+            inflight: AtomicUsize::new(0),
+            hungry: AtomicBool::new(false),
+            held: Mutex::new(VecDeque::new()),
+            claiming: Arc::new(Semaphore::new(1)),
+            wake: self.wake.clone(),
+        });
+        let poll_every = self.poll_every;
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            loop {
+                let ran =
+                    run_worker(&name, &claimer, runner.clone(), poll_every, stop.clone()).await;
+                if stop.is_cancelled() {
+                    break;
+                }
+                let error = match ran {
+                    Ok(()) => "it ended on its own".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(worker = %name, %error, restart_in_ms = pause.as_millis() as u64,
+                    "queue worker stopped; starting it again");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            claimer.put_back().await;
+        })
+    }
+}
+
+async fn run_worker(
+    name: &str,
+    claimer: &Arc<Claimer>,
+    runner: Arc<dyn RunJob>,
+    poll_every: Duration,
+    stop: CancellationToken,
+) -> Result<(), WorkerError> {
+    let wakeups = Wakeups::new(claimer.wake.0.clone(), poll_every);
+    let backend = ClaimBackend {
+        claims: claimer.clone().claims(wakeups),
+    };
+    let signal = async move {
+        stop.cancelled().await;
+        Ok::<(), WorkerError>(())
+    };
+    WorkerBuilder::new(name)
+        .backend(backend)
+        .concurrency(claimer.concurrency)
+        .data(Runs {
+            runner,
+            claimer: claimer.clone(),
+        })
+        .build(handle_task)
+        .run_until(signal)
+        .await
+}
+
+/// The apalis backend over the job table: its tasks are the claimer's jobs.
+/// Jobs enter the queue through [`Jobs::submit`], never through apalis, so
+/// it is not a sink.
+struct ClaimBackend {
+    claims: BoxStream<'static, Task<Claimed>>,
+}
+
+impl Backend for ClaimBackend {
+    type Task = Task<Claimed>;
+    type Error = std::convert::Infallible;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        self.claims.poll_next_unpin(cx).map(|task| task.map(Ok))
+    }
+
+    fn poll_close(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl apalis_core::backend::BackendConfig for ClaimBackend {
+    type Args = Claimed;
+    type Id = RandomId;
+    type Kind = apalis_core::backend::finalize::Ephemeral;
+    type Config = ();
+    type Layer = tower_layer::Identity;
+
+    fn config(&self) -> &() {
+        &()
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
+        tower_layer::Identity::new()
+    }
+}
+
+/// The claim loop's state, shared by the worker's runs, its jobs (which
+/// free slots) and the final put-back.
+struct Claimer {
+    jobs: Arc<Jobs>,
+    concurrency: usize,
+    /// Jobs handed to apalis whose run has not ended.
+    inflight: AtomicUsize,
+    /// A claim filled every free slot, so more jobs may be waiting: the next
+    /// job to finish wakes the claimer.
+    hungry: AtomicBool,
+    /// Claimed (started) jobs not yet handed to apalis.
+    held: Mutex<VecDeque<JobRecord>>,
+    /// Held by a claim in flight: the put-back waits for it.
+    claiming: Arc<Semaphore>,
+    wake: QueueWaker,
+}
+
+impl Claimer {
+    /// The fetch stream: a claimed job whenever apalis asks for one (it asks
+    /// only while it has a free slot). It never ends: a failed claim is
+    /// logged and tried again at the next wake-up.
+    fn claims(self: Arc<Self>, wakeups: Wakeups) -> BoxStream<'static, Task<Claimed>> {
+        let state = ClaimLoop {
+            claimer: self,
+            wakeups,
+            due: None,
+            more: true,
+        };
+        futures::stream::unfold(state, |mut state| async move {
+            let job = state.next().await;
+            Some((Task::new(Claimed(Box::new(job))), state))
+        })
+        .boxed()
+    }
+
+    fn take_held(&self) -> Option<JobRecord> {
+        self.held.lock().expect("held jobs poisoned").pop_front()
+    }
+
+    /// Claims up to `free` jobs into `held`. The claim runs in a task of its
+    /// own: a worker that stops mid-claim drops the stream, but the claim
+    /// still lands in `held`, where the put-back finds it.
+    async fn claim(self: &Arc<Self>, free: usize) -> Result<(usize, Option<Timestamp>), String> {
+        let permit = self
+            .claiming
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let me = self.clone();
+        let claimed = tokio::spawn(async move {
+            let _permit = permit;
+            let claim = me.jobs.claim(free).await.map_err(|e| e.to_string())?;
+            let n = claim.started.len();
+            me.held
+                .lock()
+                .expect("held jobs poisoned")
+                .extend(claim.started);
+            Ok::<_, String>((n, claim.next_due))
+        });
+        claimed.await.map_err(|e| e.to_string())?
+    }
+
+    /// A job's run ended: its slot is free.
+    fn finished(&self) {
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+        if self.hungry.swap(false, Ordering::SeqCst) {
+            self.wake.wake();
+        }
+    }
+
+    /// At the worker's stop: jobs claimed and never started go back to the
+    /// queue (same attempt), for this node's next start or another node.
+    async fn put_back(&self) {
+        let _claims_done = self.claiming.acquire().await;
+        let held: Vec<JobRecord> = self
+            .held
+            .lock()
+            .expect("held jobs poisoned")
+            .drain(..)
+            .collect();
+        for job in held {
+            if let Err(e) = self.jobs.record(&job, &Transition::Requeue).await {
+                // Start-up recovery (or, on PostgreSQL, another node once this
+                // one's lease has run out) puts it back instead.
+                tracing::warn!(job_id = %job.id, error = %e,
+                    "could not put a claimed job back in the queue at shutdown");
+            }
+        }
+    }
+}
+
+struct ClaimLoop {
+    claimer: Arc<Claimer>,
+    wakeups: Wakeups,
+    /// When the next queued job that is not due yet becomes due.
+    due: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether a claim may find something now.
+    more: bool,
+}
+
+impl ClaimLoop {
+    /// The next job for apalis, waiting for one as long as it takes.
+    async fn next(&mut self) -> JobRecord {
+        let c = self.claimer.clone();
+        loop {
+            if let Some(job) = c.take_held() {
+                c.inflight.fetch_add(1, Ordering::SeqCst);
+                return job;
+            }
+            let free = c
+                .concurrency
+                .saturating_sub(c.inflight.load(Ordering::SeqCst));
+            if free == 0 {
+                c.hungry.store(true, Ordering::SeqCst);
+            } else if self.more {
+                match c.claim(free).await {
+                    Ok((n, due)) => {
+                        self.more = n == free;
+                        if n == free {
+                            c.hungry.store(true, Ordering::SeqCst);
+                        }
+                        self.due = due.map(|at| {
+                            let wait = (at.0 - Timestamp::now().0).max(0) as u64;
+                            Box::pin(tokio::time::sleep(Duration::from_micros(wait)))
+                        });
+                        if n > 0 {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        crate::telemetry::store_error();
+                        tracing::warn!(error = %e, "queue claim failed; trying again at the next wake-up");
+                        self.more = false;
+                    }
+                }
+            }
+            let due = async {
+                match &mut self.due {
+                    Some(sleep) => sleep.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.wakeups.next() => {}
+                _ = due => {}
+            }
+            self.due = None;
+            self.more = true;
+        }
+    }
+}
+
+/// What every job's handler shares: the runner, and the claimer whose slot
+/// the job holds.
+#[derive(Clone)]
+struct Runs {
+    runner: Arc<dyn RunJob>,
+    claimer: Arc<Claimer>,
+}
+
+/// Runs a claimed job to its outcome (see `worker::runner`).
+pub trait RunJob: Send + Sync + 'static {
+    fn run(self: Arc<Self>, job: JobRecord) -> futures::future::BoxFuture<'static, ()>;
+}
+
+async fn handle_task(job: Claimed, runs: Data<Runs>) -> Result<(), BoxDynError> {
+    let Runs { runner, claimer } = (*runs).clone();
+    let id = job.0.id;
+    // The job runs in a task of its own: apalis drives its handlers inside
+    // the worker and may drop them when the worker stops, and a runner
+    // dropped between deciding an outcome and writing it would leave the
+    // job `running` after a clean shutdown. The application waits for
+    // running jobs itself (the cancel registry counts them).
+    let ran = tokio::spawn(async move {
+        runner.run(*job.0).await;
+        claimer.finished();
+    })
+    .await;
+    ran.map_err(|e| {
+        tracing::error!(job_id = %id, error = %e, "job run ended abnormally");
+        Box::new(e) as BoxDynError
+    })
+}
+
+/// The wake-ups the claimer waits on. It yields on a wake-up, on each of its
+/// echoes, and on every tick of the backstop interval.
 ///
-/// Two traps in apalis 1.0's `PollWith`, both met here:
-/// - it ignores what the strategy yields and does not poll it again, so a
-///   strategy that yields must already have registered for its next event.
-///   This stream re-arms everything it waits on before it yields. (Before,
-///   a yield consumed the wake-up without re-arming, and when that poll was
-///   also the one that found the fetch empty, nothing was left to wake the
-///   worker: it slept until apalis's 30 s heartbeat.) For the same reason
-///   the interval lives here rather than as a second apalis strategy, which
-///   is not polled at all in a round where the first one yields;
-/// - a wake-up that lands while a fetch is in flight is absorbed by that
-///   fetch, and if the task's push committed after the fetch began, it comes
-///   back empty (measured on PostgreSQL: p99 POST → running of 930 ms at 200
-///   jobs/s). So every wake-up is echoed twice, 20 ms and 200 ms later: one
-///   of them starts a fetch after the one in flight. A newer wake-up restarts
-///   the echoes, so a busy queue costs no extra fetches.
+/// Each wake-up is echoed twice, 20 ms and 200 ms later. A claim that
+/// is in flight when a job is queued may miss it (on PostgreSQL its snapshot
+/// can predate the other node's commit), and the wake-up that arrived during
+/// the claim was absorbed by it. The echoes claim again after the one in
+/// flight. A newer wake-up restarts the echoes, so a busy queue costs no
+/// extra claims.
 struct Wakeups {
     notify: Arc<Notify>,
     waiting: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
@@ -158,258 +477,6 @@ impl Stream for Wakeups {
     }
 }
 
-/// apalis only fetches: herald records every outcome in its own tables and
-/// deletes the task row when the job no longer needs it (see `Runner::run`).
-/// apalis's per-task lock and ack queries join a JSON list against the whole
-/// `Jobs` table; with a few thousand rows they took 40 ms each on the single
-/// writer and capped throughput at ~200 jobs/s.
-fn storage_config(batch_size: usize) -> apalis_sqlite::Config {
-    apalis_sqlite::Config::default()
-        .queue(QUEUE_NAME)
-        .batch_size(batch_size.max(1))
-        .persist_results(false)
-        .lock_tasks(false)
-}
-
-fn postgres_config(batch_size: usize) -> apalis_postgres::Config {
-    apalis_postgres::Config::default()
-        .queue(QUEUE_NAME)
-        .batch_size(batch_size.max(1))
-        .persist_results(false)
-        .lock_tasks(false)
-}
-
-impl Queue {
-    /// Starts the pusher task (so: call it inside a tokio runtime).
-    pub fn sqlite(pool: &SqlitePool, batch_size: usize) -> Queue {
-        let storage = SqliteStorage::new(pool).with_config(storage_config(batch_size));
-        Queue::start(Storage::Sqlite(storage))
-    }
-
-    /// Starts the pusher task (so: call it inside a tokio runtime).
-    pub fn postgres(pool: &apalis_postgres::PgPool, batch_size: usize) -> Queue {
-        let storage = PostgresStorage::new(pool).with_config(postgres_config(batch_size));
-        Queue::start(Storage::Postgres(storage))
-    }
-
-    fn start(storage: Storage) -> Queue {
-        let wake = QueueWaker::default();
-        let pushes = Group::start(
-            Pusher {
-                storage: storage.clone(),
-                wake: wake.clone(),
-            },
-            Batching {
-                writers: 1,
-                max_batch: MAX_PUSH_BATCH,
-                capacity: Some(4 * MAX_PUSH_BATCH),
-                linger: None,
-            },
-        );
-        Queue {
-            storage,
-            pushes,
-            wake,
-        }
-    }
-
-    /// Wakes the local worker (a task was pushed by another node).
-    pub fn waker(&self) -> QueueWaker {
-        self.wake.clone()
-    }
-
-    /// Hands the job to the pusher, which writes the task (batched with other
-    /// pushes) and wakes the worker. The job row is already committed, so a
-    /// push lost to a crash is repaired by the reconciler.
-    pub async fn push(&self, id: JobId) -> Result<(), PushError> {
-        self.pushes.send(id).await.map_err(|_| PushError {
-            job_id: id,
-            message: "the queue pusher has stopped".to_owned(),
-        })
-    }
-
-    /// Starts the apalis worker, named `name` (on PostgreSQL: the node id); it
-    /// stops fetching when `stop` fires and ends once its in-flight jobs have
-    /// returned. apalis ends a worker whose backend fails (the database went
-    /// away for a moment); this starts it again, after a pause that grows to 5 s.
-    pub fn spawn_worker(
-        &self,
-        name: String,
-        runner: Runs,
-        concurrency: usize,
-        stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let queue = self.clone();
-        tokio::spawn(async move {
-            let mut pause = Duration::from_millis(200);
-            loop {
-                let ran = queue
-                    .run_worker(&name, runner.clone(), concurrency, stop.clone())
-                    .await;
-                if stop.is_cancelled() {
-                    return;
-                }
-                let error = match ran {
-                    Ok(()) => "it ended on its own".to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                tracing::error!(worker = %name, %error, restart_in_ms = pause.as_millis() as u64,
-                    "queue worker stopped; starting it again");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-        })
-    }
-
-    async fn run_worker(
-        &self,
-        name: &str,
-        runner: Runs,
-        concurrency: usize,
-        stop: CancellationToken,
-    ) -> Result<(), WorkerError> {
-        // The interval is the backstop for a wake-up that apalis absorbed
-        // anyway (see `Wakeups`). On PostgreSQL a fetch is a cheap indexed
-        // query, so it polls often; on SQLite a fetch is a write that competes
-        // with herald's writer, so it polls once a second.
-        let every = match self.storage {
-            Storage::Sqlite(_) => Duration::from_secs(1),
-            Storage::Postgres(_) => Duration::from_millis(100),
-        };
-        let strategy = Strategy::new().stream(Wakeups::new(self.wake.0.clone(), every));
-        let signal = async move {
-            stop.cancelled().await;
-            Ok::<(), WorkerError>(())
-        };
-        // The two backends are different types; the worker is built the same way.
-        macro_rules! run_worker {
-            ($storage:expr) => {{
-                let backend = $storage.clone().poll_with_strategy(strategy);
-                WorkerBuilder::new(name)
-                    .backend(backend)
-                    .concurrency(concurrency.max(1))
-                    .data(runner)
-                    .build(handle_task)
-                    .run_until(signal)
-                    .await
-            }};
-        }
-        match &self.storage {
-            Storage::Sqlite(s) => run_worker!(s),
-            Storage::Postgres(s) => {
-                // A pool of its own for each run. apalis registers the worker
-                // under a session-level advisory lock that its pooled
-                // connection keeps; a restarted worker registering on another
-                // connection of a shared pool was refused ("worker already
-                // exists") until it happened to get the first one back.
-                // Closing the run's pool ends those sessions.
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(4)
-                    .test_before_acquire(false)
-                    .connect_lazy_with((*s.pool().connect_options()).clone());
-                let storage = PostgresStorage::<JobMessage>::new(&pool)
-                    .with_config(postgres_config(s.config().batch_size));
-                let ran = run_worker!(storage);
-                if tokio::time::timeout(Duration::from_secs(5), pool.close())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!("the queue worker's connections did not close within 5 s");
-                }
-                ran
-            }
-        }
-    }
-}
-
-const MAX_PUSH_BATCH: usize = 256;
-
-fn task_for(id: JobId) -> Task<JobMessage> {
-    TaskBuilder::new(JobMessage { job_id: id.0 })
-        .task_id(TaskId::from_ulid(id.task_id()))
-        .max_attempts(1)
-        .build()
-}
-
-/// Writes pushes in batches (see [`Group`]); nobody waits for a push.
-struct Pusher {
-    storage: Storage,
-    wake: QueueWaker,
-}
-
-#[async_trait]
-impl Flush for Pusher {
-    type Op = JobId;
-    type Out = ();
-    type Error = BoxDynError;
-
-    /// Writes the batch's tasks in one transaction (apalis's sink buffers
-    /// what `push_all` feeds it and flushes once), then wakes the worker. One
-    /// bad task (say, one pushed twice) fails the whole batch's transaction:
-    /// the group then pushes them one by one so the others still go in.
-    async fn flush(&self, ops: &[JobId]) -> Result<Vec<()>, BoxDynError> {
-        let mut batch = ops.to_vec();
-        batch.sort();
-        batch.dedup();
-        macro_rules! push_all {
-            ($storage:expr) => {{
-                let mut s = $storage.clone();
-                let all = futures::stream::iter(batch.iter().copied().map(task_for));
-                s.push_all(all)
-                    .await
-                    .map_err(|e| Box::new(e) as BoxDynError)
-            }};
-        }
-        let pushed = match &self.storage {
-            Storage::Sqlite(s) => push_all!(s),
-            Storage::Postgres(s) => push_all!(s),
-        };
-        self.wake.wake();
-        pushed.map(|()| vec![(); ops.len()])
-    }
-
-    fn lost(&self, id: &JobId, e: &BoxDynError) {
-        tracing::warn!(job_id = %id, error = %e, "queue push failed; the reconciler will retry it");
-    }
-}
-
-/// What the worker does with a fetched task: run the job to its end (see
-/// `worker::runner`). A store error leaves the task to be retried.
-pub trait RunJob: Send + Sync + 'static {
-    fn run(
-        self: Arc<Self>,
-        id: JobId,
-    ) -> futures::future::BoxFuture<'static, Result<(), crate::store::StoreError>>;
-}
-
-/// The runner as the worker's shared data (a named type: apalis's handler
-/// must not depend on a trait object's lifetime).
-#[derive(Clone)]
-pub struct Runs(pub Arc<dyn RunJob>);
-
-async fn handle_task(msg: JobMessage, runner: Data<Runs>) -> Result<(), BoxDynError> {
-    let Runs(runner) = (*runner).clone();
-    let id = JobId(msg.job_id);
-    // The job runs in a task of its own: apalis drives its handlers inside
-    // the worker and may drop them when the worker stops, and a runner
-    // dropped between deciding an outcome and writing it left the job
-    // `running` after a clean shutdown. The application waits for running
-    // jobs itself (the cancel registry counts them).
-    match tokio::spawn(runner.run(id)).await {
-        Ok(ran) => ran.map_err(|e| {
-            tracing::error!(job_id = %id, error = %e, "job run stopped by a store error");
-            Box::new(e) as BoxDynError
-        }),
-        Err(e) => {
-            tracing::error!(job_id = %id, error = %e, "job run ended abnormally");
-            Err(Box::new(e) as BoxDynError)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -426,9 +493,8 @@ mod tests {
         }
     }
 
-    /// apalis does not poll a strategy again after it yields, so a yield must
-    /// leave the stream armed: a later wake-up has to reach the task without
-    /// any poll in between (this is what left workers asleep for 30 s).
+    /// A wake-up must reach the waiting claimer even when it lands between
+    /// two polls (the stream re-arms everything it waits on before it yields).
     #[tokio::test]
     async fn a_wake_up_after_a_yield_reaches_the_task_without_another_poll() {
         let notify = Arc::new(Notify::new());

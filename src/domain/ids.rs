@@ -15,10 +15,9 @@ impl JobId {
         JobId(Uuid::now_v7())
     }
 
-    /// The apalis task id for this job. apalis requires ULIDs (a task with another
-    /// id is accepted on push and then kills the polling worker); a UUID and a ULID
-    /// are both 128 bits, so the conversion is lossless and pushing a job twice
-    /// names the same task.
+    /// The job's id as a ULID (the same 128 bits): the `task_id` column that
+    /// earlier versions gave apalis's task table, still filled in for the
+    /// schema's sake.
     pub fn task_id(self) -> ulid::Ulid {
         ulid::Ulid::from(self.0.as_u128())
     }
@@ -85,6 +84,14 @@ pub struct Timestamp(pub i64);
 impl Timestamp {
     pub fn now() -> Self {
         Timestamp(Utc::now().timestamp_micros())
+    }
+
+    /// This moment plus `d` (saturating).
+    pub fn after(self, d: std::time::Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        )
     }
 
     pub fn to_datetime(self) -> DateTime<Utc> {

@@ -124,6 +124,9 @@ pub struct JobRecord {
     pub last_seq: EventSeq,
     /// How many items the job has appended, over all its attempts.
     pub items_count: i64,
+    /// While queued: when its next attempt may start (a retry waits out its
+    /// backoff in the queue). The queue claims due jobs in this order.
+    pub run_at: Timestamp,
 }
 
 /// An event about to be appended: its name and its one-line JSON data (with `at`).
@@ -144,8 +147,9 @@ pub enum Transition {
     /// The running attempt appends one item (its JSON, serialized); its index
     /// is the job's `items_count`.
     Item(String),
-    /// The attempt failed and another one will run (`attempt + 1`).
-    Retry(JobError),
+    /// The attempt failed and another one will run (`attempt + 1`), once
+    /// the delay (the backoff) has passed.
+    Retry(JobError, std::time::Duration),
     /// The attempt was interrupted by a shutdown: back to the queue, same attempt.
     Requeue,
     Succeed(Value),
@@ -159,7 +163,7 @@ impl Transition {
     /// The name of the event this transition appends.
     pub fn event_kind(&self) -> EventKind {
         match self {
-            Transition::Start | Transition::Retry(_) | Transition::Requeue => EventKind::Status,
+            Transition::Start | Transition::Retry(..) | Transition::Requeue => EventKind::Status,
             Transition::Progress(_) => EventKind::Progress,
             Transition::Item(_) => EventKind::Item,
             Transition::Succeed(_) => EventKind::Result,
@@ -241,12 +245,13 @@ impl JobRecord {
                 );
                 (EventKind::Item, data)
             }
-            Transition::Retry(err) => {
+            Transition::Retry(err, delay) => {
                 if !self.status.can_become(JobStatus::Queued) {
                     return Err(refuse("retry"));
                 }
                 next.status = JobStatus::Queued;
                 next.attempt += 1;
+                next.run_at = now.after(*delay);
                 (
                     EventKind::Status,
                     status_data(JobStatus::Queued, next.attempt, now, Some(err)),
@@ -257,6 +262,7 @@ impl JobRecord {
                     return Err(refuse("requeue"));
                 }
                 next.status = JobStatus::Queued;
+                next.run_at = now;
                 (
                     EventKind::Status,
                     status_data(JobStatus::Queued, next.attempt, now, None),
@@ -338,6 +344,7 @@ pub(crate) mod tests {
             finished_at: None,
             last_seq: EventSeq(1),
             items_count: 0,
+            run_at: Timestamp(0),
         }
     }
 
@@ -364,7 +371,10 @@ pub(crate) mod tests {
     fn retry_counts_the_next_attempt_and_requeue_does_not() {
         let running = job(JobStatus::Running);
         let (j, ev) = running
-            .apply(&Transition::Retry(JobError::new("x", "y")), Timestamp(2))
+            .apply(
+                &Transition::Retry(JobError::new("x", "y"), std::time::Duration::ZERO),
+                Timestamp(2),
+            )
             .unwrap();
         assert_eq!((j.status, j.attempt), (JobStatus::Queued, 2));
         assert_eq!(data(&ev)["attempt"], 2);
@@ -415,7 +425,7 @@ pub(crate) mod tests {
             Transition::Start,
             Transition::Progress(p),
             Transition::Item("1".into()),
-            Transition::Retry(JobError::new("a", "b")),
+            Transition::Retry(JobError::new("a", "b"), std::time::Duration::ZERO),
             Transition::Requeue,
             Transition::Succeed(json!(1)),
             Transition::Fail(JobError::new("a", "b")),
@@ -444,7 +454,10 @@ pub(crate) mod tests {
         assert_eq!(data(&ev)["item"], json!({"a": [1, 2]}));
         assert!(!ev.data.contains('\n'));
         let (j, _) = j
-            .apply(&Transition::Retry(JobError::new("x", "y")), Timestamp(5))
+            .apply(
+                &Transition::Retry(JobError::new("x", "y"), std::time::Duration::ZERO),
+                Timestamp(5),
+            )
             .unwrap();
         assert_eq!(j.items_count, 3, "a retry keeps the items");
         assert!(
@@ -489,5 +502,25 @@ pub(crate) mod tests {
             assert_ne!(k.as_str(), "error");
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }
+    }
+
+    #[test]
+    fn a_retry_waits_in_the_queue_until_its_backoff_has_passed() {
+        let running = job(JobStatus::Running);
+        let delay = std::time::Duration::from_millis(1500);
+        let (next, _) = running
+            .apply(
+                &Transition::Retry(JobError::new("x", "y"), delay),
+                Timestamp(1_000),
+            )
+            .unwrap();
+        assert_eq!(next.status, JobStatus::Queued);
+        assert_eq!(next.run_at, Timestamp(1_000 + 1_500_000));
+        let (back, _) = running.apply(&Transition::Requeue, Timestamp(7)).unwrap();
+        assert_eq!(
+            back.run_at,
+            Timestamp(7),
+            "put back at shutdown: due at once"
+        );
     }
 }

@@ -18,7 +18,7 @@ impl JobRecord {
             format!("attempt {} was interrupted: {why}", self.attempt),
         );
         Some(if self.has_attempts_left() {
-            Transition::Retry(lost)
+            Transition::Retry(lost, std::time::Duration::ZERO)
         } else {
             Transition::Fail(lost)
         })
@@ -33,7 +33,7 @@ mod tests {
     #[test]
     fn an_interrupted_attempt_is_retried_while_attempts_are_left() {
         let t = job(JobStatus::Running).interrupted("it stopped");
-        let Some(Transition::Retry(err)) = t else {
+        let Some(Transition::Retry(err, _)) = t else {
             panic!("expected a retry, got {t:?}");
         };
         assert_eq!(err.code, "worker_lost");

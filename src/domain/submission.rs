@@ -152,6 +152,7 @@ impl Submission {
             finished_at: None,
             last_seq: EventSeq(1),
             items_count: 0,
+            run_at: now,
         }
     }
 

@@ -6,7 +6,7 @@
 //!
 //! The store is split by concept: jobs and their events ([`JobStore`]), the
 //! feed ([`FeedStore`]), uploads and checkpoints ([`UploadStore`]), nodes and
-//! leases ([`NodeStore`]), the queue's tasks ([`TaskStore`]); [`Store`] is
+//! leases ([`NodeStore`]), the queue's claim ([`QueueStore`]); [`Store`] is
 //! their sum. Each backend has a folder with a file per concept. What
 //! both backends would otherwise repeat (the new job record, the
 //! idempotency, recovery and cancel decisions) lives in `domain`; the
@@ -18,7 +18,7 @@ mod row;
 pub mod sqlite;
 mod traits;
 
-pub use traits::{FeedStore, JobStore, NodeStore, Store, TaskStore, UploadStore};
+pub use traits::{FeedStore, JobStore, NodeStore, QueueStore, Store, UploadStore};
 
 pub use crate::domain::Submitted;
 
@@ -29,7 +29,7 @@ use crate::domain::{
 /// The store's traits, for code that calls them on a concrete store
 /// (`SqliteStore`, `PgStore`); on an `Arc<dyn Store>` they need no import.
 pub mod prelude {
-    pub use super::{FeedStore, JobStore, NodeStore, Store, TaskStore, UploadStore};
+    pub use super::{FeedStore, JobStore, NodeStore, QueueStore, Store, UploadStore};
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +151,16 @@ pub struct ListQuery {
     pub limit: i64,
 }
 
+/// What a claim took from the queue.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Claim {
+    /// The jobs it started (now `running` on this node), oldest `run_at` first.
+    pub started: Vec<JobRecord>,
+    /// When the earliest queued job that is not due yet becomes due (a
+    /// retry waiting out its backoff), if the claim saw one.
+    pub next_due: Option<Timestamp>,
+}
+
 /// What start-up recovery did with the jobs a previous process left running.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Recovered {
@@ -164,7 +174,7 @@ impl Recovered {
     /// Counts `job` as recovered by `t` (see [`JobRecord::interrupted`]).
     pub(crate) fn record(&mut self, job: JobRecord, t: &Transition) {
         match t {
-            Transition::Retry(_) => self.requeued.push(job),
+            Transition::Retry(..) => self.requeued.push(job),
             _ => self.failed.push(job),
         }
     }

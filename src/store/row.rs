@@ -26,6 +26,7 @@ pub(super) struct JobRow {
     pub(super) finished_at: Option<i64>,
     pub(super) last_seq: i64,
     pub(super) items_count: i64,
+    pub(super) run_at: i64,
 }
 
 pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -62,6 +63,7 @@ impl TryFrom<JobRow> for JobRecord {
             finished_at: r.finished_at.map(Timestamp),
             last_seq: EventSeq(r.last_seq),
             items_count: r.items_count,
+            run_at: Timestamp(r.run_at),
         })
     }
 }

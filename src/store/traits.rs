@@ -6,8 +6,8 @@
 use async_trait::async_trait;
 
 use super::{
-    ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered, StoreError,
-    StoredEvent, Submitted,
+    ApplyError, CancelOutcome, Claim, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered,
+    StoreError, StoredEvent, Submitted,
 };
 use crate::domain::{EventSeq, JobId, JobRecord, Submission, Timestamp, Transition};
 
@@ -32,13 +32,6 @@ pub trait JobStore: Send + Sync + 'static {
     /// on the job not having changed since; if it has, the store reads it
     /// afresh.
     async fn apply_known(&self, known: &JobRecord, t: &Transition)
-        -> Result<JobRecord, ApplyError>;
-
-    /// [`JobStore::apply_known`] for a runner's last write of a job (its
-    /// outcome, or its return to the queue at shutdown), which also deletes
-    /// the job's spent queue task once the write has landed. A store may do
-    /// both in one commit.
-    async fn apply_final(&self, known: &JobRecord, t: &Transition)
         -> Result<JobRecord, ApplyError>;
 
     /// Cancels a queued job at once, or marks a running one `cancel_requested`.
@@ -139,31 +132,29 @@ pub trait NodeStore: Send + Sync + 'static {
     /// streams and feeds look again (the jobs service calls it after each
     /// write). One process on SQLite: there is nobody to tell.
     async fn announce(&self, _id: JobId) {}
+
+    /// Tells the other nodes' workers that a job became queued (submitted,
+    /// retried or put back), so they claim now rather than at their next
+    /// poll. One process on SQLite: there is nobody to tell.
+    async fn announce_queued(&self) {}
 }
 
-/// The queue's tasks (apalis's own table) as herald sees them.
+/// The queue, which is the job table itself: queued jobs wait in
+/// `herald_jobs`, oldest `run_at` first, and a worker takes them with a claim.
 #[async_trait]
-pub trait TaskStore: Send + Sync + 'static {
-    /// Queued jobs whose queue task is missing or finished, so the reconciler can
-    /// push them again. With `startup`, a task still marked as fetched or running
-    /// counts as stale too (the process that held it is gone).
-    async fn queued_without_task(
-        &self,
-        startup: bool,
-        older_than: Timestamp,
-        limit: i64,
-    ) -> Result<Vec<JobId>, StoreError>;
+pub trait QueueStore: Send + Sync + 'static {
+    /// Starts up to `limit` queued jobs whose `run_at` has come, oldest
+    /// first, on this node: each goes `queued` → `running` with its `status`
+    /// event, all in one commit. Concurrent claims (other nodes) never start
+    /// the same job twice.
+    async fn claim(&self, limit: usize) -> Result<Claim, StoreError>;
 
-    /// Removes the job's queue task: a stale one before pushing it again under the
-    /// same id, or a spent one once the runner is done with the job.
-    async fn delete_task(&self, id: JobId) -> Result<(), StoreError>;
-
-    /// How many jobs are queued, and when the oldest of them was created.
+    /// How many jobs are queued, and when the oldest was submitted.
     async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError>;
 }
 
 /// Everything the store does: what `Arc<dyn Store>` offers. Each backend
 /// implements the five traits; this one comes with them.
-pub trait Store: JobStore + FeedStore + UploadStore + NodeStore + TaskStore {}
+pub trait Store: JobStore + FeedStore + UploadStore + NodeStore + QueueStore {}
 
-impl<T> Store for T where T: JobStore + FeedStore + UploadStore + NodeStore + TaskStore {}
+impl<T> Store for T where T: JobStore + FeedStore + UploadStore + NodeStore + QueueStore {}

@@ -1,9 +1,11 @@
-//! Running jobs: the runner (one job's attempts, timeout, cancel grace,
-//! retries, outcome), progress coalescing, and crash recovery.
+//! Running jobs: the runner (a claimed job's attempt, timeout, cancel grace,
+//! outcome), progress coalescing, and crash recovery.
 //!
-//! - [`runner`]: one job's attempts: start, timeout, cancel grace, retry, outcome.
+//! - [`runner`]: a claimed job's attempt: timeout, cancel grace, outcome (a
+//!   retry goes back to the queue until its backoff has passed).
 //! - [`progress`]: progress coalescing (at most one report per interval, latest wins).
-//! - [`reconcile`]: pushes queued jobs that have no queue task (after a crash).
+//! - [`reconcile`]: puts back in the queue the jobs a stopped process or a
+//!   node whose lease ran out left running.
 
 pub mod progress;
 pub mod reconcile;

@@ -1,5 +1,6 @@
-//! Runs one job: its attempts, each with a timeout and a cancel grace, and the
-//! outcome (success, retry, failure, cancel, or back to the queue at shutdown).
+//! Runs one claimed attempt of a job, with a timeout and a cancel grace, and
+//! records its outcome (success, retry, failure, cancel, or back to the queue
+//! at shutdown).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use crate::cancel::{CancelRegistry, RunningJob};
 use crate::domain::{JobError, JobId, JobRecord, Transition};
 use crate::jobs::Jobs;
 use crate::kinds::{JobContext, JobFailure, Registry, Services};
-use crate::store::{ApplyError, StoreError};
+use crate::store::ApplyError;
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -35,11 +36,6 @@ pub struct Runner {
     pub(crate) config: RunnerConfig,
 }
 
-enum TaskDeleted {
-    Yes,
-    No,
-}
-
 /// How one attempt ended.
 enum Attempt {
     Finished(Result<Value, JobFailure>),
@@ -49,101 +45,65 @@ enum Attempt {
 }
 
 impl crate::queue::RunJob for Runner {
-    fn run(
-        self: Arc<Self>,
-        id: JobId,
-    ) -> futures::future::BoxFuture<'static, Result<(), StoreError>> {
-        Box::pin(async move { Runner::run(&self, id).await })
+    fn run(self: Arc<Self>, job: JobRecord) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move { Runner::run(&self, job).await })
     }
 }
 
 impl Runner {
-    /// Runs the job until it reaches a terminal state, or until the process
-    /// stops its jobs (then it stays or goes back to `queued`). Store errors are
-    /// returned so the queue task can be retried.
-    pub async fn run(&self, id: JobId) -> Result<(), StoreError> {
+    /// Runs the attempt the queue's claim started (`job` is `running` on
+    /// this node) and records its outcome: success, failure, cancel, a retry
+    /// (back in the queue until its backoff has passed, for any node to
+    /// claim), or back to the queue at shutdown.
+    pub async fn run(&self, job: JobRecord) {
+        let id = job.id;
         let Some(running) = self.cancels.register(id) else {
-            tracing::debug!(job_id = %id, "job already running in this process; duplicate task ignored");
-            return Ok(());
+            tracing::debug!(job_id = %id, "job already running in this process; duplicate claim ignored");
+            return;
         };
-        let deleted = self
-            .attempts(id, &running)
-            .await
-            .inspect_err(|_| crate::telemetry::store_error())?;
-        // The job is finished, or back in the queue after a shutdown (the next
-        // start pushes it again): either way its queue task is spent. Its
-        // last write usually took the task with it.
-        match deleted {
-            TaskDeleted::Yes => Ok(()),
-            TaskDeleted::No => self.jobs.drop_task(id).await,
-        }
-    }
-
-    /// Runs the attempts; says whether the job's last write also deleted its
-    /// queue task.
-    async fn attempts(&self, id: JobId, running: &RunningJob) -> Result<TaskDeleted, StoreError> {
-        loop {
-            if running.shutting_down() {
-                return Ok(TaskDeleted::No);
-            }
-            let start = || self.jobs.start(id);
-            let job = match self.persistently(id, "start", running, start).await {
-                Ok(job) => job,
-                // Cancelled while queued, already finished, or gone: nothing to run.
-                Err(ApplyError::NotFound) | Err(ApplyError::Refused(_)) => {
-                    return Ok(TaskDeleted::No)
-                }
-                Err(ApplyError::Store(e)) => return Err(e),
-            };
-            let started = std::time::Instant::now();
-            let current = Arc::new(Mutex::new(job.clone()));
-            let outcome = self.attempt(&job, &current, running).await;
-            let span = tracing::info_span!("job_outcome", job_id = %id, kind = %job.kind, attempt = job.attempt);
-            metrics::histogram!("herald_job_run_seconds", "kind" => job.kind.clone())
-                .record(started.elapsed().as_secs_f64());
-            let next = self.decide(&job, running, outcome);
+        let started = std::time::Instant::now();
+        let current = Arc::new(Mutex::new(job.clone()));
+        let outcome = self.attempt(&job, &current, &running).await;
+        let span = tracing::info_span!("job_outcome", job_id = %id, kind = %job.kind, attempt = job.attempt);
+        metrics::histogram!("herald_job_run_seconds", "kind" => job.kind.clone())
+            .record(started.elapsed().as_secs_f64());
+        let next = self.decide(&job, &running, outcome);
+        {
             let _enter = span.enter();
-            let retry = matches!(next, Transition::Retry(_));
             match &next {
                 Transition::Succeed(_) => tracing::info!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "job succeeded"
                 ),
-                Transition::Fail(e) | Transition::Retry(e) => {
-                    tracing::warn!(code = %e.code, message = %e.message, retry, "attempt failed")
+                Transition::Retry(e, backoff) => {
+                    tracing::warn!(code = %e.code, message = %e.message,
+                    retry = true, backoff_ms = backoff.as_millis() as u64, "attempt failed")
+                }
+                Transition::Fail(e) => {
+                    tracing::warn!(code = %e.code, message = %e.message, retry = false, "attempt failed")
                 }
                 Transition::Cancel { .. } => tracing::info!("job cancelled"),
                 Transition::Requeue => tracing::info!("job requeued at shutdown"),
                 _ => {}
             }
-            drop(_enter);
-            let known = current.lock().expect("job record poisoned").clone();
-            let record = || self.jobs.record(&known, &next);
-            match self.persistently(id, "outcome", running, record).await {
-                Ok(_) => {}
-                Err(ApplyError::Store(e)) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(job_id = %id, error = %e, "outcome not recorded");
-                    return Ok(TaskDeleted::No);
-                }
+        }
+        let known = current.lock().expect("job record poisoned").clone();
+        let record = || self.jobs.record(&known, &next);
+        match self.persistently(id, "outcome", &running, record).await {
+            Ok(_) => {}
+            Err(ApplyError::Store(e)) => {
+                // Only at shutdown: the job stays `running`, and start-up
+                // recovery (or another node, once the lease runs out) puts
+                // it back in the queue.
+                tracing::warn!(job_id = %id, error = %e, "outcome not recorded at shutdown");
             }
-            if !retry {
-                return Ok(TaskDeleted::Yes);
-            }
-            // Wait before the next attempt; a cancel (the job is queued now, so
-            // the API cancels it at once) or a shutdown cuts the wait short.
-            let pause = self.backoff(job.attempt);
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = running.token().cancelled() => {}
-            }
+            Err(e) => tracing::warn!(job_id = %id, error = %e, "outcome not recorded"),
         }
     }
 
-    /// Runs `write` (the attempt's start or its outcome) until it lands, the
-    /// job refuses it, or the process stops. Given up after a store error, the
-    /// job would stay `queued` or `running` on a live node with nothing to
-    /// run it: nothing else takes over the jobs of a node that is still
+    /// Runs `write` (the attempt's outcome) until it lands, the job refuses
+    /// it, or the process stops. Given up after a store error, the job would
+    /// stay `running` on a live node with nothing to run it: nothing else takes over the jobs of a node that is still
     /// alive. A database that went away for a moment is no reason to lose one.
     async fn persistently<F, Fut>(
         &self,
@@ -269,7 +229,7 @@ impl Runner {
             Attempt::Abandoned => JobFailure::retryable("abandoned", "the attempt was stopped"),
         };
         if !failure.permanent && job.has_attempts_left() {
-            Transition::Retry(failure.error)
+            Transition::Retry(failure.error, self.backoff(job.attempt))
         } else {
             Transition::Fail(failure.error)
         }

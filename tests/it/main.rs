@@ -22,6 +22,7 @@ mod kinds;
 mod nodes;
 mod operability;
 mod own_kinds;
+mod queue;
 mod stream;
 mod uploads;
 mod validation;

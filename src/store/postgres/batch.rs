@@ -1,6 +1,6 @@
 //! PostgreSQL's batched statements (see [`crate::store::group`]): new jobs,
-//! the transitions of running jobs with the deletion of spent queue tasks,
-//! and reads of jobs by id. Each batch is one statement over arrays, so it is
+//! the transitions of running jobs (and the claim's starts), and reads of
+//! jobs by id. Each batch is one statement over arrays, so it is
 //! atomic on its own and commits once.
 
 use std::collections::{HashMap, HashSet};
@@ -13,16 +13,9 @@ use crate::domain::{EventSeq, JobId, JobRecord, NewEvent};
 use crate::store::group::Flush;
 use crate::store::row::{to_json, JobRow};
 
-/// A write of a running job.
-pub(super) enum Write {
-    /// The job's new state and its event, written only while the job's
-    /// `last_seq` is still the row's `if_seq`; if it is written and the row
-    /// names a task, that queue task goes with it. Answers whether it was
-    /// written.
-    Transition(Box<TransitionRow>),
-    /// Deletes a queue task (apalis's id). Answers true.
-    DeleteTask(String),
-}
+/// A job's new state and its event, written only while the job's `last_seq`
+/// is still the row's `if_seq`. Answers whether it was written.
+pub(super) type Write = Box<TransitionRow>;
 
 /// A transition as its columns, serialized by the caller: the writer task
 /// that flushes a batch then only gathers them.
@@ -40,14 +33,14 @@ pub(super) struct TransitionRow {
     event: &'static str,
     data: String,
     if_seq: i64,
-    task: Option<String>,
     items_count: i64,
+    run_at: i64,
 }
 
 impl TransitionRow {
-    /// `job` as the transition left it and `ev` its event; with
-    /// `delete_task`, the job's queue task is deleted if the write lands.
-    pub(super) fn new(job: &JobRecord, ev: NewEvent, if_seq: EventSeq, delete_task: bool) -> Self {
+    /// `job` as the transition left it, `ev` its event, written while the
+    /// job's `last_seq` is still `if_seq`.
+    pub(super) fn new(job: &JobRecord, ev: NewEvent, if_seq: EventSeq) -> Self {
         TransitionRow {
             id: job.id.0,
             status: job.status.as_str(),
@@ -62,8 +55,8 @@ impl TransitionRow {
             event: ev.kind.as_str(),
             data: ev.data,
             if_seq: if_seq.0,
-            task: delete_task.then(|| job.id.task_id().to_string()),
             items_count: job.items_count,
+            run_at: job.run_at.0,
         }
     }
 }
@@ -81,81 +74,77 @@ impl Flush for Writes {
     type Error = sqlx::Error;
 
     fn key(op: &Write) -> Option<String> {
-        match op {
-            Write::Transition(row) => Some(row.id.to_string()),
-            Write::DeleteTask(_) => None,
-        }
+        Some(op.id.to_string())
     }
 
     async fn flush(&self, ops: &[Write]) -> Result<Vec<bool>, sqlx::Error> {
-        let mut a = TransitionArrays::default();
-        let mut deletes = Vec::new();
-        for op in ops {
-            match op {
-                Write::Transition(row) => a.push(row),
-                Write::DeleteTask(task) => deletes.push(task.clone()),
-            }
-        }
-        // Conditional on `last_seq`: a row that moved on is not updated, so
-        // neither is its event inserted, nor its task deleted. Every table is
-        // reached through `id = ANY(array)` on its primary key, and the
-        // statement runs on the `writes` pool, whose planner may use nothing
-        // but index lookups: the plan is made once, maybe on empty tables,
-        // and must stay right as they grow (a join planned on an empty
-        // `apalis.jobs` scanned all of it for every batch). The delete runs in the same
-        // statement (data-modifying CTEs run whether or not they are read).
-        let written: HashSet<Uuid> = sqlx::query_scalar(
-            "WITH v AS ( \
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                 $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], \
-                 $12::text[], $13::int8[], $16::text[], $17::int8[]) \
-               AS v(id, status, progress, result, error, attempt, started_at, finished_at, seq, at, \
-                 event, data, if_seq, task, items_count)), \
-             upd AS ( \
-               UPDATE herald_jobs j SET status = v.status, progress = v.progress, result = v.result, \
-                 error = v.error, attempt = v.attempt, started_at = v.started_at, \
-                 finished_at = v.finished_at, last_seq = v.seq, updated_at = v.at, \
-                 items_count = v.items_count, \
-                 node_id = CASE WHEN v.status = 'running' THEN $14 ELSE j.node_id END \
-               FROM v WHERE j.id = ANY($1::uuid[]) AND j.id = v.id AND j.last_seq = v.if_seq \
-               RETURNING j.id, v.seq, v.event, v.data, v.at, v.task), \
-             ins AS ( \
-               INSERT INTO herald_job_events (job_id, seq, event, data, at) \
-               SELECT id, seq, event, data, at FROM upd RETURNING job_id), \
-             del AS ( \
-               DELETE FROM apalis.jobs \
-               WHERE id = ANY($15::text[] || ARRAY(SELECT task FROM upd WHERE task IS NOT NULL))) \
-             SELECT job_id FROM ins",
-        )
-        .bind(&a.id)
-        .bind(&a.status)
-        .bind(&a.progress)
-        .bind(&a.result)
-        .bind(&a.error)
-        .bind(&a.attempt)
-        .bind(&a.started_at)
-        .bind(&a.finished_at)
-        .bind(&a.seq)
-        .bind(&a.at)
-        .bind(&a.event)
-        .bind(&a.data)
-        .bind(&a.if_seq)
-        .bind(&self.node)
-        .bind(&deletes)
-        .bind(&a.task)
-        .bind(&a.items_count)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .collect();
-        Ok(ops
-            .iter()
-            .map(|op| match op {
-                Write::Transition(row) => written.contains(&row.id),
-                Write::DeleteTask(_) => true,
-            })
-            .collect())
+        let rows: Vec<&TransitionRow> = ops.iter().map(|op| &**op).collect();
+        let written = write_rows(&self.pool, &self.node, &rows).await?;
+        Ok(ops.iter().map(|op| written.contains(&op.id)).collect())
     }
+}
+
+/// Writes the transitions in one statement, each only while its job's
+/// `last_seq` is still the row's `if_seq`; returns the ids written. A row
+/// that moved on is not updated, so neither is its event inserted. Every
+/// table is reached through `id = ANY(array)` on its primary key: the batched
+/// writes run on the `writes` pool, whose planner may use nothing but index
+/// lookups (the plan is made once, maybe on empty tables, and must stay
+/// right as they grow). A transition to `running` records `node` as the
+/// node running the attempt.
+pub(super) async fn write_rows<'e, E>(
+    exec: E,
+    node: &str,
+    rows: &[&TransitionRow],
+) -> Result<HashSet<Uuid>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    let mut a = TransitionArrays::default();
+    for row in rows {
+        a.push(row);
+    }
+    let written = sqlx::query_scalar(
+        "WITH v AS ( \
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], \
+             $12::text[], $13::int8[], $15::int8[], $16::int8[]) \
+           AS v(id, status, progress, result, error, attempt, started_at, finished_at, seq, at, \
+             event, data, if_seq, items_count, run_at)), \
+         upd AS ( \
+           UPDATE herald_jobs j SET status = v.status, progress = v.progress, result = v.result, \
+             error = v.error, attempt = v.attempt, started_at = v.started_at, \
+             finished_at = v.finished_at, last_seq = v.seq, updated_at = v.at, \
+             items_count = v.items_count, run_at = v.run_at, \
+             node_id = CASE WHEN v.status = 'running' THEN $14 ELSE j.node_id END \
+           FROM v WHERE j.id = ANY($1::uuid[]) AND j.id = v.id AND j.last_seq = v.if_seq \
+           RETURNING j.id, v.seq, v.event, v.data, v.at), \
+         ins AS ( \
+           INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+           SELECT id, seq, event, data, at FROM upd RETURNING job_id) \
+         SELECT job_id FROM ins",
+    )
+    .bind(&a.id)
+    .bind(&a.status)
+    .bind(&a.progress)
+    .bind(&a.result)
+    .bind(&a.error)
+    .bind(&a.attempt)
+    .bind(&a.started_at)
+    .bind(&a.finished_at)
+    .bind(&a.seq)
+    .bind(&a.at)
+    .bind(&a.event)
+    .bind(&a.data)
+    .bind(&a.if_seq)
+    .bind(node)
+    .bind(&a.items_count)
+    .bind(&a.run_at)
+    .fetch_all(exec)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(written)
 }
 
 #[derive(Default)]
@@ -173,8 +162,8 @@ struct TransitionArrays {
     event: Vec<&'static str>,
     data: Vec<String>,
     if_seq: Vec<i64>,
-    task: Vec<Option<String>>,
     items_count: Vec<i64>,
+    run_at: Vec<i64>,
 }
 
 impl TransitionArrays {
@@ -192,8 +181,8 @@ impl TransitionArrays {
         self.event.push(row.event);
         self.data.push(row.data.clone());
         self.if_seq.push(row.if_seq);
-        self.task.push(row.task.clone());
         self.items_count.push(row.items_count);
+        self.run_at.push(row.run_at);
     }
 }
 
@@ -298,9 +287,9 @@ impl Flush for Submits {
                  idempotency_key, created_at, seq, event, data)), \
              j AS ( \
                INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
-                 timeout_secs, idempotency_key, created_at, updated_at, last_seq) \
+                 timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at) \
                SELECT id, task_id, tenant, kind, status, input, attempt, max_attempts, timeout_secs, \
-                 idempotency_key, created_at, created_at, seq FROM v \
+                 idempotency_key, created_at, created_at, seq, created_at FROM v \
                ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
                RETURNING id), \
              e AS ( \

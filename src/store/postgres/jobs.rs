@@ -74,17 +74,7 @@ impl JobStore for PgStore {
         known: &JobRecord,
         t: &Transition,
     ) -> Result<JobRecord, ApplyError> {
-        self.apply_known_then(known, t, false).await
-    }
-
-    /// The outcome and the deletion of the spent task in one statement (the
-    /// common case), else one after the other.
-    async fn apply_final(
-        &self,
-        known: &JobRecord,
-        t: &Transition,
-    ) -> Result<JobRecord, ApplyError> {
-        self.apply_known_then(known, t, true).await
+        self.apply_known_then(known, t).await
     }
 
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {
@@ -173,8 +163,8 @@ impl JobStore for PgStore {
     async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError> {
         // SKIP LOCKED: two nodes sweeping at once take different rows.
         let mut tx = self.pools.main.begin().await?;
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, task_id FROM herald_jobs WHERE finished_at IS NOT NULL AND finished_at < $1 \
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM herald_jobs WHERE finished_at IS NOT NULL AND finished_at < $1 \
              AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT $2 \
              FOR UPDATE SKIP LOCKED",
         )
@@ -182,17 +172,12 @@ impl JobStore for PgStore {
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        if rows.is_empty() {
+        if ids.is_empty() {
             tx.rollback().await?;
             return Ok(0);
         }
-        let (ids, task_ids): (Vec<Uuid>, Vec<String>) = rows.into_iter().unzip();
         sqlx::query("DELETE FROM herald_job_events WHERE job_id = ANY($1)")
             .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM apalis.jobs WHERE id = ANY($1)")
-            .bind(&task_ids)
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM herald_upload_chunks WHERE job_id = ANY($1)")

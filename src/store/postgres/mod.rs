@@ -29,8 +29,8 @@
 //! statements are in `batch.rs`, the notifier in `notifier.rs`, the writes
 //! that lock a job's row (and the conditional ones that fall back to them)
 //! in `transitions.rs`; `jobs.rs`, `feed.rs`, `uploads.rs` (and checkpoints),
-//! `nodes.rs` (liveness, leases, recovery) and `tasks.rs` (apalis's task
-//! rows) each implement their trait with their SQL.
+//! `nodes.rs` (liveness, leases, recovery) and `queue.rs` (the claim)
+//! each implement their trait with their SQL.
 
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ use notifier::Notifier;
 macro_rules! job_columns {
     () => {
         "id::text AS id, tenant, kind, status, input, progress, result, error, attempt, max_attempts, \
-         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq, items_count"
+         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq, items_count, run_at"
     };
 }
 
@@ -55,7 +55,7 @@ mod feed;
 mod jobs;
 mod nodes;
 mod notifier;
-mod tasks;
+mod queue;
 mod transitions;
 mod uploads;
 
@@ -63,6 +63,9 @@ mod uploads;
 pub const EVENTS_CHANNEL: &str = "herald_events";
 /// The channel that carries "job X was asked to cancel".
 pub const CANCEL_CHANNEL: &str = "herald_cancel";
+/// The channel that carries "a job became queued" (no payload): workers on
+/// other nodes claim now rather than at their next poll.
+pub const QUEUE_CHANNEL: &str = "herald_queue";
 
 /// Who this node is, for leases.
 #[derive(Debug, Clone)]
@@ -73,14 +76,12 @@ pub struct NodeIdentity {
     pub lease: Duration,
 }
 
-/// The pools a PostgreSQL deployment uses. apalis gets its own pool so its
-/// fetches never wait behind herald's writes (and vice versa).
+/// The pools a PostgreSQL deployment uses.
 #[derive(Clone, Debug)]
 pub struct Pools {
     pub main: PgPool,
     /// The batched statements' connections (see `connect`).
     pub writes: PgPool,
-    pub queue: PgPool,
     /// Options for the node's dedicated LISTEN connection.
     pub listen: PgConnectOptions,
 }
@@ -97,14 +98,14 @@ pub async fn connect(url: &str, pool_size: u32, node: &str) -> Result<Pools, Sto
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts.clone())
         .await?;
-    // The batched transitions join an array of ids against `herald_jobs` and
-    // `apalis.jobs` by primary key. PostgreSQL plans a prepared statement once
+    // The batched transitions join an array of ids against `herald_jobs` by
+    // primary key. PostgreSQL plans a prepared statement once
     // for all its later runs, with the table sizes of that moment: on a new
     // database those are tiny, and it chose sequential scans and hash joins
     // that it kept as the tables grew (4 ms per batch instead of 0.5).
     // Re-planning every run cost as much as running. On these connections,
-    // which run only those statements and the batched reads of jobs by id,
-    // the planner may use only index lookups.
+    // which run only those statements, the batched reads of jobs by id and
+    // the queue's claim, the planner may use only index lookups.
     let writes = PgPoolOptions::new()
         .test_before_acquire(false)
         .max_connections(2 * WRITERS as u32 + 1)
@@ -115,29 +116,19 @@ pub async fn connect(url: &str, pool_size: u32, node: &str) -> Result<Pools, Sto
             ("enable_mergejoin", "off"),
         ]))
         .await?;
-    let queue = PgPoolOptions::new()
-        .test_before_acquire(false)
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts.clone())
-        .await?;
     Ok(Pools {
         main,
         writes,
-        queue,
         listen: opts.application_name(&format!("herald-listener {node}")),
     })
 }
 
-/// Runs herald's migrations (tracked in `herald_migrations`) and apalis's.
+/// Runs herald's migrations (tracked in `herald_migrations`).
 /// Two nodes starting at once serialize on sqlx's migration lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     let mut ours = sqlx::migrate!("./migrations/postgres");
     ours.dangerous_set_table_name("herald_migrations");
     ours.run(pool).await?;
-    apalis_postgres::PostgresStorage::migrations()
-        .run(pool)
-        .await?;
     Ok(())
 }
 

@@ -50,6 +50,10 @@ impl NodeStore for PgStore {
         self.notifier.committed(id).await;
     }
 
+    async fn announce_queued(&self) {
+        self.notifier.queued().await;
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pools.main).await?;
         Ok(())

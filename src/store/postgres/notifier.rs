@@ -1,11 +1,13 @@
-//! The notifier: `herald_events` notifications for committed events, sent
-//! outside the events' transactions (`mod.rs` says why).
+//! The notifier: `herald_events` notifications for committed events, and
+//! `herald_queue` ones for newly queued jobs, sent outside the events'
+//! transactions (`mod.rs` says why).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 
+use super::{EVENTS_CHANNEL, QUEUE_CHANNEL};
 use crate::domain::JobId;
 use crate::store::group::{Batching, Flush, Group};
 
@@ -37,8 +39,20 @@ impl Notifier {
 
     /// The job has a new committed event. Nobody waits for the notification.
     pub(super) async fn committed(&self, id: JobId) {
-        let _ = self.0.send(id).await;
+        let _ = self.0.send(Notice::Event(id)).await;
     }
+
+    /// A job became queued: other nodes' workers may claim it.
+    pub(super) async fn queued(&self) {
+        let _ = self.0.send(Notice::Queued).await;
+    }
+}
+
+/// One thing to tell the other nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Notice {
+    Event(JobId),
+    Queued,
 }
 
 struct Notify {
@@ -47,25 +61,32 @@ struct Notify {
 
 #[async_trait]
 impl Flush for Notify {
-    type Op = JobId;
+    type Op = Notice;
     type Out = ();
     type Error = sqlx::Error;
 
     /// Never fails as a batch: notifying the jobs one by one after a failed
     /// notify would only fail again, and nothing is lost meanwhile.
-    async fn flush(&self, ops: &[JobId]) -> Result<Vec<()>, sqlx::Error> {
+    async fn flush(&self, ops: &[Notice]) -> Result<Vec<()>, sqlx::Error> {
         let mut batch = ops.to_vec();
         batch.sort();
         batch.dedup();
-        let ids: Vec<String> = batch.iter().map(|id| id.to_string()).collect();
+        let (channels, payloads): (Vec<&str>, Vec<String>) = batch
+            .iter()
+            .map(|n| match n {
+                Notice::Event(id) => (EVENTS_CHANNEL, id.to_string()),
+                Notice::Queued => (QUEUE_CHANNEL, String::new()),
+            })
+            .unzip();
         let sent =
-            sqlx::query("SELECT pg_notify('herald_events', id) FROM unnest($1::text[]) AS id")
-                .bind(&ids)
+            sqlx::query("SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)")
+                .bind(&channels)
+                .bind(&payloads)
                 .execute(&self.pool)
                 .await;
         if let Err(e) = sent {
-            // Other nodes' streams catch up at the listener's periodic wake-up.
-            tracing::warn!(error = %e, jobs = ids.len(), "event notification failed");
+            // Other nodes catch up at the listener's periodic wake-up.
+            tracing::warn!(error = %e, notices = payloads.len(), "notification failed");
         }
         Ok(vec![(); ops.len()])
     }

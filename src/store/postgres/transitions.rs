@@ -7,7 +7,7 @@ use super::batch::{TransitionRow, Write};
 use super::PgStore;
 use crate::domain::{EventSeq, JobId, JobRecord, NewEvent, Refused, Timestamp, Transition};
 use crate::store::row::{to_json, JobRow};
-use crate::store::{ApplyError, JobStore, StoreError, TaskStore};
+use crate::store::{ApplyError, JobStore, StoreError};
 
 /// Writes a transition's new state and its event in one statement, in a
 /// transaction that holds the job's row lock (the unlocked, conditional
@@ -26,6 +26,7 @@ where
         "WITH upd AS ( \
            UPDATE herald_jobs SET status = $2, progress = $3, result = $4, error = $5, attempt = $6, \
              started_at = $7, finished_at = $8, last_seq = $9, updated_at = $10, items_count = $14, \
+             run_at = $15, \
              node_id = CASE WHEN $2 = 'running' THEN $13 ELSE node_id END \
            WHERE id = $1 RETURNING id), \
          ins AS ( \
@@ -47,6 +48,7 @@ where
     .bind(&ev.data)
     .bind(node)
     .bind(job.items_count)
+    .bind(job.run_at.0)
     .fetch_one(exec)
     .await?;
     if written != 1 {
@@ -95,24 +97,20 @@ impl PgStore {
         next: &JobRecord,
         ev: NewEvent,
         if_seq: EventSeq,
-        delete_task: bool,
     ) -> Result<bool, sqlx::Error> {
-        let row = TransitionRow::new(next, ev, if_seq, delete_task);
-        self.writes.run(Write::Transition(Box::new(row))).await
+        let row: Write = Box::new(TransitionRow::new(next, ev, if_seq));
+        self.writes.run(row).await
     }
 
-    /// `apply_known`, and with `delete_task` `apply_final`.
+    /// `apply_known`: the conditional write, then the locked one if the job
+    /// moved on.
     pub(super) async fn apply_known_then(
         &self,
         known: &JobRecord,
         t: &Transition,
-        delete_task: bool,
     ) -> Result<JobRecord, ApplyError> {
         if let Ok((next, ev)) = known.apply(t, Timestamp::now()) {
-            if self
-                .write_if_seq(&next, ev, known.last_seq, delete_task)
-                .await?
-            {
+            if self.write_if_seq(&next, ev, known.last_seq).await? {
                 return Ok(next);
             }
         }
@@ -140,9 +138,6 @@ impl PgStore {
         };
         write_transition(&mut *tx, &self.node.id, &next, &ev).await?;
         tx.commit().await?;
-        if delete_task {
-            self.delete_task(known.id).await?;
-        }
         Ok(next)
     }
 
@@ -157,7 +152,7 @@ impl PgStore {
         for _ in 0..4 {
             let job = self.get(id).await?.ok_or(ApplyError::NotFound)?;
             let (next, ev) = job.apply(t, Timestamp::now())?;
-            if self.write_if_seq(&next, ev, job.last_seq, false).await? {
+            if self.write_if_seq(&next, ev, job.last_seq).await? {
                 return Ok(next);
             }
         }

@@ -7,7 +7,7 @@ use super::SqliteStore;
 use crate::domain::{EventSeq, JobId, JobRecord, Submission, Timestamp, Transition};
 use crate::store::row::{EventRow, JobRow};
 use crate::store::{
-    ApplyError, CancelOutcome, JobStore, ListQuery, StoreError, StoredEvent, Submitted, TaskStore,
+    ApplyError, CancelOutcome, JobStore, ListQuery, StoreError, StoredEvent, Submitted,
 };
 
 #[async_trait]
@@ -78,18 +78,6 @@ impl JobStore for SqliteStore {
             })
             .await?
             .applied()?;
-        Ok(job)
-    }
-
-    /// The outcome, then the deletion of the spent task: two writes, which
-    /// the writer may well commit together.
-    async fn apply_final(
-        &self,
-        known: &JobRecord,
-        t: &Transition,
-    ) -> Result<JobRecord, ApplyError> {
-        let job = self.apply_known(known, t).await?;
-        self.delete_task(known.id).await?;
         Ok(job)
     }
 

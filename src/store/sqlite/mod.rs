@@ -3,15 +3,13 @@
 //! Durability: `synchronous=NORMAL` in WAL mode. A committed transaction survives
 //! a killed process (the WAL is written before commit returns); only an OS crash or
 //! power loss can take the last few commits, which DESIGN.md accepts. FULL would
-//! cost an fsync per commit (~1,700 commits/s here instead of ~48,000). apalis's
-//! own `setup()` sets `synchronous=OFF` on the connection it uses, so we never call
-//! it: we run apalis's migrations ourselves on connections that keep NORMAL.
+//! cost an fsync per commit (~1,700 commits/s here instead of ~48,000).
 //!
 //! Here: the pools, `connect`, `migrate` and [`SqliteStore`]. Every write goes
 //! through one writer task (`writer.rs`, group commit), which runs the job
 //! writes of `writes.rs` and the others' next to their reads: `jobs.rs`,
 //! `feed.rs`, `uploads.rs` (and checkpoints), `nodes.rs` (readiness and
-//! start-up recovery), `tasks.rs` (apalis's task rows).
+//! start-up recovery), `queue.rs` (the claim).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -31,14 +29,14 @@ use writer::{Answer, WriteOp, Writer};
 macro_rules! job_columns {
     () => {
         "id, tenant, kind, status, input, progress, result, error, attempt, max_attempts, \
-         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq, items_count"
+         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq, items_count, run_at"
     };
 }
 
 mod feed;
 mod jobs;
 mod nodes;
-mod tasks;
+mod queue;
 mod uploads;
 mod writer;
 mod writes;
@@ -49,14 +47,11 @@ mod writes;
 /// SQLite's busy handler, which sleeps in growing steps (up to 100 ms): under
 /// load that turned into 100+ ms stalls and 160 jobs/s. So all of herald's
 /// writes go through `writer`, a single connection driven by one task (group
-/// commit, below). apalis gets `queue`, its own: at shutdown it can park a
-/// fetch that holds a pool permit without polling it again, which on a shared
-/// one-connection pool starved herald's writer. Reads run on `reader`
+/// commit, below); the queue's claim is one of those writes. Reads run on `reader`
 /// connections in parallel (WAL lets them see the last commit during a write).
 #[derive(Clone, Debug)]
 pub struct Pools {
     pub writer: SqlitePool,
-    pub queue: SqlitePool,
     pub reader: SqlitePool,
 }
 
@@ -76,31 +71,20 @@ pub async fn connect(url: &str) -> Result<Pools, StoreError> {
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(opts.clone())
         .await?;
-    let queue = SqlitePoolOptions::new()
-        .max_connections(1)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect_with(opts.clone())
-        .await?;
     let reader = SqlitePoolOptions::new()
         .max_connections(4)
         .min_connections(1)
         .connect_with(opts)
         .await?;
-    Ok(Pools {
-        writer,
-        queue,
-        reader,
-    })
+    Ok(Pools { writer, reader })
 }
 
-/// Runs herald's migrations (tracked in `herald_migrations`) and apalis's (in
-/// `_sqlx_migrations`, its default): two migrators on one table refuse to start.
+/// Runs herald's migrations (tracked in `herald_migrations`, a name of its
+/// own: earlier versions also ran apalis's, in `_sqlx_migrations`).
 pub async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     let mut ours = sqlx::migrate!("./migrations/sqlite");
     ours.dangerous_set_table_name("herald_migrations");
     ours.run(pool).await?;
-    apalis_sqlite::SqliteStorage::migrations().run(pool).await?;
     Ok(())
 }
 

@@ -5,10 +5,10 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
 
 use super::uploads::{unit_write, UnitWrite};
-use super::writes::{apply_in, apply_known_in, cancel_in, delete_task_in, purge_in, submit_in};
+use super::writes::{apply_in, apply_known_in, cancel_in, claim_in, purge_in, submit_in};
 use crate::domain::{JobId, JobRecord, Submission, Timestamp, Transition};
 use crate::store::group::{Batching, Flush, Group};
-use crate::store::{ApplyError, CancelOutcome, StoreError, Submitted};
+use crate::store::{ApplyError, CancelOutcome, Claim, StoreError, Submitted};
 
 /// A write for the writer task.
 pub(super) enum WriteOp {
@@ -25,7 +25,10 @@ pub(super) enum WriteOp {
         id: JobId,
         reason: String,
     },
-    DeleteTask(JobId),
+    /// The queue's claim: starts up to `limit` due queued jobs.
+    Claim {
+        limit: usize,
+    },
     Purge {
         before: Timestamp,
         limit: i64,
@@ -39,6 +42,7 @@ pub(super) enum Answer {
     Submitted(Result<Submitted, StoreError>),
     Applied(Result<JobRecord, ApplyError>),
     Cancel(Result<CancelOutcome, StoreError>),
+    Claimed(Result<Claim, StoreError>),
     Purged(Result<usize, StoreError>),
     Done(Result<(), StoreError>),
 }
@@ -51,8 +55,9 @@ impl Answer {
             WriteOp::Submit { .. } => Answer::Submitted(Err(e())),
             WriteOp::Apply { .. } => Answer::Applied(Err(ApplyError::Store(e()))),
             WriteOp::Cancel { .. } => Answer::Cancel(Err(e())),
+            WriteOp::Claim { .. } => Answer::Claimed(Err(e())),
             WriteOp::Purge { .. } => Answer::Purged(Err(e())),
-            WriteOp::DeleteTask(_) | WriteOp::Unit(_) => Answer::Done(Err(e())),
+            WriteOp::Unit(_) => Answer::Done(Err(e())),
         }
     }
 
@@ -63,6 +68,7 @@ impl Answer {
             Answer::Submitted(Ok(_)) => Answer::Submitted(Err(e())),
             Answer::Applied(Ok(_)) => Answer::Applied(Err(ApplyError::Store(e()))),
             Answer::Cancel(Ok(_)) => Answer::Cancel(Err(e())),
+            Answer::Claimed(Ok(_)) => Answer::Claimed(Err(e())),
             Answer::Purged(Ok(_)) => Answer::Purged(Err(e())),
             Answer::Done(Ok(_)) => Answer::Done(Err(e())),
             other => other,
@@ -86,6 +92,13 @@ impl Answer {
     pub(super) fn cancel(self) -> Result<CancelOutcome, StoreError> {
         match self {
             Answer::Cancel(r) => r,
+            _ => Err(mismatch()),
+        }
+    }
+
+    pub(super) fn claimed(self) -> Result<Claim, StoreError> {
+        match self {
+            Answer::Claimed(r) => r,
             _ => Err(mismatch()),
         }
     }
@@ -171,7 +184,7 @@ impl Flush for Writer {
                 WriteOp::Cancel { id, reason } => {
                     Answer::Cancel(cancel_in(&mut tx, *id, reason).await)
                 }
-                WriteOp::DeleteTask(id) => Answer::Done(delete_task_in(&mut tx, *id).await),
+                WriteOp::Claim { limit } => Answer::Claimed(claim_in(&mut tx, *limit).await),
                 WriteOp::Purge { before, limit } => {
                     Answer::Purged(purge_in(&mut tx, *before, *limit).await)
                 }

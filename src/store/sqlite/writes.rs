@@ -1,6 +1,6 @@
 //! The job writes the writer task runs, each inside the batch's transaction
 //! (so each sees the writes before it): a new job, a transition, a cancel
-//! request, the retention sweep, a spent queue task's delete.
+//! request, the retention sweep, and the queue's claim.
 
 use sqlx::{Sqlite, Transaction};
 
@@ -8,7 +8,7 @@ use crate::domain::{
     CancelDecision, EventSeq, JobId, JobRecord, NewEvent, Submission, Timestamp, Transition,
 };
 use crate::store::row::{to_json, JobRow};
-use crate::store::{ApplyError, CancelOutcome, StoreError, Submitted};
+use crate::store::{ApplyError, CancelOutcome, Claim, StoreError, Submitted};
 
 /// Writes a transition's new job state and its event in one round trip to the
 /// connection's thread: sqlx runs the statements of one query in turn and binds
@@ -26,7 +26,8 @@ pub(super) async fn write_transition(
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE herald_jobs SET status = ?2, progress = ?3, result = ?4, error = ?5, attempt = ?6, \
-         started_at = ?7, finished_at = ?8, last_seq = ?9, updated_at = ?10, items_count = ?14 \
+         started_at = ?7, finished_at = ?8, last_seq = ?9, updated_at = ?10, items_count = ?14, \
+         run_at = ?15 \
          WHERE id = ?1 AND (?13 IS NULL OR last_seq = ?13); \
          INSERT INTO herald_job_events (job_id, seq, event, data, at) \
          SELECT ?1, ?9, ?11, ?12, ?10 WHERE changes() = 1;",
@@ -45,6 +46,7 @@ pub(super) async fn write_transition(
     .bind(&ev.data)
     .bind(if_seq.map(|s| s.0))
     .bind(job.items_count)
+    .bind(job.run_at.0)
     .execute(&mut **tx)
     .await?;
     if done.rows_affected() == 0 && if_seq.is_some() {
@@ -127,8 +129,8 @@ pub(super) async fn submit_in(
     let first = job.created_event();
     sqlx::query(
         "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
-         timeout_secs, idempotency_key, created_at, updated_at, last_seq) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12); \
+         timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?15); \
          INSERT INTO herald_job_events (job_id, seq, event, data, at) VALUES (?1, ?12, ?13, ?14, ?11);",
     )
     .bind(job.id.to_string())
@@ -145,6 +147,7 @@ pub(super) async fn submit_in(
     .bind(first.seq.0)
     .bind(first.kind.as_str())
     .bind(&first.data)
+    .bind(job.run_at.0)
     .execute(&mut **tx)
     .await?;
     Ok(Submitted::Created(job))
@@ -179,41 +182,83 @@ pub(super) async fn cancel_in(
 }
 
 /// Deletes the oldest terminal jobs finished before `before` (events follow by
-/// ON DELETE CASCADE), and their queue tasks if any are left.
+/// ON DELETE CASCADE) and their upload chunks.
 pub(super) async fn purge_in(
     tx: &mut Transaction<'static, Sqlite>,
     before: Timestamp,
     limit: i64,
 ) -> Result<usize, StoreError> {
-    let ids: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, task_id FROM herald_jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 \
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM herald_jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 \
          AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?2",
     )
     .bind(before.0)
     .bind(limit)
     .fetch_all(&mut **tx)
     .await?;
-    for (id, task_id) in &ids {
+    for id in &ids {
         sqlx::query(
-            "DELETE FROM Jobs WHERE id = ?2; DELETE FROM herald_upload_chunks WHERE job_id = ?1; \
-             DELETE FROM herald_jobs WHERE id = ?1;",
+            "DELETE FROM herald_upload_chunks WHERE job_id = ?1; DELETE FROM herald_jobs WHERE id = ?1;",
         )
         .bind(id)
-        .bind(task_id)
         .execute(&mut **tx)
         .await?;
     }
     Ok(ids.len())
 }
 
-/// Deletes the job's queue task, inside the writer's transaction.
-pub(super) async fn delete_task_in(
+/// The queue's claim, inside the writer's transaction: the first `limit`
+/// queued jobs by `run_at` (from the partial index of queued jobs, so the
+/// cost does not grow with history); those that are due start, and the
+/// first one that is not says when the next one will be.
+///
+/// It writes several jobs, and the writer commits its batch whatever one op
+/// answers, so a claim that fails half-way rolls back to its own savepoint:
+/// no job is left started without its claimer knowing.
+pub(super) async fn claim_in(
     tx: &mut Transaction<'static, Sqlite>,
-    id: JobId,
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM Jobs WHERE id = ?1")
-        .bind(id.task_id().to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    limit: usize,
+) -> Result<Claim, StoreError> {
+    sqlx::query("SAVEPOINT claim").execute(&mut **tx).await?;
+    match claim_jobs(tx, limit).await {
+        Ok(claim) => {
+            sqlx::query("RELEASE claim").execute(&mut **tx).await?;
+            Ok(claim)
+        }
+        Err(e) => {
+            sqlx::query("ROLLBACK TO claim; RELEASE claim")
+                .execute(&mut **tx)
+                .await?;
+            Err(e)
+        }
+    }
+}
+
+async fn claim_jobs(
+    tx: &mut Transaction<'static, Sqlite>,
+    limit: usize,
+) -> Result<Claim, StoreError> {
+    let rows: Vec<JobRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM herald_jobs WHERE status = 'queued' ORDER BY run_at, id LIMIT ?1"
+    ))
+    .bind(limit as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    let now = Timestamp::now();
+    let mut claim = Claim::default();
+    for row in rows {
+        let job = JobRecord::try_from(row)?;
+        if job.run_at > now {
+            claim.next_due = Some(job.run_at);
+            break;
+        }
+        let (next, ev) = job.apply(&Transition::Start, now).map_err(|refused| {
+            StoreError::Corrupt(format!("queued job {} cannot start: {refused}", job.id))
+        })?;
+        write_transition(tx, &next, &ev, None).await?;
+        claim.started.push(next);
+    }
+    Ok(claim)
 }

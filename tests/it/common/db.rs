@@ -7,8 +7,8 @@ use tempfile::TempDir;
 use super::{backend, postgres_url, Backend};
 
 /// A test's database: a SQLite file in a temp dir, or a fresh PostgreSQL
-/// database (apalis-postgres fixes its schema name, so a schema per test would
-/// not isolate), dropped when the last clone goes. Clone it to restart an app
+/// database (which isolates everything, LISTEN channels included), dropped
+/// when the last clone goes. Clone it to restart an app
 /// on the same data.
 #[derive(Clone)]
 pub struct TestDb(Arc<DbInner>);

@@ -1,0 +1,70 @@
+//! The queue: claims from `herald_jobs` itself (see `queue.rs`).
+
+use async_trait::async_trait;
+
+use super::batch::{write_rows, TransitionRow};
+use super::PgStore;
+use crate::domain::{JobRecord, Timestamp, Transition};
+use crate::store::row::JobRow;
+use crate::store::{Claim, QueueStore, StoreError};
+
+#[async_trait]
+impl QueueStore for PgStore {
+    /// One transaction on the `writes` pool (index lookups only): lock the
+    /// queue's first `limit` jobs by `run_at` that no other node holds
+    /// (`SKIP LOCKED`: nodes claiming at once take different jobs and never
+    /// wait for each other), start those that are due in one batched
+    /// statement, commit. Four round trips for the whole batch.
+    async fn claim(&self, limit: usize) -> Result<Claim, StoreError> {
+        let mut tx = self.pools.writes.begin().await?;
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM herald_jobs WHERE status = 'queued' ORDER BY run_at, id LIMIT $1 \
+             FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let now = Timestamp::now();
+        let mut claim = Claim::default();
+        let mut writes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let job = JobRecord::try_from(row)?;
+            if job.run_at > now {
+                claim.next_due = Some(job.run_at);
+                break;
+            }
+            let (next, ev) = job.apply(&Transition::Start, now).map_err(|refused| {
+                StoreError::Corrupt(format!("queued job {} cannot start: {refused}", job.id))
+            })?;
+            writes.push(TransitionRow::new(&next, ev, job.last_seq));
+            claim.started.push(next);
+        }
+        if claim.started.is_empty() {
+            tx.rollback().await?;
+            return Ok(claim);
+        }
+        let rows: Vec<&TransitionRow> = writes.iter().collect();
+        let written = write_rows(&mut *tx, &self.node.id, &rows).await?;
+        if written.len() != claim.started.len() {
+            // The rows are locked: nothing can have moved them on.
+            return Err(StoreError::Corrupt(format!(
+                "a claim started {} of {} locked jobs",
+                written.len(),
+                claim.started.len()
+            )));
+        }
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError> {
+        let (n, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM herald_jobs WHERE status = 'queued'",
+        )
+        .fetch_one(&self.pools.main)
+        .await?;
+        Ok((n, oldest.map(Timestamp)))
+    }
+}

@@ -1,0 +1,128 @@
+//! The job table is the queue: claims start each job once, in order, and a
+//! retry waits out its backoff in the queue, where a cancel ends it at once.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::DateTime;
+use serde_json::json;
+
+use crate::common::Status::{self, Cancelled, Failed, Queued, Running, Succeeded};
+use crate::common::{assert_gapless, statuses, Event, TestApp};
+
+/// The `at` of the first `status` event announcing `status` at `attempt`.
+fn status_at(events: &[Event], status: Status, attempt: i64) -> DateTime<chrono::Utc> {
+    let e = events
+        .iter()
+        .find(|e| e.status() == Some(status) && e.attempt() == Some(attempt))
+        .unwrap_or_else(|| panic!("no {status:?} event for attempt {attempt} in {events:?}"));
+    e.data["at"].as_str().unwrap().parse().unwrap()
+}
+
+async fn a_retry_waits_out_its_backoff_in_the_queue() {
+    let app = TestApp::spawn_with(|c| c.retry_backoff_ms = 1500).await;
+    let id = app
+        .submit_with(
+            "demo",
+            json!({"steps": 1, "step_ms": 0, "fail_at": 1}),
+            json!({"max_attempts": 2}),
+        )
+        .await
+        .id;
+    let waiting = app
+        .wait_for(id, "queued for attempt 2", |j| {
+            j.status == Queued && j.attempt == 2
+        })
+        .await;
+    assert_eq!(waiting.error_code(), None, "a waiting retry is not failed");
+
+    let job = app.wait_status(id, Failed).await;
+    assert_eq!(job.attempt, 2);
+    let events = app.stored_events(id).await;
+    assert_gapless(&events);
+    assert_eq!(
+        statuses(&events),
+        [(Queued, 1), (Running, 1), (Queued, 2), (Running, 2)]
+    );
+    let waited = status_at(&events, Running, 2) - status_at(&events, Queued, 2);
+    assert!(
+        waited >= chrono::Duration::milliseconds(1500),
+        "attempt 2 started {waited} after the retry was queued, before its 1.5 s backoff"
+    );
+    app.stop().await;
+}
+
+async fn cancelling_a_retry_that_waits_in_the_queue_ends_it_at_once() {
+    let app = TestApp::spawn_with(|c| c.retry_backoff_ms = 60_000).await;
+    let id = app
+        .submit_with(
+            "demo",
+            json!({"steps": 1, "step_ms": 0, "fail_at": 1}),
+            json!({"max_attempts": 3}),
+        )
+        .await
+        .id;
+    app.wait_for(id, "queued for attempt 2", |j| {
+        j.status == Queued && j.attempt == 2
+    })
+    .await;
+    let resp = app.cancel(id).await;
+    assert_eq!(resp.status(), 200, "a queued job is cancelled at once");
+    let job = app.job(id).await;
+    assert_eq!(job.status, Cancelled);
+    assert_eq!(job.attempt, 2);
+    let events = app.stored_events(id).await;
+    assert_gapless(&events);
+    assert_eq!(events.last().unwrap().event, "cancelled");
+    app.stop().await;
+}
+
+/// Many more jobs than worker slots, submitted at once: each runs exactly
+/// once (one `running` event), and every one finishes.
+async fn every_job_is_claimed_exactly_once() {
+    let app = TestApp::spawn_with(|c| c.worker_concurrency = 4).await;
+    let submits = (0..120).map(|_| app.submit("demo", json!({"steps": 1, "step_ms": 0})));
+    let ids: Vec<_> = futures::future::join_all(submits)
+        .await
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 120);
+    for &id in &ids {
+        let job = app.wait_status(id, Succeeded).await;
+        assert_eq!(job.attempt, 1);
+        let events = app.stored_events(id).await;
+        assert_gapless(&events);
+        assert_eq!(statuses(&events), [(Queued, 1), (Running, 1)], "job {id}");
+    }
+    app.stop().await;
+}
+
+/// A job queued while the worker is idle starts without waiting for the
+/// queue's backstop poll (1 s on SQLite).
+async fn an_idle_worker_starts_a_new_job_at_once() {
+    let app = TestApp::spawn().await;
+    // Let the worker settle into waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let id = app
+            .submit("demo", json!({"steps": 1, "step_ms": 0}))
+            .await
+            .id;
+        app.wait_status(id, Succeeded).await;
+        let events = app.stored_events(id).await;
+        let pickup = status_at(&events, Running, 1) - status_at(&events, Queued, 1);
+        assert!(
+            pickup < chrono::Duration::milliseconds(500),
+            "job {id} waited {pickup} in the queue of an idle worker"
+        );
+    }
+    app.stop().await;
+}
+
+backend_tests!(
+    a_retry_waits_out_its_backoff_in_the_queue,
+    cancelling_a_retry_that_waits_in_the_queue_ends_it_at_once,
+    every_job_is_claimed_exactly_once,
+    an_idle_worker_starts_a_new_job_at_once,
+);
