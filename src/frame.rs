@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::domain::{EventSeq, Timestamp};
+use crate::domain::{EventKind, EventSeq, NewEvent, Timestamp};
 use crate::store::StoredEvent;
 
 /// An event as the job stream sends it.
@@ -22,18 +22,27 @@ pub struct Frame {
 impl Frame {
     /// `id`, `event`, `data` (one line of JSON).
     pub fn of(ev: &StoredEvent) -> Frame {
-        let mut buf = BytesMut::with_capacity(ev.data.len() + 48);
+        Frame::new(ev.seq, ev.kind, &ev.data, ev.at)
+    }
+
+    /// The frame of an event just committed (the jobs service publishes it).
+    pub fn of_new(ev: &NewEvent) -> Frame {
+        Frame::new(ev.seq, ev.kind, &ev.data, ev.at)
+    }
+
+    fn new(seq: EventSeq, kind: EventKind, data: &str, at: Timestamp) -> Frame {
+        let mut buf = BytesMut::with_capacity(data.len() + 48);
         buf.put_slice(b"id: ");
-        buf.put_slice(ev.seq.0.to_string().as_bytes());
+        buf.put_slice(seq.0.to_string().as_bytes());
         buf.put_slice(b"\nevent: ");
-        buf.put_slice(ev.kind.as_str().as_bytes());
+        buf.put_slice(kind.as_str().as_bytes());
         buf.put_slice(b"\ndata: ");
-        buf.put_slice(ev.data.as_bytes());
+        buf.put_slice(data.as_bytes());
         buf.put_slice(b"\n\n");
         Frame {
-            seq: ev.seq,
-            terminal: ev.kind.is_terminal(),
-            at: ev.at,
+            seq,
+            terminal: kind.is_terminal(),
+            at,
             bytes: buf.freeze(),
         }
     }

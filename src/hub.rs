@@ -127,6 +127,40 @@ impl Hub {
         }
     }
 
+    /// Wakes every local subscriber of `id`, and the feeds, for the event in
+    /// `frame`, just committed. When the job's shared [`Recent`] slot was up
+    /// to date and the frame continues it, the frame joins the slot and the
+    /// slot stays up to date, so the job's caught-up subscribers send it
+    /// without reading the store. Otherwise (the slot is being read, behind,
+    /// or frames were published out of order) this is a plain wake-up and the
+    /// next subscriber reads the store, as after [`Hub::notify`].
+    pub fn publish(&self, id: JobId, frame: Frame) {
+        self.bump_feed();
+        let signal = self
+            .jobs
+            .lock()
+            .expect("hub poisoned")
+            .get(&id)
+            .and_then(Weak::upgrade);
+        let Some(s) = signal else { return };
+        // The slot's lock is held across the version bump, so no subscriber
+        // can take the new version and find the slot without the frame.
+        let Ok(mut recent) = s.recent.try_lock() else {
+            s.tx.send_modify(|v| *v = v.wrapping_add(1));
+            return;
+        };
+        let before = *s.tx.borrow();
+        let continues = recent.checked == Some(before)
+            && recent
+                .last_seq()
+                .is_some_and(|last| frame.seq == last.next());
+        s.tx.send_modify(|v| *v = v.wrapping_add(1));
+        if continues {
+            recent.extend([frame]);
+            recent.checked = Some(before.wrapping_add(1));
+        }
+    }
+
     /// Wakes every subscriber of every job (after a lost cross-node listener, say).
     pub fn notify_all(&self) {
         self.bump_feed();
@@ -242,6 +276,49 @@ mod tests {
         r.extend((8..=200).map(frame));
         assert_eq!(r.frames.len(), RECENT_EVENTS);
         assert_eq!(r.last_seq(), Some(EventSeq(200)));
+    }
+
+    fn frame(n: i64) -> Frame {
+        Frame {
+            seq: EventSeq(n),
+            terminal: false,
+            at: crate::domain::Timestamp(0),
+            bytes: bytes::Bytes::new(),
+        }
+    }
+
+    /// A published frame that continues an up-to-date slot joins it, and the
+    /// slot stays up to date: caught-up subscribers need no store read. One
+    /// that does not continue it (out of order) only wakes them, and the
+    /// slot is then out of date, so the next subscriber reads the store.
+    #[tokio::test]
+    async fn publish_extends_an_up_to_date_slot_and_only_wakes_otherwise() {
+        let hub = Hub::new();
+        let id = JobId::new();
+        let mut sub = hub.subscribe(id);
+        {
+            // As a subscriber's read leaves it: events 1..=3, read at the
+            // current version.
+            let version = sub.version();
+            let mut recent = sub.recent().lock().await;
+            recent.extend((1..=3).map(frame));
+            recent.checked = Some(version);
+        }
+        hub.publish(id, frame(4));
+        let version = sub.version();
+        {
+            let recent = sub.recent().lock().await;
+            assert_eq!(recent.last_seq(), Some(EventSeq(4)));
+            assert_eq!(recent.checked, Some(version), "still up to date");
+        }
+        hub.publish(id, frame(6));
+        let version = sub.version();
+        let recent = sub.recent().lock().await;
+        assert_eq!(recent.last_seq(), Some(EventSeq(4)), "a gap is not bridged");
+        assert!(
+            recent.checked < Some(version),
+            "the next reader reads the store"
+        );
     }
 
     #[tokio::test]

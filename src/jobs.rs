@@ -22,12 +22,13 @@ use std::time::Duration;
 
 use crate::cancel::CancelRegistry;
 use crate::domain::{EventKind, FieldError, JobId, JobRecord, JobStatus, Submission, Transition};
+use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::kinds::Registry;
 use crate::limits::SubmitRate;
 use crate::queue::Queue;
 use crate::store::{
-    ApplyError, CancelOutcome, Claim, ListQuery, Recovered, Store, StoreError, Submitted,
+    Applied, ApplyError, CancelOutcome, Claim, ListQuery, Recovered, Store, StoreError, Submitted,
 };
 
 /// Why a submission was not taken.
@@ -171,8 +172,8 @@ impl Jobs {
     /// (`queued` → `running`, each with its event) for the worker to run.
     pub async fn claim(&self, limit: usize) -> Result<Claim, StoreError> {
         let claim = self.store.claim(limit).await?;
-        for job in &claim.started {
-            self.changed(EventKind::Status, job).await;
+        for applied in &claim.started {
+            self.published(applied).await;
         }
         Ok(claim)
     }
@@ -180,9 +181,9 @@ impl Jobs {
     /// Records a change of a running job, `known` being the job as its runner
     /// last saw it: a progress report, an item, or an attempt's outcome.
     pub async fn record(&self, known: &JobRecord, t: &Transition) -> Result<JobRecord, ApplyError> {
-        let job = self.store.apply_known(known, t).await?;
-        self.changed(t.event_kind(), &job).await;
-        Ok(job)
+        let applied = self.store.apply_known(known, t).await?;
+        self.published(&applied).await;
+        Ok(applied.job)
     }
 
     /// A client's cancel: a queued job is `cancelled` at once, a running one
@@ -235,11 +236,24 @@ impl Jobs {
     /// change is counted.
     async fn changed(&self, event: EventKind, job: &JobRecord) {
         self.hub.notify(job.id);
+        self.after_notify(event, job).await;
+    }
+
+    /// What follows a change once this node's streams are woken.
+    async fn after_notify(&self, event: EventKind, job: &JobRecord) {
         self.store.announce(job.id).await;
         crate::telemetry::applied(event, job);
         if job.status == JobStatus::Queued {
             self.queued(job).await;
         }
+    }
+
+    /// [`Jobs::changed`] for a change whose event is known: this node's
+    /// caught-up streams of the job get the event without reading the store.
+    async fn published(&self, applied: &Applied) {
+        self.hub
+            .publish(applied.job.id, Frame::of_new(&applied.event));
+        self.after_notify(applied.event.kind, &applied.job).await;
     }
 
     /// `job` is queued (new, retried, put back): this node's worker claims

@@ -279,7 +279,7 @@ impl Claimer {
             me.held
                 .lock()
                 .expect("held jobs poisoned")
-                .extend(claim.started);
+                .extend(claim.started.into_iter().map(|a| a.job));
             Ok::<_, String>((n, claim.next_due))
         });
         claimed.await.map_err(|e| e.to_string())?

@@ -140,7 +140,14 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
     }
     if !st.started {
         st.started = true;
-        return Some(Bytes::from(format!("retry: {}\n\n", st.settings.retry_ms)));
+        // The history so far goes out with the `retry:` line, in one write.
+        let retry = format!("retry: {}\n\n", st.settings.retry_ms);
+        if matches!(fill(st).await, Ok(true)) {
+            let mut first = BytesMut::from(retry.as_bytes());
+            first.put_slice(&take_pending(st));
+            return Some(first.freeze());
+        }
+        return Some(Bytes::from(retry));
     }
     loop {
         if st.stop.is_cancelled() || st.deadline.is_some_and(|d| Instant::now() >= d) {

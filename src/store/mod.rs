@@ -23,7 +23,7 @@ pub use traits::{FeedStore, JobStore, NodeStore, QueueStore, Store, UploadStore}
 pub use crate::domain::Submitted;
 
 use crate::domain::{
-    EventKind, EventSeq, JobId, JobRecord, JobStatus, Refused, Timestamp, Transition,
+    EventKind, EventSeq, JobId, JobRecord, JobStatus, NewEvent, Refused, Timestamp, Transition,
 };
 
 /// The store's traits, for code that calls them on a concrete store
@@ -151,11 +151,19 @@ pub struct ListQuery {
     pub limit: i64,
 }
 
+/// A committed transition: the job as it left it, and the event it appended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub job: JobRecord,
+    pub event: NewEvent,
+}
+
 /// What a claim took from the queue.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Claim {
-    /// The jobs it started (now `running` on this node), oldest `run_at` first.
-    pub started: Vec<JobRecord>,
+    /// The jobs it started (now `running` on this node) with their `status`
+    /// events, oldest `run_at` first.
+    pub started: Vec<Applied>,
     /// When the earliest queued job that is not due yet becomes due (a
     /// retry waiting out its backoff), if the claim saw one.
     pub next_due: Option<Timestamp>,

@@ -6,8 +6,8 @@
 use async_trait::async_trait;
 
 use super::{
-    ApplyError, CancelOutcome, Claim, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered,
-    StoreError, StoredEvent, Submitted,
+    Applied, ApplyError, CancelOutcome, Claim, FeedCursor, FeedEvent, FeedFilter, ListQuery,
+    Recovered, StoreError, StoredEvent, Submitted,
 };
 use crate::domain::{EventSeq, JobId, JobRecord, Submission, Timestamp, Transition};
 
@@ -31,8 +31,7 @@ pub trait JobStore: Send + Sync + 'static {
     /// last saw it (a runner knows its running job). The write is conditional
     /// on the job not having changed since; if it has, the store reads it
     /// afresh.
-    async fn apply_known(&self, known: &JobRecord, t: &Transition)
-        -> Result<JobRecord, ApplyError>;
+    async fn apply_known(&self, known: &JobRecord, t: &Transition) -> Result<Applied, ApplyError>;
 
     /// Cancels a queued job at once, or marks a running one `cancel_requested`.
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError>;

@@ -11,7 +11,7 @@ use crate::domain::{
 };
 use crate::store::row::{EventRow, JobRow};
 use crate::store::{
-    ApplyError, CancelOutcome, JobStore, ListQuery, StoreError, StoredEvent, Submitted,
+    Applied, ApplyError, CancelOutcome, JobStore, ListQuery, StoreError, StoredEvent, Submitted,
 };
 
 #[async_trait]
@@ -69,11 +69,7 @@ impl JobStore for PgStore {
         Ok(job)
     }
 
-    async fn apply_known(
-        &self,
-        known: &JobRecord,
-        t: &Transition,
-    ) -> Result<JobRecord, ApplyError> {
+    async fn apply_known(&self, known: &JobRecord, t: &Transition) -> Result<Applied, ApplyError> {
         self.apply_known_then(known, t).await
     }
 

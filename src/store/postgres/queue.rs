@@ -6,7 +6,7 @@ use super::batch::{write_rows, TransitionRow};
 use super::PgStore;
 use crate::domain::{JobRecord, Timestamp, Transition};
 use crate::store::row::JobRow;
-use crate::store::{Claim, QueueStore, StoreError};
+use crate::store::{Applied, Claim, QueueStore, StoreError};
 
 #[async_trait]
 impl QueueStore for PgStore {
@@ -38,8 +38,11 @@ impl QueueStore for PgStore {
             let (next, ev) = job.apply(&Transition::Start, now).map_err(|refused| {
                 StoreError::Corrupt(format!("queued job {} cannot start: {refused}", job.id))
             })?;
-            writes.push(TransitionRow::new(&next, ev, job.last_seq));
-            claim.started.push(next);
+            writes.push(TransitionRow::new(&next, ev.clone(), job.last_seq));
+            claim.started.push(Applied {
+                job: next,
+                event: ev,
+            });
         }
         if claim.started.is_empty() {
             tx.rollback().await?;

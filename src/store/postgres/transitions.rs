@@ -7,7 +7,7 @@ use super::batch::{TransitionRow, Write};
 use super::PgStore;
 use crate::domain::{EventSeq, JobId, JobRecord, NewEvent, Refused, Timestamp, Transition};
 use crate::store::row::{to_json, JobRow};
-use crate::store::{ApplyError, JobStore, StoreError};
+use crate::store::{Applied, ApplyError, JobStore, StoreError};
 
 /// Writes a transition's new state and its event in one statement, in a
 /// transaction that holds the job's row lock (the unlocked, conditional
@@ -108,10 +108,13 @@ impl PgStore {
         &self,
         known: &JobRecord,
         t: &Transition,
-    ) -> Result<JobRecord, ApplyError> {
+    ) -> Result<Applied, ApplyError> {
         if let Ok((next, ev)) = known.apply(t, Timestamp::now()) {
-            if self.write_if_seq(&next, ev, known.last_seq).await? {
-                return Ok(next);
+            if self.write_if_seq(&next, ev.clone(), known.last_seq).await? {
+                return Ok(Applied {
+                    job: next,
+                    event: ev,
+                });
             }
         }
         // The job moved on without us. If it is no longer in the attempt we
@@ -138,7 +141,10 @@ impl PgStore {
         };
         write_transition(&mut *tx, &self.node.id, &next, &ev).await?;
         tx.commit().await?;
-        Ok(next)
+        Ok(Applied {
+            job: next,
+            event: ev,
+        })
     }
 
     /// Reads the job, then writes the transition on the condition that the

@@ -7,7 +7,7 @@ use super::SqliteStore;
 use crate::domain::{EventSeq, JobId, JobRecord, Submission, Timestamp, Transition};
 use crate::store::row::{EventRow, JobRow};
 use crate::store::{
-    ApplyError, CancelOutcome, JobStore, ListQuery, StoreError, StoredEvent, Submitted,
+    Applied, ApplyError, CancelOutcome, JobStore, ListQuery, StoreError, StoredEvent, Submitted,
 };
 
 #[async_trait]
@@ -62,14 +62,10 @@ impl JobStore for SqliteStore {
             })
             .await?
             .applied()?;
-        Ok(job)
+        Ok(job.job)
     }
 
-    async fn apply_known(
-        &self,
-        known: &JobRecord,
-        t: &Transition,
-    ) -> Result<JobRecord, ApplyError> {
+    async fn apply_known(&self, known: &JobRecord, t: &Transition) -> Result<Applied, ApplyError> {
         let job = self
             .write(WriteOp::Apply {
                 id: known.id,

@@ -8,7 +8,7 @@ use super::uploads::{unit_write, UnitWrite};
 use super::writes::{apply_in, apply_known_in, cancel_in, claim_in, purge_in, submit_in};
 use crate::domain::{JobId, JobRecord, Submission, Timestamp, Transition};
 use crate::store::group::{Batching, Flush, Group};
-use crate::store::{ApplyError, CancelOutcome, Claim, StoreError, Submitted};
+use crate::store::{Applied, ApplyError, CancelOutcome, Claim, StoreError, Submitted};
 
 /// A write for the writer task.
 pub(super) enum WriteOp {
@@ -40,7 +40,7 @@ pub(super) enum WriteOp {
 /// The outcome of one op, sent once its batch has committed.
 pub(super) enum Answer {
     Submitted(Result<Submitted, StoreError>),
-    Applied(Result<JobRecord, ApplyError>),
+    Applied(Result<Applied, ApplyError>),
     Cancel(Result<CancelOutcome, StoreError>),
     Claimed(Result<Claim, StoreError>),
     Purged(Result<usize, StoreError>),
@@ -82,7 +82,7 @@ impl Answer {
         }
     }
 
-    pub(super) fn applied(self) -> Result<JobRecord, ApplyError> {
+    pub(super) fn applied(self) -> Result<Applied, ApplyError> {
         match self {
             Answer::Applied(r) => r,
             _ => Err(mismatch().into()),

@@ -8,7 +8,7 @@ use crate::domain::{
     CancelDecision, EventSeq, JobId, JobRecord, NewEvent, Submission, Timestamp, Transition,
 };
 use crate::store::row::{to_json, JobRow};
-use crate::store::{ApplyError, CancelOutcome, Claim, StoreError, Submitted};
+use crate::store::{Applied, ApplyError, CancelOutcome, Claim, StoreError, Submitted};
 
 /// Writes a transition's new job state and its event in one round trip to the
 /// connection's thread: sqlx runs the statements of one query in turn and binds
@@ -82,12 +82,15 @@ pub(super) async fn apply_in(
     tx: &mut Transaction<'static, Sqlite>,
     id: JobId,
     t: &Transition,
-) -> Result<JobRecord, ApplyError> {
+) -> Result<Applied, ApplyError> {
     let job = fetch_job(tx, id).await?.ok_or(ApplyError::NotFound)?;
     let now = Timestamp::now();
     let (next, ev) = job.apply(t, now)?;
     write_transition(tx, &next, &ev, None).await?;
-    Ok(next)
+    Ok(Applied {
+        job: next,
+        event: ev,
+    })
 }
 
 /// Applies `t` to `known` without reading the job first, unless it turns out
@@ -96,11 +99,14 @@ pub(super) async fn apply_known_in(
     tx: &mut Transaction<'static, Sqlite>,
     known: &JobRecord,
     t: &Transition,
-) -> Result<JobRecord, ApplyError> {
+) -> Result<Applied, ApplyError> {
     let now = Timestamp::now();
     if let Ok((next, ev)) = known.apply(t, now) {
         if write_transition(tx, &next, &ev, Some(known.last_seq)).await? {
-            return Ok(next);
+            return Ok(Applied {
+                job: next,
+                event: ev,
+            });
         }
     }
     apply_in(tx, known.id, t).await
@@ -258,7 +264,10 @@ async fn claim_jobs(
             StoreError::Corrupt(format!("queued job {} cannot start: {refused}", job.id))
         })?;
         write_transition(tx, &next, &ev, None).await?;
-        claim.started.push(next);
+        claim.started.push(Applied {
+            job: next,
+            event: ev,
+        });
     }
     Ok(claim)
 }
