@@ -33,7 +33,7 @@ impl NodeStore for SqliteStore {
                 continue;
             };
             match apply_in(&mut tx, id, &t).await {
-                Ok(job) => out.record(job, &t),
+                Ok(applied) => out.record(applied.job, &t),
                 Err(ApplyError::Store(e)) => return Err(e),
                 Err(_) => continue,
             }
