@@ -104,21 +104,24 @@ pub(super) async fn apply_known_in(
     apply_in(tx, known.id, t).await
 }
 
+/// The tenant's job with idempotency key `?2`, if any (its unique index).
+pub(crate) const JOB_BY_IDEMPOTENCY_KEY: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM herald_jobs WHERE tenant = ?1 AND idempotency_key = ?2"
+);
+
 pub(super) async fn submit_in(
     tx: &mut Transaction<'static, Sqlite>,
     tenant: &str,
     sub: &Submission,
 ) -> Result<Submitted, StoreError> {
     if let Some(key) = &sub.idempotency_key {
-        let row: Option<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM herald_jobs WHERE tenant = ?1 AND idempotency_key = ?2"
-        ))
-        .bind(tenant)
-        .bind(key)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let row: Option<JobRow> = sqlx::query_as(JOB_BY_IDEMPOTENCY_KEY)
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
         if let Some(row) = row {
             return Ok(sub.resubmitted(JobRecord::try_from(row)?));
         }
