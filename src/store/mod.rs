@@ -140,6 +140,47 @@ pub struct FeedEvent {
     pub event: StoredEvent,
 }
 
+/// One read of the feed: the events the filter keeps, and how far the read
+/// got. A read examines at most `limit` events after its cursor, whether the
+/// filter keeps them or not, so its cost is bounded by what it reads, never by
+/// how many left-out events lie behind the cursor; `next` moves past the
+/// left-out ones, so the next read does not examine them again.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FeedRead {
+    /// The kept events, in feed order.
+    pub events: Vec<FeedEvent>,
+    /// Where the next read starts: after the last event this one examined
+    /// (the given cursor when it found none).
+    pub next: FeedCursor,
+    /// It examined as many events as it was allowed: more may follow `next`
+    /// right away.
+    pub full: bool,
+}
+
+impl FeedRead {
+    /// A read's examined events in feed order, each with the event when the
+    /// filter keeps it.
+    pub(crate) fn from_examined(
+        after: FeedCursor,
+        limit: i64,
+        examined: impl IntoIterator<Item = Result<(FeedCursor, Option<FeedEvent>), StoreError>>,
+    ) -> Result<FeedRead, StoreError> {
+        let mut read = FeedRead {
+            next: after,
+            ..FeedRead::default()
+        };
+        let mut n = 0;
+        for row in examined {
+            let (cursor, kept) = row?;
+            n += 1;
+            read.next = cursor;
+            read.events.extend(kept);
+        }
+        read.full = n >= limit;
+        Ok(read)
+    }
+}
+
 /// Which jobs `list` returns: newest first, after the cursor.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 
 use super::{
-    ApplyError, CancelOutcome, FeedCursor, FeedEvent, FeedFilter, ListQuery, Recovered, StoreError,
+    ApplyError, CancelOutcome, FeedCursor, FeedFilter, FeedRead, ListQuery, Recovered, StoreError,
     StoredEvent, Submitted,
 };
 use crate::domain::{EventSeq, JobId, JobRecord, Submission, Timestamp, Transition};
@@ -69,13 +69,15 @@ pub trait JobStore: Send + Sync + 'static {
 /// `GET /v1/events`.
 #[async_trait]
 pub trait FeedStore: Send + Sync + 'static {
-    /// The feed's events after `after`, in feed order, at most `limit`.
+    /// Examines at most `limit` of the feed's events after `after`, in feed
+    /// order: those the filter keeps, and where the next read starts (see
+    /// [`FeedRead`]).
     async fn feed_after(
         &self,
         filter: &FeedFilter,
         after: FeedCursor,
         limit: i64,
-    ) -> Result<Vec<FeedEvent>, StoreError>;
+    ) -> Result<FeedRead, StoreError>;
 
     /// The feed's current end: a feed that starts "from now" starts after it.
     async fn feed_head(&self) -> Result<FeedCursor, StoreError>;
