@@ -38,6 +38,8 @@ macro_rules! job_columns {
 mod feed;
 mod jobs;
 mod nodes;
+#[cfg(test)]
+mod plans;
 mod tasks;
 mod uploads;
 mod writer;
