@@ -69,9 +69,9 @@ pub trait JobStore: Send + Sync + 'static {
 /// `GET /v1/events`.
 #[async_trait]
 pub trait FeedStore: Send + Sync + 'static {
-    /// Examines at most `limit` of the feed's events after `after`, in feed
-    /// order: those the filter keeps, and where the next read starts (see
-    /// [`FeedRead`]).
+    /// The feed's events after `after` that the filter keeps, in feed order,
+    /// at most `limit`, from a bounded number examined, and where the next
+    /// read starts (see [`FeedRead`]).
     async fn feed_after(
         &self,
         filter: &FeedFilter,

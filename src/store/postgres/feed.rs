@@ -38,8 +38,8 @@ macro_rules! feed_horizon {
 }
 
 /// The events after the cursor (`$1`, `$2`) and below the horizon, at most
-/// `$6`, each with its data when its job passes the filter: tenant `$3`,
-/// kind `$4`, jobs `$5`, the last two when not null.
+/// `$6` (a read's window), each with its data when its job passes the
+/// filter: tenant `$3`, kind `$4`, jobs `$5`, the last two when not null.
 ///
 /// It starts from the events after the cursor, in the order of the feed's
 /// index, and looks each event's job up by its key; the LEFT JOIN fixes that
@@ -101,7 +101,7 @@ impl FeedStore for PgStore {
             .bind(&filter.tenant)
             .bind(filter.kind.as_deref())
             .bind(jobs)
-            .bind(limit)
+            .bind(FeedRead::window(limit))
             .fetch_all(&self.pools.main)
             .await?;
         let examined = rows

@@ -8,9 +8,9 @@ use crate::store::{
     FeedCursor, FeedEvent, FeedFilter, FeedRead, FeedStore, StoreError, StoredEvent,
 };
 
-/// The events after a cursor (`?1`), at most `?5`, each with its data when
-/// its job passes the filter: tenant `?2`, kind `?3`, jobs `?4` (a JSON
-/// array of ids), the last two when not null.
+/// The events after a cursor (`?1`), at most `?5` (a read's window), each
+/// with its data when its job passes the filter: tenant `?2`, kind `?3`,
+/// jobs `?4` (a JSON array of ids), the last two when not null.
 ///
 /// It starts from the events after the cursor (a range of the rowid, already
 /// in feed order) and looks each event's job up by id. The LEFT JOIN fixes
@@ -50,7 +50,7 @@ impl FeedStore for SqliteStore {
             .bind(&filter.tenant)
             .bind(filter.kind.as_deref())
             .bind(jobs)
-            .bind(limit)
+            .bind(FeedRead::window(limit))
             .fetch_all(&self.pools.reader)
             .await?;
         let examined = rows
