@@ -65,19 +65,29 @@ impl TestDatabase {
             .expect("connect to the test database");
         Some(TestDatabase { admin, name, pool })
     }
+}
 
-    async fn drop_it(self) {
-        self.pool.close().await;
-        let mut conn = PgConnection::connect(&self.admin)
-            .await
-            .expect("connect to HERALD_TEST_POSTGRES_URL");
-        sqlx::query(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await
-        .expect("drop the test database");
+/// Dropped even when a check fails: a thread of its own runs the async
+/// `DROP DATABASE` (FORCE ends the pool's connections).
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -361,6 +371,4 @@ async fn every_read_starts_from_an_index_on_what_it_asks_for() {
             check(&mut conn, &e, mode).await;
         }
     }
-    drop(conn);
-    db.drop_it().await;
 }
