@@ -94,28 +94,38 @@ impl LogReader<'_> {
         }
     }
 
-    /// The feed's events after `req.after` (feed order, the filter's jobs).
+    /// The feed's events after `req.after` (feed order, the filter's jobs),
+    /// and the cursor to continue from: after the last event read, which may
+    /// be one the filter left out (so the next request does not examine it
+    /// again). Empty only when nothing the filter keeps follows yet.
     pub async fn feed_page(
         &self,
         filter: &FeedFilter,
         req: PageRequest<FeedCursor>,
-    ) -> Result<Vec<FeedEvent>, StoreError> {
+    ) -> Result<(Vec<FeedEvent>, FeedCursor), StoreError> {
         // Subscribe before the first read (see the module doc).
         let mut wake = req.until.map(|until| (self.hub.subscribe_feed(), until));
+        let mut after = req.after;
         loop {
             if let Some((wake, _)) = wake.as_mut() {
                 // Marked seen before the read: a wake-up during the read reads again.
                 wake.borrow_and_update();
             }
-            let events = self.store.feed_after(filter, req.after, req.limit).await?;
+            let read = self.store.feed_after(filter, after, req.limit).await?;
+            after = read.next;
+            if !read.events.is_empty() {
+                return Ok((read.events, after));
+            }
+            if read.full {
+                // Only events the filter leaves out so far: read on.
+                continue;
+            }
             let woken = match wake.as_mut() {
-                Some((wake, until)) if events.is_empty() => {
-                    self.woken(wake.changed(), *until).await
-                }
-                _ => false,
+                Some((wake, until)) => self.woken(wake.changed(), *until).await,
+                None => false,
             };
             if !woken {
-                return Ok(events);
+                return Ok((read.events, after));
             }
         }
     }

@@ -141,13 +141,16 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
         // Marked seen before the read: a wake-up during the read reads again.
         st.wake.borrow_and_update();
         match st.store.feed_after(&st.filter, st.cursor, PAGE).await {
-            Ok(events) if !events.is_empty() => {
-                st.cursor = events.last().expect("non-empty").cursor;
+            Ok(read) => {
+                // Past the events the filter left out too: a feed of a quiet
+                // job examines each other event once, not at every wake-up.
+                st.cursor = read.next;
                 st.pending
-                    .extend(events.iter().map(|e| (e.event.at, frame(e))));
-                continue;
+                    .extend(read.events.iter().map(|e| (e.event.at, frame(e))));
+                if !read.events.is_empty() || read.full {
+                    continue;
+                }
             }
-            Ok(_) => {}
             Err(e) => {
                 // End the stream; the client resumes from its last cursor.
                 crate::telemetry::store_error();

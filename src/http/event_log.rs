@@ -112,10 +112,10 @@ pub(super) async fn feed_page(
         None => state.store.feed_head().await?,
     };
     let (req, _slot) = page_request(state, tenant, after, params)?;
-    let events = reader(state).feed_page(filter, req).await?;
+    let (events, next) = reader(state).feed_page(filter, req).await?;
     tracing::debug!(events = events.len(), "feed page");
     Ok(FeedEventPageDto {
-        last_event_id: events.last().map_or(after, |e| e.cursor).to_string(),
+        last_event_id: next.to_string(),
         events: events
             .iter()
             .map(FeedLogEventDto::try_from)

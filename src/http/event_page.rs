@@ -44,8 +44,10 @@ pub struct JobLogEventDto {
 pub struct FeedEventPageDto {
     /// The feed's events after the given cursor, in feed order, at most `limit`.
     pub events: Vec<FeedLogEventDto>,
-    /// The last event's cursor; when `events` is empty, the given cursor, or
-    /// the feed's "now" when none was given. Send it as `after` next.
+    /// Where this page ends: after its last event, or after later events
+    /// that the filters leave out; when `events` is empty, the given cursor
+    /// (or the feed's "now" when none was given) or past the left-out events
+    /// read since. Send it as `after` next.
     pub last_event_id: String,
     /// Always false: the feed does not end.
     pub terminal: bool,

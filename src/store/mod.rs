@@ -140,6 +140,63 @@ pub struct FeedEvent {
     pub event: StoredEvent,
 }
 
+/// One read of the feed: the events the filter keeps, and how far the read
+/// got. A read examines a bounded number of events after its cursor
+/// ([`FeedRead::window`]), whether the filter keeps them or not, so its cost
+/// is bounded by what it reads, never by how many left-out events lie behind
+/// the cursor; `next` moves past the left-out ones, so the next read does not
+/// examine them again.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FeedRead {
+    /// The kept events, in feed order, at most the read's limit.
+    pub events: Vec<FeedEvent>,
+    /// Where the next read starts: after the last kept event when the limit
+    /// was reached, else after the last event examined (the given cursor
+    /// when there was none).
+    pub next: FeedCursor,
+    /// It stopped at its limit or its window: more may follow `next` right
+    /// away.
+    pub full: bool,
+}
+
+/// The fewest events one feed read examines: a read for a few events (a
+/// small page) still moves a good way past the events its filter leaves out.
+const FEED_WINDOW: i64 = 256;
+
+impl FeedRead {
+    /// How many events a read for at most `limit` kept events examines.
+    pub(crate) fn window(limit: i64) -> i64 {
+        limit.max(FEED_WINDOW)
+    }
+
+    /// A read for at most `limit` events from the events it examined after
+    /// `after` (at most [`FeedRead::window`]), in feed order, each with the
+    /// event when the filter keeps it.
+    pub(crate) fn from_examined(
+        after: FeedCursor,
+        limit: i64,
+        examined: impl IntoIterator<Item = Result<(FeedCursor, Option<FeedEvent>), StoreError>>,
+    ) -> Result<FeedRead, StoreError> {
+        let mut read = FeedRead {
+            next: after,
+            ..FeedRead::default()
+        };
+        let mut n = 0;
+        for row in examined {
+            let (cursor, kept) = row?;
+            n += 1;
+            read.next = cursor;
+            read.events.extend(kept);
+            if read.events.len() as i64 >= limit {
+                read.full = true;
+                return Ok(read);
+            }
+        }
+        read.full = n >= Self::window(limit);
+        Ok(read)
+    }
+}
+
 /// Which jobs `list` returns: newest first, after the cursor.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -185,5 +242,53 @@ impl Recovered {
             Transition::Retry(..) => self.requeued.push(job),
             _ => self.failed.push(job),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn examined(kept: &[bool]) -> Vec<Result<(FeedCursor, Option<FeedEvent>), StoreError>> {
+        kept.iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let cursor = FeedCursor {
+                    tx: 0,
+                    id: i as i64 + 1,
+                };
+                let event = FeedEvent {
+                    cursor,
+                    job_id: JobId(uuid::Uuid::nil()),
+                    event: StoredEvent {
+                        seq: EventSeq(1),
+                        kind: EventKind::Status,
+                        data: "{}".to_owned(),
+                        at: Timestamp(0),
+                    },
+                };
+                Ok((cursor, k.then_some(event)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_feed_read_moves_past_left_out_events_and_stops_at_its_limit() {
+        let after = FeedCursor { tx: 0, id: 0 };
+        // Nothing examined: stay.
+        let read = FeedRead::from_examined(after, 2, examined(&[])).unwrap();
+        assert_eq!((read.events.len(), read.next.id, read.full), (0, 0, false));
+        // Only left-out events: past them, and not full below the window.
+        let read = FeedRead::from_examined(after, 2, examined(&[false, false, false])).unwrap();
+        assert_eq!((read.events.len(), read.next.id, read.full), (0, 3, false));
+        // The limit reached: after the last kept event, not past the rest.
+        let read =
+            FeedRead::from_examined(after, 2, examined(&[false, true, false, true, true])).unwrap();
+        let ids: Vec<i64> = read.events.iter().map(|e| e.cursor.id).collect();
+        assert_eq!((ids, read.next.id, read.full), (vec![2, 4], 4, true));
+        // A whole window examined: full, more may follow.
+        let window = FeedRead::window(2) as usize;
+        let read = FeedRead::from_examined(after, 2, examined(&vec![false; window])).unwrap();
+        assert_eq!((read.next.id, read.full), (window as i64, true));
     }
 }

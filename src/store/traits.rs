@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 
 use super::{
-    Applied, ApplyError, CancelOutcome, Claim, FeedCursor, FeedEvent, FeedFilter, ListQuery,
+    Applied, ApplyError, CancelOutcome, Claim, FeedCursor, FeedFilter, FeedRead, ListQuery,
     Recovered, StoreError, StoredEvent, Submitted,
 };
 use crate::domain::{EventSeq, JobId, JobRecord, Submission, Timestamp, Transition};
@@ -61,13 +61,15 @@ pub trait JobStore: Send + Sync + 'static {
 /// `GET /v1/events`.
 #[async_trait]
 pub trait FeedStore: Send + Sync + 'static {
-    /// The feed's events after `after`, in feed order, at most `limit`.
+    /// The feed's events after `after` that the filter keeps, in feed order,
+    /// at most `limit`, from a bounded number examined, and where the next
+    /// read starts (see [`FeedRead`]).
     async fn feed_after(
         &self,
         filter: &FeedFilter,
         after: FeedCursor,
         limit: i64,
-    ) -> Result<Vec<FeedEvent>, StoreError>;
+    ) -> Result<FeedRead, StoreError>;
 
     /// The feed's current end: a feed that starts "from now" starts after it.
     async fn feed_head(&self) -> Result<FeedCursor, StoreError>;

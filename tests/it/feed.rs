@@ -1,5 +1,7 @@
 //! The multiplexed feed, `GET /v1/events`.
 
+mod left_out;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

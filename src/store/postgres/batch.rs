@@ -320,6 +320,13 @@ impl Flush for Submits {
     }
 }
 
+/// Jobs by their ids `$1` (the primary key): `get`, batched.
+pub(crate) const JOBS_BY_IDS: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM herald_jobs WHERE id = ANY($1)"
+);
+
 /// Reads jobs by id, in batches (see [`crate::store::group`]).
 pub(super) struct Reads {
     pub pool: PgPool,
@@ -333,14 +340,10 @@ impl Flush for Reads {
 
     async fn flush(&self, ops: &[JobId]) -> Result<Vec<Option<JobRow>>, sqlx::Error> {
         let ids: Vec<Uuid> = ops.iter().map(|id| id.0).collect();
-        let rows: Vec<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM herald_jobs WHERE id = ANY($1)"
-        ))
-        .bind(&ids)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<JobRow> = sqlx::query_as(JOBS_BY_IDS)
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?;
         let by_id: HashMap<String, JobRow> = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
         Ok(ops
             .iter()

@@ -5,7 +5,9 @@ use uuid::Uuid;
 
 use super::PgStore;
 use crate::domain::JobId;
-use crate::store::{FeedCursor, FeedEvent, FeedFilter, FeedStore, StoreError, StoredEvent};
+use crate::store::{
+    FeedCursor, FeedEvent, FeedFilter, FeedRead, FeedStore, StoreError, StoredEvent,
+};
 
 /// `horizon.h`: every event with a smaller transaction id is final.
 ///
@@ -35,6 +37,37 @@ macro_rules! feed_horizon {
     };
 }
 
+/// The events after the cursor (`$1`, `$2`) and below the horizon, at most
+/// `$6` (a read's window), each with its data when its job passes the
+/// filter: tenant `$3`, kind `$4`, jobs `$5`, the last two when not null.
+///
+/// It starts from the events after the cursor, in the order of the feed's
+/// index, and looks each event's job up by its key; the LEFT JOIN fixes that
+/// order. An inner join let the planner start from the jobs instead when the
+/// filter looked selective (a small tenant, a rare kind): all of their events,
+/// then a sort, a cost that grows with their history. An event the filter
+/// leaves out still comes back, without its data, so that the read knows how
+/// far it got (see [`FeedRead`]).
+pub(crate) const FEED_AFTER: &str = concat!(
+    feed_horizon!(),
+    "SELECT e.txid::text::bigint, e.id, j.id IS NOT NULL, e.job_id, e.seq, e.event, \
+       CASE WHEN j.id IS NOT NULL THEN e.data END, e.at \
+     FROM horizon CROSS JOIN herald_job_events e \
+     LEFT JOIN herald_jobs j ON j.id = e.job_id AND j.tenant = $3 \
+       AND ($4::text IS NULL OR j.kind = $4) AND ($5::uuid[] IS NULL OR e.job_id = ANY($5)) \
+     WHERE (e.txid, e.id) > ($1::text::xid8, $2) AND e.txid < horizon.h \
+     ORDER BY e.txid, e.id LIMIT $6"
+);
+
+/// The newest event below the horizon: the feed index read backwards.
+pub(crate) const FEED_HEAD: &str = concat!(
+    feed_horizon!(),
+    "SELECT e.txid::text::bigint, e.id FROM herald_job_events e, horizon \
+     WHERE e.txid < horizon.h ORDER BY e.txid DESC, e.id DESC LIMIT 1"
+);
+
+type FeedRow = (i64, i64, bool, Uuid, i64, String, Option<String>, i64);
+
 #[async_trait]
 impl FeedStore for PgStore {
     /// The feed in (appending transaction id, event id) order, and only below
@@ -57,48 +90,43 @@ impl FeedStore for PgStore {
         filter: &FeedFilter,
         after: FeedCursor,
         limit: i64,
-    ) -> Result<Vec<FeedEvent>, StoreError> {
+    ) -> Result<FeedRead, StoreError> {
         let jobs: Option<Vec<Uuid>> = filter
             .jobs
             .as_ref()
             .map(|ids| ids.iter().map(|id| id.0).collect());
-        let rows: Vec<(i64, i64, Uuid, i64, String, String, i64)> = sqlx::query_as(concat!(
-            feed_horizon!(),
-            "SELECT e.txid::text::bigint, e.id, e.job_id, e.seq, e.event, e.data, e.at \
-             FROM herald_job_events e JOIN herald_jobs j ON j.id = e.job_id, horizon \
-             WHERE (e.txid, e.id) > ($1::text::xid8, $2) \
-               AND e.txid < horizon.h \
-               AND j.tenant = $3 AND ($4::text IS NULL OR j.kind = $4) \
-               AND ($5::uuid[] IS NULL OR e.job_id = ANY($5)) \
-             ORDER BY e.txid, e.id LIMIT $6"
-        ))
-        .bind(after.tx.to_string())
-        .bind(after.id)
-        .bind(&filter.tenant)
-        .bind(filter.kind.as_deref())
-        .bind(jobs)
-        .bind(limit)
-        .fetch_all(&self.pools.main)
-        .await?;
-        rows.into_iter()
-            .map(|(tx, id, job_id, seq, event, data, at)| {
-                Ok(FeedEvent {
-                    cursor: FeedCursor { tx, id },
-                    job_id: JobId(job_id),
-                    event: StoredEvent::try_from((seq, event, data, at))?,
-                })
-            })
-            .collect()
+        let rows: Vec<FeedRow> = sqlx::query_as(FEED_AFTER)
+            .bind(after.tx.to_string())
+            .bind(after.id)
+            .bind(&filter.tenant)
+            .bind(filter.kind.as_deref())
+            .bind(jobs)
+            .bind(FeedRead::window(limit))
+            .fetch_all(&self.pools.main)
+            .await?;
+        let examined = rows
+            .into_iter()
+            .map(|(tx, id, kept, job_id, seq, event, data, at)| {
+                let cursor = FeedCursor { tx, id };
+                let (true, Some(data)) = (kept, data) else {
+                    return Ok((cursor, None));
+                };
+                Ok((
+                    cursor,
+                    Some(FeedEvent {
+                        cursor,
+                        job_id: JobId(job_id),
+                        event: StoredEvent::try_from((seq, event, data, at))?,
+                    }),
+                ))
+            });
+        FeedRead::from_examined(after, limit, examined)
     }
 
     async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
-        let head: Option<(i64, i64)> = sqlx::query_as(concat!(
-            feed_horizon!(),
-            "SELECT e.txid::text::bigint, e.id FROM herald_job_events e, horizon \
-             WHERE e.txid < horizon.h ORDER BY e.txid DESC, e.id DESC LIMIT 1"
-        ))
-        .fetch_optional(&self.pools.main)
-        .await?;
+        let head: Option<(i64, i64)> = sqlx::query_as(FEED_HEAD)
+            .fetch_optional(&self.pools.main)
+            .await?;
         Ok(head.map_or(FeedCursor::default(), |(tx, id)| FeedCursor { tx, id }))
     }
 }

@@ -14,6 +14,75 @@ use crate::store::{
     Applied, ApplyError, CancelOutcome, JobStore, ListQuery, StoreError, StoredEvent, Submitted,
 };
 
+// The reads below are the ones requests and streams make; each starts from
+// an index on what it asks for, whatever the size of the history
+// (`plans.rs` checks their query plans). A job by id is read in batches
+// (`batch.rs`, [`super::batch::JOBS_BY_IDS`]).
+
+/// The tenant's job with idempotency key `$2` (its unique index).
+pub(crate) const JOB_BY_IDEMPOTENCY_KEY: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM herald_jobs WHERE tenant = $1 AND idempotency_key = $2"
+);
+
+/// A page of a tenant's jobs, newest first, before the job `$2` (the max
+/// uuid for the first page), at most `$3`; one text per filter, so that each
+/// reads the index whose prefix is that filter. With one text of
+/// `($4::text IS NULL OR status = $4)` terms, a plan made for no filter
+/// served every filter, and a rare status walked the tenant's history.
+/// `ORDER BY herald_jobs.id`, not `id`: that name is first the selected
+/// `id::text`, and ordering by the text read and sorted all of the tenant's
+/// jobs for every page.
+pub(crate) const LIST_JOBS: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM herald_jobs WHERE tenant = $1 AND id < $2 ORDER BY herald_jobs.id DESC LIMIT $3"
+);
+/// [`LIST_JOBS`] in status `$4`.
+pub(crate) const LIST_JOBS_BY_STATUS: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM herald_jobs WHERE tenant = $1 AND status = $4 AND id < $2 ORDER BY herald_jobs.id DESC LIMIT $3"
+);
+/// [`LIST_JOBS`] of kind `$4`.
+pub(crate) const LIST_JOBS_BY_KIND: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM herald_jobs WHERE tenant = $1 AND kind = $4 AND id < $2 ORDER BY herald_jobs.id DESC LIMIT $3"
+);
+/// [`LIST_JOBS`] in status `$4` and of kind `$5`.
+pub(crate) const LIST_JOBS_BY_STATUS_KIND: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM herald_jobs WHERE tenant = $1 AND status = $4 AND kind = $5 AND id < $2 \
+     ORDER BY herald_jobs.id DESC LIMIT $3"
+);
+
+/// The list query for `q`'s filters: bind the tenant, the cursor and the
+/// limit, then the status and the kind when `q` has them.
+pub(crate) fn list_sql(q: &ListQuery) -> &'static str {
+    match (q.status.is_some(), q.kind.is_some()) {
+        (false, false) => LIST_JOBS,
+        (true, false) => LIST_JOBS_BY_STATUS,
+        (false, true) => LIST_JOBS_BY_KIND,
+        (true, true) => LIST_JOBS_BY_STATUS_KIND,
+    }
+}
+
+/// A job's events after seq `$2`, at most `$3` (the (job_id, seq) key).
+pub(crate) const EVENTS_AFTER: &str = "SELECT seq, event, data, at FROM herald_job_events \
+     WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+
+/// A job's items from index `$2`, at most `$3`. The partial index on item
+/// events keeps the offset's skipping to this job's items.
+pub(crate) const ITEMS: &str = "SELECT data FROM herald_job_events \
+     WHERE job_id = $1 AND event = 'item' ORDER BY seq LIMIT $3 OFFSET $2";
+
+/// Which of the jobs `$1` have a cancel request stored (each by its key).
+pub(crate) const CANCEL_REQUESTED_AMONG: &str = "SELECT id FROM herald_jobs \
+     WHERE id = ANY($1) AND cancel_requested AND status IN ('queued', 'running')";
+
 #[async_trait]
 impl JobStore for PgStore {
     async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError> {
@@ -29,15 +98,11 @@ impl JobStore for PgStore {
         let key = sub.idempotency_key.as_deref().ok_or_else(|| {
             StoreError::WriteFailed("the job insert wrote nothing without a conflict".to_owned())
         })?;
-        let row: JobRow = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM herald_jobs WHERE tenant = $1 AND idempotency_key = $2"
-        ))
-        .bind(tenant)
-        .bind(key)
-        .fetch_one(&self.pools.main)
-        .await?;
+        let row: JobRow = sqlx::query_as(JOB_BY_IDEMPOTENCY_KEY)
+            .bind(tenant)
+            .bind(key)
+            .fetch_one(&self.pools.main)
+            .await?;
         Ok(sub.resubmitted(JobRecord::try_from(row)?))
     }
 
@@ -47,20 +112,17 @@ impl JobStore for PgStore {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<JobRecord>, StoreError> {
-        let rows: Vec<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM herald_jobs WHERE tenant = $1 \
-             AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR kind = $3) \
-             AND ($4::uuid IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
-        ))
-        .bind(&q.tenant)
-        .bind(q.status.map(|s| s.as_str()))
-        .bind(q.kind.as_deref())
-        .bind(q.before.map(|id| id.0))
-        .bind(q.limit)
-        .fetch_all(&self.pools.main)
-        .await?;
+        let mut query = sqlx::query_as(list_sql(q))
+            .bind(&q.tenant)
+            .bind(q.before.map_or(Uuid::max(), |id| id.0))
+            .bind(q.limit);
+        if let Some(status) = q.status {
+            query = query.bind(status.as_str());
+        }
+        if let Some(kind) = &q.kind {
+            query = query.bind(kind);
+        }
+        let rows: Vec<JobRow> = query.fetch_all(&self.pools.main).await?;
         rows.into_iter().map(JobRecord::try_from).collect()
     }
 
@@ -118,41 +180,30 @@ impl JobStore for PgStore {
         after: EventSeq,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT seq, event, data, at FROM herald_job_events WHERE job_id = $1 AND seq > $2 \
-             ORDER BY seq LIMIT $3",
-        )
-        .bind(id.0)
-        .bind(after.0)
-        .bind(limit)
-        .fetch_all(&self.pools.main)
-        .await?;
+        let rows: Vec<EventRow> = sqlx::query_as(EVENTS_AFTER)
+            .bind(id.0)
+            .bind(after.0)
+            .bind(limit)
+            .fetch_all(&self.pools.main)
+            .await?;
         rows.into_iter().map(StoredEvent::try_from).collect()
     }
 
     async fn items(&self, id: JobId, offset: i64, limit: i64) -> Result<Vec<String>, StoreError> {
-        // The partial index on item events keeps the offset's skipping to
-        // this job's items.
-        Ok(sqlx::query_scalar(
-            "SELECT data FROM herald_job_events WHERE job_id = $1 AND event = 'item' \
-             ORDER BY seq LIMIT $3 OFFSET $2",
-        )
-        .bind(id.0)
-        .bind(offset)
-        .bind(limit)
-        .fetch_all(&self.pools.main)
-        .await?)
+        Ok(sqlx::query_scalar(ITEMS)
+            .bind(id.0)
+            .bind(offset)
+            .bind(limit)
+            .fetch_all(&self.pools.main)
+            .await?)
     }
 
     async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
         let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
-        let found: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM herald_jobs WHERE id = ANY($1) AND cancel_requested \
-             AND status IN ('queued', 'running')",
-        )
-        .bind(&ids)
-        .fetch_all(&self.pools.main)
-        .await?;
+        let found: Vec<Uuid> = sqlx::query_scalar(CANCEL_REQUESTED_AMONG)
+            .bind(&ids)
+            .fetch_all(&self.pools.main)
+            .await?;
         Ok(found.into_iter().map(JobId).collect())
     }
 

@@ -55,6 +55,8 @@ mod feed;
 mod jobs;
 mod nodes;
 mod notifier;
+#[cfg(test)]
+mod plans;
 mod queue;
 mod transitions;
 mod uploads;

@@ -8,6 +8,15 @@ use crate::domain::{JobRecord, Timestamp, Transition};
 use crate::store::row::JobRow;
 use crate::store::{Applied, Claim, QueueStore, StoreError};
 
+/// The queue's head: the first `$1` queued jobs by `run_at` that no other
+/// claim holds (the partial index of queued jobs, which holds nothing else).
+pub(crate) const QUEUE_HEAD: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM herald_jobs WHERE status = 'queued' ORDER BY run_at, id LIMIT $1 \
+     FOR UPDATE SKIP LOCKED"
+);
+
 #[async_trait]
 impl QueueStore for PgStore {
     /// One transaction on the `writes` pool (index lookups only): lock the
@@ -17,15 +26,10 @@ impl QueueStore for PgStore {
     /// statement, commit. Four round trips for the whole batch.
     async fn claim(&self, limit: usize) -> Result<Claim, StoreError> {
         let mut tx = self.pools.writes.begin().await?;
-        let rows: Vec<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM herald_jobs WHERE status = 'queued' ORDER BY run_at, id LIMIT $1 \
-             FOR UPDATE SKIP LOCKED"
-        ))
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows: Vec<JobRow> = sqlx::query_as(QUEUE_HEAD)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await?;
         let now = Timestamp::now();
         let mut claim = Claim::default();
         let mut writes = Vec::with_capacity(rows.len());

@@ -36,6 +36,8 @@ macro_rules! job_columns {
 mod feed;
 mod jobs;
 mod nodes;
+#[cfg(test)]
+mod plans;
 mod queue;
 mod uploads;
 mod writer;

@@ -112,21 +112,24 @@ pub(super) async fn apply_known_in(
     apply_in(tx, known.id, t).await
 }
 
+/// The tenant's job with idempotency key `?2`, if any (its unique index).
+pub(crate) const JOB_BY_IDEMPOTENCY_KEY: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM herald_jobs WHERE tenant = ?1 AND idempotency_key = ?2"
+);
+
 pub(super) async fn submit_in(
     tx: &mut Transaction<'static, Sqlite>,
     tenant: &str,
     sub: &Submission,
 ) -> Result<Submitted, StoreError> {
     if let Some(key) = &sub.idempotency_key {
-        let row: Option<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM herald_jobs WHERE tenant = ?1 AND idempotency_key = ?2"
-        ))
-        .bind(tenant)
-        .bind(key)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let row: Option<JobRow> = sqlx::query_as(JOB_BY_IDEMPOTENCY_KEY)
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
         if let Some(row) = row {
             return Ok(sub.resubmitted(JobRecord::try_from(row)?));
         }
@@ -240,18 +243,25 @@ pub(super) async fn claim_in(
     }
 }
 
+/// The queue's head: the first `?1` queued jobs by `run_at`, from the
+/// partial index of queued jobs, which holds nothing else. Named, because
+/// SQLite otherwise takes (status = 'queued') from the (status, id) index
+/// and sorts everything queued.
+pub(crate) const QUEUE_HEAD: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM herald_jobs INDEXED BY herald_jobs_ready WHERE status = 'queued' \
+     ORDER BY run_at, id LIMIT ?1"
+);
+
 async fn claim_jobs(
     tx: &mut Transaction<'static, Sqlite>,
     limit: usize,
 ) -> Result<Claim, StoreError> {
-    let rows: Vec<JobRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        job_columns!(),
-        " FROM herald_jobs WHERE status = 'queued' ORDER BY run_at, id LIMIT ?1"
-    ))
-    .bind(limit as i64)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows: Vec<JobRow> = sqlx::query_as(QUEUE_HEAD)
+        .bind(limit as i64)
+        .fetch_all(&mut **tx)
+        .await?;
     let now = Timestamp::now();
     let mut claim = Claim::default();
     for row in rows {
