@@ -383,6 +383,15 @@ struct Runs {
     claimer: Arc<Claimer>,
 }
 
+/// A claimed job's worker slot: freed when its run ends, however it ends.
+struct Slot(Arc<Claimer>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.finished();
+    }
+}
+
 /// Runs a claimed job to its outcome (see `worker::runner`).
 pub trait RunJob: Send + Sync + 'static {
     fn run(self: Arc<Self>, job: JobRecord) -> futures::future::BoxFuture<'static, ()>;
@@ -396,9 +405,10 @@ async fn handle_task(job: Claimed, runs: Data<Runs>) -> Result<(), BoxDynError> 
     // dropped between deciding an outcome and writing it would leave the
     // job `running` after a clean shutdown. The application waits for
     // running jobs itself (the cancel registry counts them).
+    let slot = Slot(claimer);
     let ran = tokio::spawn(async move {
+        let _slot = slot;
         runner.run(*job.0).await;
-        claimer.finished();
     })
     .await;
     ran.map_err(|e| {
