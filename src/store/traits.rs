@@ -53,7 +53,7 @@ pub trait JobStore: Send + Sync + 'static {
     async fn cancel_requested_among(&self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError>;
 
     /// Deletes up to `limit` terminal jobs that finished before `before`, with
-    /// their events and any queue task left; returns how many.
+    /// their events and upload chunks; returns how many.
     async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError>;
 }
 
