@@ -142,7 +142,7 @@ pub struct FeedEvent {
 
 /// One read of the feed: the events the filter keeps, and how far the read
 /// got. A read examines a bounded number of events after its cursor
-/// ([`FeedRead::window`]), whether the filter keeps them or not, so its cost
+/// (its limit, or a window of `FEED_WINDOW` events if that is more), whether the filter keeps them or not, so its cost
 /// is bounded by what it reads, never by how many left-out events lie behind
 /// the cursor; `next` moves past the left-out ones, so the next read does not
 /// examine them again.
