@@ -94,21 +94,23 @@ impl Drop for TestDatabase {
 
 /// Migrates and fills the database: `JOBS` jobs, most of tenant `''`, one in
 /// a hundred of tenant `other`; one in seven of kind `import`, the others `demo`;
-/// the newest hundred `running`, one in ninety-seven `failed`, the rest
+/// the newest hundred `running`, the thousand before them `queued` (due in
+/// submission order), one in ninety-seven `failed`, the rest
 /// `succeeded`; four events each (every tenth job also ten items), appended
 /// by twenty transactions, as the feed's cursor orders by transaction.
 async fn seed(pool: &PgPool) {
     super::migrate(pool).await.expect("migrate");
     sqlx::query(
         "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, \
-           max_attempts, idempotency_key, created_at, started_at, finished_at, updated_at, last_seq) \
+           max_attempts, idempotency_key, created_at, started_at, finished_at, updated_at, last_seq, \
+           run_at) \
          SELECT (lpad(to_hex(i), 8, '0') || '-0000-7000-8000-000000000000')::uuid, 'task-' || i, \
            CASE WHEN i % 100 = 0 THEN 'other' ELSE '' END, \
            CASE WHEN i % 7 = 0 THEN 'import' ELSE 'demo' END, \
-           CASE WHEN i > $1 - 100 THEN 'running' WHEN i % 97 = 0 THEN 'failed' \
-             ELSE 'succeeded' END, \
+           CASE WHEN i > $1 - 100 THEN 'running' WHEN i > $1 - 1100 THEN 'queued' \
+             WHEN i % 97 = 0 THEN 'failed' ELSE 'succeeded' END, \
            '{}', 1, 3, CASE WHEN i % 3 = 0 THEN 'key-' || i END, \
-           i, i, CASE WHEN i > $1 - 100 THEN NULL ELSE i END, i, 4 \
+           i, i, CASE WHEN i > $1 - 1100 THEN NULL ELSE i END, i, 4, i \
          FROM generate_series(1, $1) AS i",
     )
     .bind(JOBS)
