@@ -174,7 +174,11 @@ async fn check(conn: &mut PgConnection, e: &Expect, mode: &str) {
     nodes(&plan[0]["Plan"], &mut all);
     let herald = |rel: &str| rel.starts_with("herald_");
     for (node, rel, _) in &all {
-        let sort = node.contains("Sort") && !e.may_sort_one_job;
+        // An incremental sort only orders, group by group, what an index
+        // already delivers sorted by the leading keys: under a LIMIT it
+        // stops with the limit. (The claim gets one over the ready index
+        // when ANALYZE's sample makes `run_at` look unique.)
+        let sort = node.contains("Sort") && node != "Incremental Sort" && !e.may_sort_one_job;
         let whole_table = node == "Seq Scan" && herald(rel);
         assert!(
             !whole_table && !sort,
