@@ -57,6 +57,13 @@ struct Signal {
     recent: tokio::sync::Mutex<Recent>,
 }
 
+impl Signal {
+    /// Bumps the version: the job's subscribers look again.
+    fn wake(&self) {
+        self.tx.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
 #[derive(Debug)]
 pub struct Hub {
     // Weak: a job's signal lives as long as some subscription holds it.
@@ -116,15 +123,18 @@ impl Hub {
     /// Wakes every local subscriber of `id`, and the feeds.
     pub fn notify(&self, id: JobId) {
         self.bump_feed();
-        let signal = self
-            .jobs
+        if let Some(s) = self.signal(id) {
+            s.wake();
+        }
+    }
+
+    /// The job's signal, while some subscription holds it.
+    fn signal(&self, id: JobId) -> Option<Arc<Signal>> {
+        self.jobs
             .lock()
             .expect("hub poisoned")
             .get(&id)
-            .and_then(Weak::upgrade);
-        if let Some(s) = signal {
-            s.tx.send_modify(|v| *v = v.wrapping_add(1));
-        }
+            .and_then(Weak::upgrade)
     }
 
     /// Wakes every local subscriber of `id`, and the feeds, for the event in
@@ -136,17 +146,11 @@ impl Hub {
     /// next subscriber reads the store, as after [`Hub::notify`].
     pub fn publish(&self, id: JobId, frame: Frame) {
         self.bump_feed();
-        let signal = self
-            .jobs
-            .lock()
-            .expect("hub poisoned")
-            .get(&id)
-            .and_then(Weak::upgrade);
-        let Some(s) = signal else { return };
+        let Some(s) = self.signal(id) else { return };
         // The slot's lock is held across the version bump, so no subscriber
         // can take the new version and find the slot without the frame.
         let Ok(mut recent) = s.recent.try_lock() else {
-            s.tx.send_modify(|v| *v = v.wrapping_add(1));
+            s.wake();
             return;
         };
         let before = *s.tx.borrow();
@@ -154,7 +158,7 @@ impl Hub {
             && recent
                 .last_seq()
                 .is_some_and(|last| frame.seq == last.next());
-        s.tx.send_modify(|v| *v = v.wrapping_add(1));
+        s.wake();
         if continues {
             recent.extend([frame]);
             recent.checked = Some(before.wrapping_add(1));
@@ -172,7 +176,7 @@ impl Hub {
             .filter_map(Weak::upgrade)
             .collect();
         for s in signals {
-            s.tx.send_modify(|v| *v = v.wrapping_add(1));
+            s.wake();
         }
     }
 

@@ -226,6 +226,33 @@ pub struct Claim {
     pub next_due: Option<Timestamp>,
 }
 
+/// A claim's started jobs, each with the `last_seq` it had before.
+type Starts = Vec<(EventSeq, Applied)>;
+
+impl Claim {
+    /// The claim of the queue's head (`head`, in `run_at` order) at `now`,
+    /// before it is written: each due job started, paired with the
+    /// `last_seq` it had (for a write conditional on it), up to the first
+    /// job that is not due, which says when the next one will be.
+    fn plan(
+        head: Vec<row::JobRow>,
+        now: Timestamp,
+    ) -> Result<(Starts, Option<Timestamp>), StoreError> {
+        let mut starts = Vec::with_capacity(head.len());
+        for row in head {
+            let job = JobRecord::try_from(row)?;
+            if job.run_at > now {
+                return Ok((starts, Some(job.run_at)));
+            }
+            let (next, event) = job.apply(&Transition::Start, now).map_err(|refused| {
+                StoreError::Corrupt(format!("queued job {} cannot start: {refused}", job.id))
+            })?;
+            starts.push((job.last_seq, Applied { job: next, event }));
+        }
+        Ok((starts, None))
+    }
+}
+
 /// What start-up recovery did with the jobs a previous process left running.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Recovered {

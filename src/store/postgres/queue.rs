@@ -4,9 +4,9 @@ use async_trait::async_trait;
 
 use super::batch::{write_rows, TransitionRow};
 use super::PgStore;
-use crate::domain::{JobRecord, Timestamp, Transition};
+use crate::domain::Timestamp;
 use crate::store::row::JobRow;
-use crate::store::{Applied, Claim, QueueStore, StoreError};
+use crate::store::{Claim, QueueStore, StoreError};
 
 /// The queue's head: the first `$1` queued jobs by `run_at` that no other
 /// claim holds (the partial index of queued jobs, which holds nothing else).
@@ -30,24 +30,15 @@ impl QueueStore for PgStore {
             .bind(limit as i64)
             .fetch_all(&mut *tx)
             .await?;
-        let now = Timestamp::now();
-        let mut claim = Claim::default();
-        let mut writes = Vec::with_capacity(rows.len());
-        for row in rows {
-            let job = JobRecord::try_from(row)?;
-            if job.run_at > now {
-                claim.next_due = Some(job.run_at);
-                break;
-            }
-            let (next, ev) = job.apply(&Transition::Start, now).map_err(|refused| {
-                StoreError::Corrupt(format!("queued job {} cannot start: {refused}", job.id))
-            })?;
-            writes.push(TransitionRow::new(&next, ev.clone(), job.last_seq));
-            claim.started.push(Applied {
-                job: next,
-                event: ev,
-            });
-        }
+        let (starts, next_due) = Claim::plan(rows, Timestamp::now())?;
+        let writes: Vec<TransitionRow> = starts
+            .iter()
+            .map(|(if_seq, a)| TransitionRow::new(&a.job, a.event.clone(), *if_seq))
+            .collect();
+        let claim = Claim {
+            started: starts.into_iter().map(|(_, a)| a).collect(),
+            next_due,
+        };
         if claim.started.is_empty() {
             tx.rollback().await?;
             return Ok(claim);

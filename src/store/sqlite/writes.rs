@@ -262,22 +262,11 @@ async fn claim_jobs(
         .bind(limit as i64)
         .fetch_all(&mut **tx)
         .await?;
-    let now = Timestamp::now();
-    let mut claim = Claim::default();
-    for row in rows {
-        let job = JobRecord::try_from(row)?;
-        if job.run_at > now {
-            claim.next_due = Some(job.run_at);
-            break;
-        }
-        let (next, ev) = job.apply(&Transition::Start, now).map_err(|refused| {
-            StoreError::Corrupt(format!("queued job {} cannot start: {refused}", job.id))
-        })?;
-        write_transition(tx, &next, &ev, None).await?;
-        claim.started.push(Applied {
-            job: next,
-            event: ev,
-        });
+    let (starts, next_due) = Claim::plan(rows, Timestamp::now())?;
+    let mut started = Vec::with_capacity(starts.len());
+    for (_, applied) in starts {
+        write_transition(tx, &applied.job, &applied.event, None).await?;
+        started.push(applied);
     }
-    Ok(claim)
+    Ok(Claim { started, next_due })
 }
