@@ -48,6 +48,11 @@ impl FromStr for JobId {
 pub struct EventSeq(pub i64);
 
 impl EventSeq {
+    /// The largest id a client may send (the OpenAPI document's maximum): a
+    /// bound that a JSON number, and a JavaScript one, hold exactly. No job
+    /// has that many events.
+    pub const MAX: i64 = 999_999_999_999_999;
+
     pub fn next(self) -> EventSeq {
         EventSeq(self.0 + 1)
     }
@@ -72,8 +77,10 @@ impl FromStr for EventSeq {
             return Err(BadEventSeq(s.to_owned()));
         }
         t.parse::<i64>()
+            .ok()
+            .filter(|n| *n <= EventSeq::MAX)
             .map(EventSeq)
-            .map_err(|_| BadEventSeq(s.to_owned()))
+            .ok_or_else(|| BadEventSeq(s.to_owned()))
     }
 }
 
@@ -132,7 +139,17 @@ mod tests {
     fn event_seq_parses_only_non_negative_integers() {
         assert_eq!("0".parse::<EventSeq>(), Ok(EventSeq(0)));
         assert_eq!("42".parse::<EventSeq>(), Ok(EventSeq(42)));
-        for bad in ["", "-1", "+3", "3.0", "abc", "99999999999999999999999"] {
+        let max = "999999999999999";
+        assert_eq!(max.parse::<EventSeq>(), Ok(EventSeq(EventSeq::MAX)));
+        for bad in [
+            "",
+            "-1",
+            "+3",
+            "3.0",
+            "abc",
+            "1000000000000000",
+            "99999999999999999999999",
+        ] {
             assert!(bad.parse::<EventSeq>().is_err(), "{bad:?}");
         }
     }

@@ -98,13 +98,16 @@ impl Submission {
         };
         let idempotency_key = match obj.get("idempotency_key") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY_LEN => {
+            // Characters, not bytes: what a client's schema validator counts.
+            Some(Value::String(s))
+                if !s.is_empty() && s.chars().count() <= MAX_IDEMPOTENCY_KEY_LEN =>
+            {
                 Some(s.clone())
             }
             Some(_) => {
                 errors.push(FieldError::new(
                     "/idempotency_key",
-                    format!("must be a string of 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+                    format!("must be a string of 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"),
                 ));
                 None
             }

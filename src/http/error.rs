@@ -266,6 +266,10 @@ impl ApiResponse for ApiError {
                     "A per-tenant limit was reached; retry after Retry-After seconds.",
                 ),
                 problem(500, "Internal error; the cause is logged."),
+                problem(
+                    503,
+                    "This node cannot serve now (it is draining for shutdown, or its database does not answer); retry, or use another node.",
+                ),
             ],
         }
     }

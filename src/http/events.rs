@@ -3,7 +3,7 @@
 
 use poem::http::{header, StatusCode};
 use poem::web::Data;
-use poem::{Body, IntoResponse, Response};
+use poem::{Body, IntoResponse, Request, Response};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
@@ -17,6 +17,7 @@ use super::event_log::{self, PageParams, Wants};
 use super::event_page::JobEventPageDto;
 use super::jobs::owned_job;
 use super::models::JobErrorDto;
+use super::params::{EventIdHeader, EventIdParam};
 use super::ApiTags;
 use super::AppState;
 use crate::auth::Tenant;
@@ -43,9 +44,13 @@ pub struct StatusEventDto {
 #[oai(rename = "ProgressEvent")]
 pub struct ProgressEventDto {
     /// 0 to 100, or null.
+    #[oai(nullable)]
     pub percent: Option<f64>,
+    #[oai(nullable)]
     pub stage: Option<String>,
+    #[oai(nullable)]
     pub message: Option<String>,
+    #[oai(nullable)]
     pub data: Option<Value>,
     pub at: String,
 }
@@ -187,11 +192,30 @@ pub(super) fn stream_slot(
         })
 }
 
-/// Where a client resumes: the `Last-Event-ID` header, else the `after`
-/// parameter, else the `last_event_id` parameter, else none. The header wins
-/// because a browser's EventSource sends it on its own reconnect while its URL
-/// keeps the first request's parameters. A value that does not parse is a 400
-/// that says what to send (`hint`).
+/// `Last-Event-ID` as text. poem-openapi's header parameter skips a value
+/// that is not visible ASCII, as if it were absent; such a value is a bad id,
+/// not a missing one.
+pub(super) fn readable_last_event_id<P>(
+    req: &Request,
+    parsed: Option<P>,
+    text: impl Fn(P) -> String,
+) -> Result<Option<String>, ApiError> {
+    match (req.headers().get("last-event-id"), parsed) {
+        (_, Some(p)) => Ok(Some(text(p))),
+        (Some(_), None) => Err(ApiError::BadRequest {
+            code: "bad_last_event_id",
+            detail: "the Last-Event-ID header is not text (visible ASCII); send the `id` of the last event you received".to_owned(),
+        }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Where a client resumes: the `Last-Event-ID` header (unless empty), else
+/// the `after` parameter, else the `last_event_id` parameter, else none. The
+/// header wins because a browser's EventSource sends it on its own reconnect
+/// while its URL keeps the first request's parameters. Every value given must
+/// parse, the ones that lose included: a value that does not is a 400 that
+/// says what to send (`hint`).
 pub(super) fn resume_after<T>(
     header: Option<String>,
     after: Option<String>,
@@ -202,16 +226,22 @@ where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
-    let (raw, source) = match (header, after, query) {
-        (Some(h), _, _) => (h, "the Last-Event-ID header"),
-        (None, Some(a), _) => (a, "the after parameter"),
-        (None, None, Some(q)) => (q, "the last_event_id parameter"),
-        (None, None, None) => return Ok(None),
+    // An empty `Last-Event-ID` names no event: an EventSource whose last
+    // event id is empty sends none, and the SSE spec reads an empty `id:` as
+    // a reset.
+    let header = header.filter(|h| !h.trim().is_empty());
+    let parse = |raw: Option<String>, source: &str| -> Result<Option<T>, ApiError> {
+        raw.map(|raw| raw.parse())
+            .transpose()
+            .map_err(|e| ApiError::BadRequest {
+                code: "bad_last_event_id",
+                detail: format!("{source}: {e}; {hint}"),
+            })
     };
-    raw.parse().map(Some).map_err(|e| ApiError::BadRequest {
-        code: "bad_last_event_id",
-        detail: format!("{source}: {e}; {hint}"),
-    })
+    let header = parse(header, "the Last-Event-ID header")?;
+    let after = parse(after, "the after parameter")?;
+    let query = parse(query, "the last_event_id parameter")?;
+    Ok(header.or(after).or(query))
 }
 
 #[OpenApi(tag = "ApiTags::Jobs")]
@@ -228,6 +258,7 @@ impl EventsApi {
     #[tracing::instrument(skip_all, fields(tenant = %tenant.0 .0, job_id = %id.0))]
     async fn events(
         &self,
+        req: &Request,
         state: Data<&AppState>,
         tenant: Data<&Tenant>,
         id: Path<Uuid>,
@@ -235,13 +266,13 @@ impl EventsApi {
         /// Resume after this event id (what a reconnecting EventSource sends).
         /// It wins over `after` and `last_event_id`.
         #[oai(name = "Last-Event-ID")]
-        last_event_id_header: Header<Option<String>>,
+        last_event_id_header: Header<Option<EventIdHeader>>,
         /// The events after this id (a page's `last_event_id`). It wins over
         /// `last_event_id`.
-        after: Query<Option<String>>,
+        after: Query<Option<EventIdParam>>,
         /// Resume after this event id, for clients that cannot set headers on
         /// their first request.
-        last_event_id: Query<Option<String>>,
+        last_event_id: Query<Option<EventIdParam>>,
         /// JSON pages only: at most this many events, 1 to 1000 (default 100).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
@@ -249,16 +280,12 @@ impl EventsApi {
         /// to this many seconds (1 to 25) for one; an empty page when none came.
         #[oai(validator(minimum(value = "1"), maximum(value = "25")))]
         wait: Query<Option<u64>>,
-        /// A stream token (see `links.events` and `POST /v1/jobs/{id}/stream-token`),
-        /// for clients that cannot send `Authorization`.
-        #[oai(name = "token")]
-        _token: Query<Option<String>>,
     ) -> Result<EventsResponse, ApiError> {
         let id = JobId(id.0);
         let after = resume_after(
-            last_event_id_header.0,
-            after.0,
-            last_event_id.0,
+            readable_last_event_id(req, last_event_id_header.0, |p| p.0)?,
+            after.0.map(|p| p.0),
+            last_event_id.0.map(|p| p.0),
             "send the `id` of the last event you received",
         )?
         .unwrap_or(EventSeq(0));

@@ -2,7 +2,7 @@
 //! `event_log`), and `POST /v1/events/stream-token`.
 
 use poem::web::Data;
-use poem::{Body, IntoResponse, Response};
+use poem::{Body, IntoResponse, Request, Response};
 use poem_openapi::param::{Header, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
@@ -13,9 +13,10 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::event_log::{self, PageParams, Wants};
 use super::event_page::{FeedEventData, FeedEventPageDto};
-use super::events::{resume_after, sse_response, stream_slot};
+use super::events::{readable_last_event_id, resume_after, sse_response, stream_slot};
 use super::jobs::{stream_token_response, StreamTokenResponse};
 use super::models::JobStatusDto;
+use super::params::{FeedCursorHeader, FeedCursorParam};
 use super::ApiTags;
 use super::AppState;
 use crate::auth::{Tenant, TokenScope};
@@ -98,10 +99,11 @@ impl FeedApi {
     #[tracing::instrument(skip_all, fields(tenant = %tenant.0 .0))]
     async fn feed(
         &self,
+        req: &Request,
         state: Data<&AppState>,
         tenant: Data<&Tenant>,
         /// Only these jobs (repeat the parameter for several).
-        job: Query<Vec<Uuid>>,
+        job: Query<Option<Vec<Uuid>>>,
         /// Only jobs of this kind.
         kind: Query<Option<String>>,
         /// Only the jobs that are in this status when the feed opens (at most 1,000).
@@ -110,12 +112,12 @@ impl FeedApi {
         /// Resume after this feed cursor (what a reconnecting EventSource sends).
         /// It wins over `after` and `last_event_id`.
         #[oai(name = "Last-Event-ID")]
-        last_event_id_header: Header<Option<String>>,
+        last_event_id_header: Header<Option<FeedCursorHeader>>,
         /// The events after this feed cursor (a page's `last_event_id`). It
         /// wins over `last_event_id`.
-        after: Query<Option<String>>,
+        after: Query<Option<FeedCursorParam>>,
         /// Resume after this feed cursor, for clients that cannot set headers.
-        last_event_id: Query<Option<String>>,
+        last_event_id: Query<Option<FeedCursorParam>>,
         /// JSON pages only: at most this many events, 1 to 1000 (default 100).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
@@ -123,19 +125,17 @@ impl FeedApi {
         /// up to this many seconds (1 to 25) for one; an empty page when none came.
         #[oai(validator(minimum(value = "1"), maximum(value = "25")))]
         wait: Query<Option<u64>>,
-        /// A feed token (`POST /v1/events/stream-token`), for clients that
-        /// cannot send `Authorization`.
-        #[oai(name = "token")]
-        _token: Query<Option<String>>,
     ) -> Result<FeedResponse, ApiError> {
         let after: Option<FeedCursor> = resume_after(
-            last_event_id_header.0,
-            after.0,
-            last_event_id.0,
+            readable_last_event_id(req, last_event_id_header.0, |p| p.0)?,
+            after.0.map(|p| p.0),
+            last_event_id.0.map(|p| p.0),
             "send the `id` of the last feed event you received, or none to start from now",
         )?;
-        let mut jobs: Option<Vec<JobId>> =
-            (!job.0.is_empty()).then(|| job.0.iter().copied().map(JobId).collect());
+        let mut jobs: Option<Vec<JobId>> = job
+            .0
+            .filter(|ids| !ids.is_empty())
+            .map(|ids| ids.into_iter().map(JobId).collect());
         if let Some(status) = status.0 {
             let in_status = state
                 .jobs

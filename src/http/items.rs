@@ -37,6 +37,7 @@ pub struct ItemPageDto {
     pub items: Vec<ItemDto>,
     /// Pass as `offset` for the next page; null after the job's last item
     /// so far (a running job may append more).
+    #[oai(nullable)]
     pub next_offset: Option<i64>,
 }
 

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::models::{JobDto, JobListDto, JobStatusDto, StreamTokenDto, SubmitJobDto};
+use super::params::ListCursorParam;
 use super::ApiTags;
 use super::AppState;
 use crate::auth::{AuthMode, Tenant};
@@ -132,12 +133,13 @@ impl JobsApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
         /// The previous page's `next_cursor`.
-        cursor: Query<Option<String>>,
+        cursor: Query<Option<ListCursorParam>>,
     ) -> Result<ListResponse, ApiError> {
         let limit = limit.0.unwrap_or(50);
-        let before = match cursor.0.as_deref() {
+        let before = match cursor.0.as_ref().map(|c| c.0.as_str()) {
             None | Some("") => None,
-            Some(c) => Some(JobId(Uuid::try_parse(c).map_err(|_| ApiError::BadRequest {
+            // Only the form `next_cursor` has (32 hex digits), as documented.
+            Some(c) => Some(JobId(Uuid::try_parse(c).ok().filter(|_| c.len() == 32).ok_or_else(|| ApiError::BadRequest {
                 code: "bad_cursor",
                 detail: "`cursor` is not a cursor from this API; pass a `next_cursor` exactly as returned, or omit it for the first page".to_owned(),
             })?)),

@@ -15,10 +15,13 @@
 //! - `health`: `/healthz`, `/readyz`
 //! - `dashboard`: the dashboard page at `/` (static files in the binary)
 //! - `uploads`: `POST /v1/uploads`, a file streamed into the store → an `import` job
-//! - `models`: DTOs; `body`: the JSON body extractor with a size limit
-//! - `authenticate`, `access_log`, `metrics`: the middleware and `/metrics`
+//! - `models`: DTOs; `body`: the JSON body extractor with a size limit;
+//!   `params`: parameters the handlers parse themselves, as documented
+//! - `authenticate`, `access_log`, `allow`, `metrics`: the middleware
+//!   (`allow` puts `Allow` on a 405) and `/metrics`
 
 mod access_log;
+mod allow;
 mod authenticate;
 mod body;
 mod dashboard;
@@ -33,6 +36,7 @@ mod jobs;
 mod metrics;
 mod models;
 mod openapi;
+mod params;
 pub mod server;
 mod state;
 mod uploads;
@@ -85,16 +89,17 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
 }
 
 /// The OpenAPI document of a herald running `kinds`, each kind's input
-/// schema included: what `herald openapi` prints, `/openapi.json` serves,
+/// schema included (and what poem-openapi cannot generate: the uploads
+/// route, the security schemes): what `herald openapi` prints, `/openapi.json` serves,
 /// and (for the built-in kinds) `openapi/openapi.json` holds.
 pub fn openapi_json(kinds: &crate::Kinds) -> String {
-    openapi::with_kinds(&openapi_service().spec(), &kinds.schemas())
+    openapi::complete(&openapi_service().spec(), &kinds.schemas())
 }
 
 pub fn routes(state: AppState) -> impl Endpoint {
     let api = openapi_service();
     let generated = api.spec();
-    let spec = openapi::with_kinds(&generated, &state.jobs.kinds().schemas());
+    let spec = openapi::complete(&generated, &state.jobs.kinds().schemas());
     // The docs page embeds the document: the one with the kinds patched in.
     let docs_html = api.swagger_ui_html().replacen(&generated, &spec, 1);
     let docs = poem::get(poem::endpoint::make_sync(move |_| {
@@ -109,6 +114,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
             .expose_headers(["location", "retry-after"])
             .max_age(600)
     });
+    let allow = std::sync::Arc::new(allow::AllowTable::new(&spec, allow::PLAIN_ROUTES));
     let route = Route::new().at("/metrics", poem::get(metrics_endpoint));
     // Worker nodes answer the probes and /metrics only.
     let route = if state.config.role.serves_api() {
@@ -139,6 +145,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .data(state)
         .data(limit)
         .catch_all_error(render_any_error)
+        .around(move |ep, req| allow::allow_header(ep, allow.clone(), req))
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .around(access_log)
 }

@@ -49,11 +49,15 @@ pub struct SubmitJobDto {
     /// The kind's input; each kind's schema is in `GET /v1/kinds` (and below, keyed on `kind`).
     pub input: Value,
     /// Submitting again with the same key answers 200 with the same job (409 if
-    /// the kind, input, max_attempts or timeout_secs differ).
+    /// the kind, input, max_attempts or timeout_secs differ). 1 to 255 characters.
+    #[oai(nullable, validator(min_length = 1, max_length = 255))]
     pub idempotency_key: Option<String>,
     /// 1 to 20; default HERALD_DEFAULT_MAX_ATTEMPTS (3).
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "20")))]
     pub max_attempts: Option<i32>,
-    /// Limit for each attempt, in seconds; a timeout is a failed attempt with code `timeout`.
+    /// Limit for each attempt, in seconds (1 to 604800, a week); a timeout is
+    /// a failed attempt with code `timeout`. None by default.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "604800")))]
     pub timeout_secs: Option<i64>,
 }
 
@@ -61,9 +65,14 @@ pub struct SubmitJobDto {
 #[oai(rename = "Progress")]
 pub struct ProgressDto {
     /// 0 to 100, or null when the handler does not know.
+    #[oai(nullable)]
     pub percent: Option<f64>,
+    #[oai(nullable)]
     pub stage: Option<String>,
+    #[oai(nullable)]
     pub message: Option<String>,
+    /// Anything the handler adds, as JSON; null when it adds nothing.
+    #[oai(nullable)]
     pub data: Option<Value>,
 }
 
@@ -93,17 +102,28 @@ pub struct JobDto {
     pub status: JobStatusDto,
     pub input: Value,
     /// The latest progress report; null until the first one.
+    #[oai(nullable)]
     pub progress: Option<ProgressDto>,
+    /// What the job answered; null until it succeeds.
+    #[oai(nullable)]
     pub result: Option<Value>,
+    /// Why the job failed; null unless it failed.
+    #[oai(nullable)]
     pub error: Option<JobErrorDto>,
     /// The current (or last) attempt, from 1.
     pub attempt: i32,
     pub max_attempts: i32,
+    /// Limit for each attempt, in seconds; null when it has none.
+    #[oai(nullable)]
     pub timeout_secs: Option<i64>,
     pub cancel_requested: bool,
     /// RFC 3339, UTC, microseconds.
     pub created_at: String,
+    /// When the first attempt started; null while it has not.
+    #[oai(nullable)]
     pub started_at: Option<String>,
+    /// When the job ended; null while it has not.
+    #[oai(nullable)]
     pub finished_at: Option<String>,
     /// The id of the job's latest event: resume its stream from here.
     pub last_event_id: i64,
@@ -154,6 +174,7 @@ pub struct JobListDto {
     /// Newest first.
     pub items: Vec<JobDto>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

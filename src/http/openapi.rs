@@ -1,26 +1,49 @@
-//! The OpenAPI document with each kind's input schema patched in.
+//! The OpenAPI document, completed: what poem-openapi cannot generate from
+//! the handlers' types is patched into its JSON here.
 //!
-//! poem-openapi builds the document from types known at compile time, and a
-//! library user's kinds are not; so the generated document's `SubmitJob`
-//! becomes a `oneOf` keyed on `kind`, one `SubmitJob_<kind>` per kind, each
-//! with that kind's input schema (from its input type).
+//! - Each kind's input schema: poem-openapi builds the document from types
+//!   known at compile time, and a library user's kinds are not; so the
+//!   generated `SubmitJob` becomes a `oneOf` keyed on `kind`, one
+//!   `SubmitJob_<kind>` per kind, each with that kind's input schema.
+//! - `POST /v1/uploads`: a plain poem route (it streams its body, which
+//!   poem-openapi's payloads would buffer), described here by hand.
+//! - The streams' events: a `text/event-stream` schema describes one event
+//!   as an EventSource parses it (`id`, `event`, `data`), and its `data` is a
+//!   string of JSON, described with `contentMediaType` and `contentSchema`,
+//!   which poem-openapi's schema type has no fields for.
+//! - The security schemes: the authentication middleware, not the handlers,
+//!   checks credentials, so poem-openapi does not know them.
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-/// `generated` (poem-openapi's JSON) with `kinds`' input schemas patched in.
-pub(crate) fn with_kinds(generated: &str, kinds: &BTreeMap<&'static str, Value>) -> String {
+/// `generated` (poem-openapi's JSON) completed: the kinds' input schemas,
+/// the uploads route and the security schemes.
+pub(crate) fn complete(generated: &str, kinds: &BTreeMap<&'static str, Value>) -> String {
     let mut doc: Value = serde_json::from_str(generated).expect("poem-openapi writes JSON");
+    with_kinds(&mut doc, kinds);
+    if doc["paths"].get("/v1/jobs").is_some() {
+        with_stream_events(&mut doc);
+        with_uploads(&mut doc);
+        with_security(&mut doc);
+    }
+    serde_json::to_string_pretty(&doc).expect("JSON serializes")
+}
+
+/// The generated `SubmitJob` becomes one variant per kind.
+fn with_kinds(doc: &mut Value, kinds: &BTreeMap<&'static str, Value>) {
     let schemas = &mut doc["components"]["schemas"];
     let Some(base) = schemas.get("SubmitJob").cloned() else {
-        return generated.to_owned();
+        return;
     };
     let mut variants = Vec::new();
     let mut mapping = serde_json::Map::new();
     for (name, input) in kinds {
         let mut variant = base.clone();
         variant["title"] = json!(format!("SubmitJob_{name}"));
+        // `Submission::parse` refuses unknown fields (422).
+        variant["additionalProperties"] = json!(false);
         variant["properties"]["kind"] = json!({
             "type": "string",
             "enum": [name],
@@ -44,7 +67,188 @@ pub(crate) fn with_kinds(generated: &str, kinds: &BTreeMap<&'static str, Value>)
         "oneOf": variants,
         "discriminator": {"propertyName": "kind", "mapping": mapping},
     });
-    serde_json::to_string_pretty(&doc).expect("JSON serializes")
+}
+
+/// The events of a job's stream, by name, with the schema of each one's data.
+const EVENTS: [(&str, &str); 6] = [
+    ("status", "StatusEvent"),
+    ("progress", "ProgressEvent"),
+    ("item", "ItemEvent"),
+    ("result", "ResultEvent"),
+    ("failed", "FailedEvent"),
+    ("cancelled", "CancelledEvent"),
+];
+
+/// `JobStreamEvent` and `FeedStreamEvent`: one event of a job's stream and
+/// of the feed, each the `text/event-stream` schema of its operation.
+fn with_stream_events(doc: &mut Value) {
+    let stream_event = |description: &str, id: Value, data: &dyn Fn(&str) -> Value| {
+        let by_name: Vec<Value> = EVENTS
+            .iter()
+            .map(|(name, schema)| {
+                json!({"properties": {
+                    "event": {"enum": [name]},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": data(schema),
+                    },
+                }})
+            })
+            .collect();
+        json!({
+            "description": description,
+            "type": "object",
+            "required": ["id", "event", "data"],
+            "properties": {
+                "id": id,
+                "event": {
+                    "type": "string",
+                    "enum": EVENTS.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+                },
+                "data": {
+                    "type": "string",
+                    "description": "One line of JSON, whose schema the event's name selects.",
+                },
+                "retry": {"type": "integer", "description": "How long to wait before reconnecting, in ms."},
+            },
+            "oneOf": by_name,
+        })
+    };
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["JobStreamEvent"] = stream_event(
+        "One event of a job's stream, as an EventSource delivers it: `id` (the job's gapless sequence number), `event` (its name) and `data`.",
+        json!({"type": "string", "pattern": "^[0-9]+$"}),
+        &|schema| json!({"$ref": format!("#/components/schemas/{schema}")}),
+    );
+    schemas["FeedStreamEvent"] = stream_event(
+        "One event of the feed, as an EventSource delivers it: `id` (the feed cursor), `event` (the job event's name) and `data` (the job event's, plus `job_id` and `seq`).",
+        json!({"type": "string", "pattern": super::params::FEED_CURSOR_PATTERN}),
+        &|schema| {
+            json!({"allOf": [
+                {"$ref": format!("#/components/schemas/{schema}")},
+                {"$ref": "#/components/schemas/FeedEventData"},
+            ]})
+        },
+    );
+    for (path, schema) in [
+        ("/v1/jobs/{id}/events", "JobStreamEvent"),
+        ("/v1/events", "FeedStreamEvent"),
+    ] {
+        doc["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"] =
+            json!({"$ref": format!("#/components/schemas/{schema}")});
+    }
+}
+
+/// A problem+json response.
+fn problem(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/problem+json": {
+            "schema": {"$ref": "#/components/schemas/Problem"}
+        }},
+    })
+}
+
+/// `POST /v1/uploads` (see `super::uploads`).
+fn with_uploads(doc: &mut Value) {
+    let query = |name: &str, required: bool, description: &str, schema: Value| {
+        json!({
+            "name": name, "in": "query", "required": required,
+            "description": description, "schema": schema,
+            "deprecated": false, "explode": true,
+        })
+    };
+    let text =
+        |description: &str| json!({"schema": {"type": "string", "description": description}});
+    doc["paths"]["/v1/uploads"] = json!({"post": {
+        "tags": ["Jobs"],
+        "operationId": "upload",
+        "summary": "Upload a file to import",
+        "description": "Stores the file (streamed, never held whole in memory) and creates an `import` job that sends its rows, in batches, to a configured downstream. The parameters are checked before a byte is stored; a file over HERALD_MAX_UPLOAD_BYTES, or one cut off, is not kept.",
+        "parameters": [
+            query("downstream", true, "The downstream the rows go to: a name in HERALD_DOWNSTREAMS.",
+                json!({"type": "string", "minLength": 1})),
+            query("path", false, "The path under the downstream's base URL that each batch is POSTed to (default `/`).",
+                json!({"type": "string"})),
+            query("format", true, "How the file is written.",
+                json!({"type": "string", "enum": ["csv", "ndjson"]})),
+            query("batch_size", false, "Rows per batch, 1 to 10000 (default 500).",
+                json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": 10000})),
+        ],
+        "requestBody": {
+            "required": true,
+            "description": "The file: the raw body, or a form's field `file`.",
+            "content": {
+                "text/csv": text("CSV, with a header row."),
+                "application/x-ndjson": text("One JSON object per line."),
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {"schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }},
+            },
+        },
+        "responses": {
+            "202": {
+                "description": "Stored: the import job is queued.",
+                "content": {"application/json; charset=utf-8": {
+                    "schema": {"$ref": "#/components/schemas/Job"}
+                }},
+                "headers": {"LOCATION": {"required": true, "deprecated": false, "schema": {"type": "string"}}},
+            },
+            "400": problem("The multipart body cannot be read, or the upload stopped before its end."),
+            "401": problem("No valid credentials (see WWW-Authenticate)."),
+            "413": problem("The file is over HERALD_MAX_UPLOAD_BYTES."),
+            "415": problem("The body is not text/csv, application/x-ndjson, application/octet-stream or multipart/form-data."),
+            "422": problem("A parameter is invalid (an unknown downstream, say); `errors` points at each."),
+            "429": problem("Over HERALD_SUBMIT_RATE_PER_SEC; retry after Retry-After seconds."),
+            "500": problem("Internal error; the cause is logged."),
+            "503": problem("This node cannot serve now; retry, or use another."),
+        },
+    }});
+}
+
+/// The streams: they also take a stream token as `?token=`.
+const STREAMS: [&str; 2] = ["/v1/jobs/{id}/events", "/v1/events"];
+
+/// Declares how clients authenticate, and which operations need it: every
+/// `/v1` one (the probes, `/openapi.json`, `/docs` and the dashboard are open).
+fn with_security(doc: &mut Value) {
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "`Authorization: Bearer <key>`: an API key (HERALD_AUTH=api-keys) or a JWT (HERALD_AUTH=jwt). Not needed when HERALD_AUTH=none.",
+        },
+        "streamToken": {
+            "type": "apiKey",
+            "in": "query",
+            "name": "token",
+            "description": "A stream token, for clients (browsers' EventSource) that cannot send `Authorization`: from `links.events`, `POST /v1/jobs/{id}/stream-token` or `POST /v1/events/stream-token`. It opens only the stream it was made for, until it expires.",
+        },
+    });
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, ops) in paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let security = if STREAMS.contains(&path.as_str()) {
+            json!([{"bearer": []}, {"streamToken": []}])
+        } else {
+            json!([{"bearer": []}])
+        };
+        for op in ops.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+            op["security"] = security.clone();
+            let responses = &mut op["responses"];
+            if responses.get("401").is_none() {
+                responses["401"] = problem("No valid credentials (see WWW-Authenticate).");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -65,7 +269,7 @@ mod tests {
             ),
             ("b", json!({"type": "object"})),
         ]);
-        let doc: Value = serde_json::from_str(&with_kinds(&generated, &kinds)).unwrap();
+        let doc: Value = serde_json::from_str(&complete(&generated, &kinds)).unwrap();
         let s = &doc["components"]["schemas"];
         assert_eq!(s["SubmitJob"]["oneOf"].as_array().unwrap().len(), 2);
         assert_eq!(

@@ -32,9 +32,11 @@ pub struct DemoInput {
     pub step_ms: u64,
     /// Fail the attempt at this step (1 to `steps`).
     #[serde(default, deserialize_with = "some_whole")]
+    #[schemars(range(min = 1, max = 10000))]
     pub fail_at: Option<u64>,
     /// Panic at this step (1 to `steps`), to see a panic contained.
     #[serde(default, deserialize_with = "some_whole")]
+    #[schemars(range(min = 1, max = 10000))]
     pub panic_at: Option<u64>,
     /// Append the item `{"step": k}` at each step.
     #[serde(default)]

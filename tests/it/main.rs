@@ -23,6 +23,7 @@ mod nodes;
 mod operability;
 mod own_kinds;
 mod queue;
+mod schema_fuzz;
 mod stream;
 mod uploads;
 mod validation;

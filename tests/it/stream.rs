@@ -116,7 +116,7 @@ async fn bad_last_event_ids_and_unknown_jobs() {
         (Some("abc"), None),
         (Some("-1"), None),
         (None, Some("1.5")),
-        (Some(" "), None),
+        (Some("1 2"), None),
     ] {
         let resp = resume(&app, id, header, query).await;
         assert_eq!(resp.status(), 400, "{header:?} {query:?}");
@@ -124,6 +124,13 @@ async fn bad_last_event_ids_and_unknown_jobs() {
         let p: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(p["code"], "bad_last_event_id");
     }
+    // An empty Last-Event-ID is no id (an EventSource whose last id is
+    // empty sends none): the whole stream.
+    let all = app.stream_events(id).await;
+    assert_eq!(
+        read_to_end(resume(&app, id, Some(""), None).await).await,
+        all
+    );
     let missing = uuid::Uuid::now_v7().to_string();
     let resp = app.open_stream(missing, None).await;
     assert_eq!(resp.status(), 404);

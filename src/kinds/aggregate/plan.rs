@@ -121,7 +121,7 @@ impl Aggregate {
         }
         fields::unknown_fields(obj, &allowed, &here, errors);
         let name = match obj.get("name").and_then(Value::as_str) {
-            Some(n) if !n.is_empty() && n.len() <= 100 => {
+            Some(n) if !n.is_empty() && n.chars().count() <= 100 => {
                 if !names.insert(n.to_owned()) {
                     errors.push(FieldError::new(
                         at("/name"),

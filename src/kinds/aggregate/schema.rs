@@ -34,10 +34,10 @@ struct SourceInput {
     /// The path (and query) under the downstream's base URL.
     #[schemars(example = &"/crews?day=2026-11-30")]
     path: String,
-    /// GET (default), POST, PUT, PATCH or DELETE.
+    /// GET (default) or POST.
     #[schemars(extend("default" = "GET"))]
-    method: Option<String>,
-    /// A JSON body to send.
+    method: Option<Method>,
+    /// A JSON body to send: only with POST.
     body: Option<Value>,
     /// One try's limit; default: the downstream's timeout, else 30000.
     #[schemars(range(min = 1, max = super::MAX_TIMEOUT_MS))]
@@ -45,6 +45,13 @@ struct SourceInput {
     /// Retries after a connect error, timeout or 5xx.
     #[schemars(range(max = MAX_RETRIES), extend("default" = DEFAULT_RETRIES))]
     retries: Option<u32>,
+}
+
+#[allow(dead_code, clippy::upper_case_acronyms)] // Read by schemars only.
+#[derive(schemars::JsonSchema)]
+enum Method {
+    GET,
+    POST,
 }
 
 pub(crate) fn input_schema() -> Value {
