@@ -99,15 +99,18 @@ impl Submission {
         let idempotency_key = match obj.get("idempotency_key") {
             None | Some(Value::Null) => None,
             // Characters, not bytes: what a client's schema validator counts.
+            // No NUL: PostgreSQL's text cannot hold one.
             Some(Value::String(s))
-                if !s.is_empty() && s.chars().count() <= MAX_IDEMPOTENCY_KEY_LEN =>
+                if !s.is_empty()
+                    && s.chars().count() <= MAX_IDEMPOTENCY_KEY_LEN
+                    && !s.contains('\0') =>
             {
                 Some(s.clone())
             }
             Some(_) => {
                 errors.push(FieldError::new(
                     "/idempotency_key",
-                    format!("must be a string of 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"),
+                    format!("must be a string of 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters, without NUL"),
                 ));
                 None
             }

@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::event_log::{self, PageParams, Wants};
 use super::event_page::{FeedEventData, FeedEventPageDto};
 use super::events::{readable_last_event_id, resume_after, sse_response, stream_slot};
-use super::jobs::{stream_token_response, StreamTokenResponse};
+use super::jobs::{names_no_kind, stream_token_response, StreamTokenResponse};
 use super::models::JobStatusDto;
 use super::params::{FeedCursorHeader, FeedCursorParam};
 use super::ApiTags;
@@ -153,10 +153,15 @@ impl FeedApi {
                 None => ids,
             });
         }
+        let kind = kind.0;
+        if names_no_kind(&kind) {
+            // No job is of that kind: select none.
+            jobs = Some(Vec::new());
+        }
         let filter = FeedFilter {
             tenant: tenant.0 .0.clone(),
             jobs,
-            kind: kind.0,
+            kind: kind.filter(|k| !k.contains('\0')),
         };
         if wants == Wants::Page {
             let params = PageParams {

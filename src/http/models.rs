@@ -49,8 +49,12 @@ pub struct SubmitJobDto {
     /// The kind's input; each kind's schema is in `GET /v1/kinds` (and below, keyed on `kind`).
     pub input: Value,
     /// Submitting again with the same key answers 200 with the same job (409 if
-    /// the kind, input, max_attempts or timeout_secs differ). 1 to 255 characters.
-    #[oai(nullable, validator(min_length = 1, max_length = 255))]
+    /// the kind, input, max_attempts or timeout_secs differ). 1 to 255
+    /// characters, without NUL.
+    #[oai(
+        nullable,
+        validator(min_length = 1, max_length = 255, pattern = r"^[^\x00]*$")
+    )]
     pub idempotency_key: Option<String>,
     /// 1 to 20; default HERALD_DEFAULT_MAX_ATTEMPTS (3).
     #[oai(nullable, validator(minimum(value = "1"), maximum(value = "20")))]

@@ -145,7 +145,41 @@ async fn bad_ids_and_unknown_jobs() {
         .send()
         .await
         .unwrap();
+    // RFC 9110: a 405 says which methods the route takes.
+    assert_eq!(resp.headers()["allow"], "GET, POST, HEAD");
     problem(resp, 405, "method_not_allowed").await;
+    let resp = app.get("/v1/jobs/x/cancel").send().await.unwrap();
+    assert_eq!(resp.headers()["allow"], "POST");
+    problem(resp, 405, "method_not_allowed").await;
+    app.stop().await;
+}
+
+/// PostgreSQL's text cannot hold NUL: an idempotency key with one is
+/// refused like any bad key, and a `kind` filter with one matches no job
+/// (no kind's name has one), on both backends alike.
+async fn nul_in_text_is_refused_or_matches_nothing() {
+    let app = TestApp::spawn().await;
+    app.submit("demo", json!({"steps": 1, "step_ms": 0})).await;
+    let p = problem(
+        app.post_job(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0},
+            "idempotency_key": "a\u{0}b"}))
+            .await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(pointers(&p), ["/idempotency_key"]);
+    assert!(app.list("kind=de%00mo").await.items.is_empty());
+    assert_eq!(app.list("kind=demo").await.items.len(), 1);
+    let page = app
+        .get("/v1/events?kind=de%00mo&after=0-0")
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page: serde_json::Value = page.json().await.unwrap();
+    assert_eq!(page["events"], json!([]));
     app.stop().await;
 }
 
@@ -153,4 +187,5 @@ backend_tests!(
     bad_submissions_are_refused_and_write_nothing,
     a_body_over_the_limit_is_413_chunked_or_not,
     bad_ids_and_unknown_jobs,
+    nul_in_text_is_refused_or_matches_nothing,
 );
