@@ -18,9 +18,10 @@ use crate::common::TestApp;
 
 const KEY: &str = "fuzz-key-0123456789abcdef";
 
-/// The examples per operation for the phases that take a number; the whole
-/// run stays within about three minutes on a 2-core machine.
-const MAX_EXAMPLES: &str = "25";
+/// The examples per operation for the phases that take a number: the whole
+/// run takes about a minute and a half on a 2-core machine, three minutes
+/// at most while the rest of the suite runs beside it.
+const MAX_EXAMPLES: &str = "30";
 
 fn schemathesis() -> Option<PathBuf> {
     std::env::var_os("HERALD_SCHEMATHESIS")
@@ -55,7 +56,6 @@ async fn schemathesis_finds_nothing_against_the_document() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/schemathesis/schemathesis.toml"
     );
-    let reports = tempfile::tempdir().expect("temp dir");
     let started = Instant::now();
     let out = tokio::process::Command::new(&st)
         .arg("--config-file")
@@ -66,11 +66,12 @@ async fn schemathesis_finds_nothing_against_the_document() {
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--max-examples", MAX_EXAMPLES])
         .args(["--header", &format!("Authorization: Bearer {KEY}")])
-        .args(["--workers", "2"])
+        // One worker: with two threads, Hypothesis's source inspection can
+        // trip over CPython 3.11's `ast` ("AST constructor recursion depth
+        // mismatch"), an error in the tool, not in herald.
+        .args(["--workers", "1"])
         .args(["--seed", &seed()])
         .arg("--no-color")
-        .arg("--report-dir")
-        .arg(reports.path())
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(600), out)
