@@ -129,7 +129,7 @@
 //! - `event_log`: a job's log and the feed read a page at a time, with the
 //!   long-poll, for clients that cannot hold a stream.
 //! - `http`: the web layer: routes, middleware (access log, authentication),
-//!   `/metrics`, problem+json errors, the accept loop.
+//!   `/metrics`, problem+json errors, the OpenAPI document, the accept loop.
 //! - `auth`: API keys, JWTs and stream tokens → the request's tenant.
 //! - `limits`: per-tenant stream and submission limits.
 //! - `downstream`: the named downstreams kinds may call, and the SSRF guard.

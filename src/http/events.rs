@@ -127,6 +127,8 @@ impl ApiResponse for EventsResponse {
                     status: Some(200),
                     status_range: None,
                     content: vec![
+                        // The document describes each event whole (`id`,
+                        // `event`, `data`): see `openapi::with_stream_events`.
                         MetaMediaType {
                             content_type: "text/event-stream",
                             schema: JobEventDto::schema_ref(),

@@ -55,6 +55,8 @@ impl ApiResponse for FeedResponse {
                 status: Some(200),
                 status_range: None,
                 content: vec![
+                    // The document describes each event whole (`id`,
+                    // `event`, `data`): see `openapi::with_stream_events`.
                     MetaMediaType {
                         content_type: "text/event-stream",
                         schema: FeedEventData::schema_ref(),

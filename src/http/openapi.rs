@@ -255,6 +255,73 @@ fn with_security(doc: &mut Value) {
 mod tests {
     use super::*;
 
+    fn document() -> Value {
+        serde_json::from_str(&crate::http::openapi_json(&crate::Kinds::builtin())).unwrap()
+    }
+
+    #[test]
+    fn every_field_herald_may_send_as_null_is_nullable() {
+        let doc = document();
+        let s = &doc["components"]["schemas"];
+        for (schema, fields) in [
+            (
+                "Job",
+                &[
+                    "progress",
+                    "result",
+                    "error",
+                    "timeout_secs",
+                    "started_at",
+                    "finished_at",
+                ][..],
+            ),
+            ("Progress", &["percent", "stage", "message", "data"]),
+            ("ProgressEvent", &["percent", "stage", "message", "data"]),
+            ("JobList", &["next_cursor"]),
+            ("ItemPage", &["next_offset"]),
+        ] {
+            for field in fields {
+                let property = &s[schema]["properties"][field];
+                assert_eq!(property["nullable"], true, "{schema}.{field}: {property}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_v1_operation_needs_credentials_and_the_probes_do_not() {
+        let doc = document();
+        assert_eq!(
+            doc["components"]["securitySchemes"]["streamToken"]["in"],
+            "query"
+        );
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let security = &op["security"];
+                if path.starts_with("/v1/") {
+                    let schemes: Vec<&str> = security
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|s| s.as_object().unwrap().keys())
+                        .map(String::as_str)
+                        .collect();
+                    let want = if STREAMS.contains(&path.as_str()) {
+                        vec!["bearer", "streamToken"]
+                    } else {
+                        vec!["bearer"]
+                    };
+                    assert_eq!(schemes, want, "{method} {path}");
+                    assert!(op["responses"]["401"].is_object(), "{method} {path}");
+                } else {
+                    assert!(security.is_null(), "{method} {path} is open");
+                }
+            }
+        }
+        let upload = &doc["paths"]["/v1/uploads"]["post"];
+        assert!(upload["requestBody"]["content"]["multipart/form-data"].is_object());
+        assert!(upload["responses"]["202"].is_object());
+    }
+
     #[test]
     fn each_kind_becomes_a_variant_keyed_on_kind() {
         let generated = json!({"components": {"schemas": {"SubmitJob": {
