@@ -56,8 +56,11 @@ async fn schemathesis_finds_nothing_against_the_document() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/schemathesis/schemathesis.toml"
     );
+    // schemathesis keeps a cache in its working directory: not in the checkout.
+    let workdir = tempfile::tempdir().expect("a working directory for schemathesis");
     let started = Instant::now();
     let out = tokio::process::Command::new(&st)
+        .current_dir(workdir.path())
         .arg("--config-file")
         .arg(config)
         .arg("run")
@@ -92,13 +95,18 @@ async fn schemathesis_finds_nothing_against_the_document() {
     app.stop().await;
 }
 
-/// A seed that changes every run (so runs together cover more) unless
-/// HERALD_SCHEMATHESIS_SEED pins one to reproduce a failure.
+/// The same seed every run, so CI repeats the run it passed (one that
+/// fails on a machine fails on every one); `HERALD_SCHEMATHESIS_SEED=N`
+/// runs another, and `random` a new one each time, to search further.
 fn seed() -> String {
-    std::env::var("HERALD_SCHEMATHESIS_SEED").unwrap_or_else(|_| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        (now.as_secs() % 1_000_000).to_string()
-    })
+    match std::env::var("HERALD_SCHEMATHESIS_SEED").as_deref() {
+        Ok("random") => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            (now.as_secs() % 1_000_000).to_string()
+        }
+        Ok(seed) if !seed.is_empty() => seed.to_owned(),
+        _ => "20261130".to_owned(),
+    }
 }
