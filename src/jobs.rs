@@ -186,6 +186,23 @@ impl Jobs {
         Ok(applied.job)
     }
 
+    /// [`Jobs::record`] for several changes in turn (the reports a runner
+    /// has queued, and maybe its outcome), written together where the store
+    /// can; answers the job as the last one left it.
+    pub async fn record_all(
+        &self,
+        known: &JobRecord,
+        ts: &[Transition],
+    ) -> Result<JobRecord, ApplyError> {
+        let applied = self.store.apply_known_all(known, ts).await?;
+        for a in &applied {
+            self.published(a).await;
+        }
+        Ok(applied
+            .last()
+            .map_or_else(|| known.clone(), |a| a.job.clone()))
+    }
+
     /// A client's cancel: a queued job is `cancelled` at once, a running one
     /// gets `cancel_requested` and its token fires where it runs.
     #[tracing::instrument(skip_all, fields(job_id = %id))]

@@ -197,6 +197,22 @@ impl JobRecord {
         self.attempt < self.max_attempts
     }
 
+    /// Applies `ts` in turn at `now`: each step's job and event, the last job
+    /// being what is stored, or `Refused` at the first step the state does
+    /// not allow (then none of them is written).
+    pub fn apply_all(
+        &self,
+        ts: &[Transition],
+        now: Timestamp,
+    ) -> Result<Vec<(JobRecord, NewEvent)>, Refused> {
+        let mut steps: Vec<(JobRecord, NewEvent)> = Vec::with_capacity(ts.len());
+        for t in ts {
+            let step = steps.last().map_or(self, |(job, _)| job).apply(t, now)?;
+            steps.push(step);
+        }
+        Ok(steps)
+    }
+
     /// Applies `t` at `now`: the job as it will be stored and the event to append
     /// with the next sequence number, or `Refused` when the state does not allow it.
     pub fn apply(&self, t: &Transition, now: Timestamp) -> Result<(JobRecord, NewEvent), Refused> {
@@ -365,6 +381,30 @@ pub(crate) mod tests {
         assert_eq!(data(&ev)["status"], "running");
         assert_eq!(data(&ev)["attempt"], 1);
         assert!(!ev.data.contains('\n'));
+    }
+
+    #[test]
+    fn apply_all_steps_in_turn_and_refuses_as_a_whole() {
+        let running = job(JobStatus::Running);
+        let steps = running
+            .apply_all(
+                &[Transition::Item("{}".into()), Transition::Succeed(json!(1))],
+                Timestamp(3),
+            )
+            .unwrap();
+        let seqs: Vec<i64> = steps.iter().map(|(_, ev)| ev.seq.0).collect();
+        assert_eq!(seqs, [2, 3]);
+        let (last, _) = steps.last().unwrap();
+        assert_eq!(
+            (last.status, last.last_seq, last.items_count),
+            (JobStatus::Succeeded, EventSeq(3), 1)
+        );
+        // An item after the outcome: refused, so nothing of it is written.
+        let refused = running.apply_all(
+            &[Transition::Succeed(json!(1)), Transition::Item("{}".into())],
+            Timestamp(3),
+        );
+        assert!(refused.is_err());
     }
 
     #[test]

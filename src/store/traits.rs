@@ -33,6 +33,25 @@ pub trait JobStore: Send + Sync + 'static {
     /// afresh.
     async fn apply_known(&self, known: &JobRecord, t: &Transition) -> Result<Applied, ApplyError>;
 
+    /// [`JobStore::apply_known`] for several transitions in turn (a runner's
+    /// last reports and its outcome), each with its event. Where the store
+    /// can, they are one write, all or none; by default each is its own, and
+    /// an error leaves the ones before it written (a later write that starts
+    /// from `known` then finds the job moved on and reads it afresh).
+    async fn apply_known_all(
+        &self,
+        known: &JobRecord,
+        ts: &[Transition],
+    ) -> Result<Vec<Applied>, ApplyError> {
+        let mut applied: Vec<Applied> = Vec::with_capacity(ts.len());
+        for t in ts {
+            let from = applied.last().map_or(known, |a| &a.job);
+            let step = self.apply_known(from, t).await?;
+            applied.push(step);
+        }
+        Ok(applied)
+    }
+
     /// Cancels a queued job at once, or marks a running one `cancel_requested`.
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError>;
 

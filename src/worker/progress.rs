@@ -5,9 +5,12 @@
 //! Reports and items queue in call order. An ordinary report replaces an
 //! ordinary one still waiting at the end of the queue; a *kept* report
 //! (aggregate's per-source completions) and an item are never replaced and
-//! never wait: their arrival cuts the interval short. When the attempt ends the runner calls
-//! [`ProgressPump::finish`], which writes whatever is still queued at once, so
-//! the last report always lands before the status or terminal event.
+//! never wait: their arrival cuts the interval short. The pump writes whatever
+//! is queued when it gets to it in one write (a burst of items is one commit).
+//! When the attempt ends the runner calls [`ProgressPump::finish`], which hands
+//! it what is still queued; the runner writes that and the outcome together,
+//! so the last report always lands before the status or terminal event, and a
+//! short job's last report costs no write of its own.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -21,17 +24,34 @@ use crate::jobs::Jobs;
 use crate::kinds::{JobFailure, Report as ReportUpdates};
 use crate::store::ApplyError;
 
-/// What a handler asked to write.
-enum Update {
-    Progress(Progress),
-    /// An item's JSON.
-    Item(String),
-}
-
 struct Report {
-    update: Update,
+    transition: Transition,
     kept: bool,
     persisted: Option<oneshot::Sender<Result<(), JobFailure>>>,
+}
+
+/// The reports still queued when the attempt ended: the runner writes them
+/// with the attempt's outcome, in one write.
+#[derive(Default)]
+pub(crate) struct Unwritten(Vec<Report>);
+
+impl Unwritten {
+    pub(crate) fn transitions(&self) -> impl Iterator<Item = &Transition> {
+        self.0.iter().map(|r| &r.transition)
+    }
+
+    /// Tells whoever waits for one of them how its write went.
+    pub(crate) fn answer(self, result: &Result<(), JobFailure>) {
+        answer(self.0, result);
+    }
+}
+
+fn answer(reports: Vec<Report>, result: &Result<(), JobFailure>) {
+    for report in reports {
+        if let Some(tx) = report.persisted {
+            let _ = tx.send(result.clone());
+        }
+    }
 }
 
 #[derive(Default)]
@@ -60,17 +80,17 @@ impl ReportUpdates for Reporter {
         progress: Progress,
         kept: bool,
     ) -> futures::future::BoxFuture<'_, Result<(), JobFailure>> {
-        Box::pin(self.report(Update::Progress(progress), kept))
+        Box::pin(self.report(Transition::Progress(progress), kept))
     }
 
     fn item(&self, item: String) -> futures::future::BoxFuture<'_, Result<(), JobFailure>> {
-        Box::pin(self.report(Update::Item(item), true))
+        Box::pin(self.report(Transition::Item(item), true))
     }
 }
 
 impl Reporter {
     /// Queues `update`. A kept one resolves once it is persisted.
-    async fn report(&self, update: Update, kept: bool) -> Result<(), JobFailure> {
+    async fn report(&self, transition: Transition, kept: bool) -> Result<(), JobFailure> {
         let (tx, rx) = if kept {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -86,9 +106,9 @@ impl Reporter {
                 ));
             }
             match q.reports.back_mut() {
-                Some(last) if self.coalesce && !kept && !last.kept => last.update = update,
+                Some(last) if self.coalesce && !kept && !last.kept => last.transition = transition,
                 _ => q.reports.push_back(Report {
-                    update,
+                    transition,
                     kept,
                     persisted: tx,
                 }),
@@ -131,8 +151,9 @@ impl ProgressPump {
         )
     }
 
-    /// Writes what is still queued, without waiting for the interval, and stops.
-    pub(crate) async fn finish(self) {
+    /// Stops the pump once the write it is making (if any) has landed, and
+    /// hands over what is still queued.
+    pub(crate) async fn finish(self) -> Unwritten {
         self.shared
             .queue
             .lock()
@@ -140,9 +161,13 @@ impl ProgressPump {
             .closing = true;
         self.shared.notify.notify_one();
         let _ = self.task.await;
+        let mut q = self.shared.queue.lock().expect("progress queue poisoned");
+        Unwritten(q.reports.drain(..).collect())
     }
 }
 
+/// Writes the queued reports, all that are queued at once in one write,
+/// until the attempt ends (what is queued then is the runner's to write).
 async fn pump(
     shared: Arc<Shared>,
     current: Arc<Mutex<JobRecord>>,
@@ -150,26 +175,22 @@ async fn pump(
     interval: Duration,
 ) {
     loop {
-        let (next, closing) = {
+        let reports: Vec<Report> = {
             let mut q = shared.queue.lock().expect("progress queue poisoned");
-            (q.reports.pop_front(), q.closing)
-        };
-        let Some(report) = next else {
-            if closing {
+            if q.closing {
                 return;
             }
+            q.reports.drain(..).collect()
+        };
+        if reports.is_empty() {
             shared.notify.notified().await;
             continue;
-        };
-        let transition = match report.update {
-            Update::Progress(p) => Transition::Progress(p),
-            Update::Item(item) => Transition::Item(item),
-        };
-        let result = persist(&current, &jobs, transition).await;
-        if let Some(tx) = report.persisted {
-            let _ = tx.send(result);
         }
-        if report.kept || interval.is_zero() {
+        let transitions: Vec<Transition> = reports.iter().map(|r| r.transition.clone()).collect();
+        let all_kept = reports.iter().all(|r| r.kept);
+        let result = persist(&current, &jobs, &transitions).await;
+        answer(reports, &result);
+        if all_kept || interval.is_zero() {
             continue;
         }
         // Hold further ordinary reports back for the interval, unless a kept
@@ -194,21 +215,28 @@ async fn pump(
 async fn persist(
     current: &Mutex<JobRecord>,
     jobs: &Jobs,
-    transition: Transition,
+    transitions: &[Transition],
 ) -> Result<(), JobFailure> {
     let known = current.lock().expect("job record poisoned").clone();
-    match jobs.record(&known, &transition).await {
+    match jobs.record_all(&known, transitions).await {
         Ok(job) => {
             *current.lock().expect("job record poisoned") = job;
             Ok(())
         }
-        Err(ApplyError::Store(e)) => {
-            tracing::warn!(job_id = %known.id, error = %e, "progress or item not persisted");
-            Err(JobFailure::retryable(
+        Err(e) => Err(not_persisted(known.id, &e)),
+    }
+}
+
+/// What a handler hears when its report or item could not be written.
+pub(crate) fn not_persisted(id: crate::domain::JobId, e: &ApplyError) -> JobFailure {
+    match e {
+        ApplyError::Store(e) => {
+            tracing::warn!(job_id = %id, error = %e, "progress or item not persisted");
+            JobFailure::retryable(
                 "store_unavailable",
                 format!("could not persist progress or an item: {e}"),
-            ))
+            )
         }
-        Err(e) => Err(JobFailure::permanent("job_not_running", e.to_string())),
+        e => JobFailure::permanent("job_not_running", e.to_string()),
     }
 }

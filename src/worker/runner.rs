@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use serde_json::Value;
 
-use super::progress::ProgressPump;
+use super::progress::{not_persisted, ProgressPump, Unwritten};
 use crate::cancel::{CancelRegistry, RunningJob};
 use crate::domain::{JobError, JobId, JobRecord, Transition};
 use crate::jobs::Jobs;
@@ -63,7 +63,7 @@ impl Runner {
         };
         let started = std::time::Instant::now();
         let current = Arc::new(Mutex::new(job.clone()));
-        let outcome = self.attempt(&job, &current, &running).await;
+        let (outcome, unwritten) = self.attempt(&job, &current, &running).await;
         let span = tracing::info_span!("job_outcome", job_id = %id, kind = %job.kind, attempt = job.attempt);
         metrics::histogram!("herald_job_run_seconds", "kind" => job.kind.clone())
             .record(started.elapsed().as_secs_f64());
@@ -87,10 +87,31 @@ impl Runner {
                 _ => {}
             }
         }
+        // The reports still queued and the outcome: one write.
         let known = current.lock().expect("job record poisoned").clone();
-        let record = || self.jobs.record(&known, &next);
-        match self.persistently(id, "outcome", &running, record).await {
-            Ok(_) => {}
+        let mut last: Vec<Transition> = unwritten.transitions().cloned().collect();
+        last.push(next.clone());
+        let written = match self.jobs.record_all(&known, &last).await {
+            Ok(_) => {
+                unwritten.answer(&Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                unwritten.answer(&Err(not_persisted(id, &e)));
+                match e {
+                    // Tried on its own until it lands (see `persistently`).
+                    ApplyError::Store(_) => {
+                        let record = || self.jobs.record(&known, &next);
+                        self.persistently(id, "outcome", &running, record)
+                            .await
+                            .map(drop)
+                    }
+                    e => Err(e),
+                }
+            }
+        };
+        match written {
+            Ok(()) => {}
             Err(ApplyError::Store(e)) => {
                 // Only at shutdown: the job stays `running`, and start-up
                 // recovery (or another node, once the lease runs out) puts
@@ -146,12 +167,13 @@ impl Runner {
         job: &JobRecord,
         current: &Arc<Mutex<JobRecord>>,
         running: &RunningJob,
-    ) -> Attempt {
+    ) -> (Attempt, Unwritten) {
         let Some(kind) = self.kinds.get(&job.kind) else {
-            return Attempt::Finished(Err(JobFailure::permanent(
+            let unknown = Attempt::Finished(Err(JobFailure::permanent(
                 "unknown_kind",
                 format!("this herald does not know the job kind `{}`", job.kind),
             )));
+            return (unknown, Unwritten::default());
         };
         let (pump, reporter) = ProgressPump::start(
             current.clone(),
@@ -184,9 +206,8 @@ impl Runner {
             _ = timeout => Attempt::TimedOut(job.timeout_secs.unwrap_or_default()),
             _ = grace => Attempt::Abandoned,
         };
-        // The last report lands before the outcome's event.
-        pump.finish().await;
-        outcome
+        // What is still queued goes with the outcome, before its event.
+        (outcome, pump.finish().await)
     }
 
     fn decide(&self, job: &JobRecord, running: &RunningJob, outcome: Attempt) -> Transition {

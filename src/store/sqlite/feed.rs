@@ -24,7 +24,7 @@ pub(crate) const FEED_AFTER: &str = "SELECT e.id, j.id IS NOT NULL, e.job_id, e.
      FROM herald_job_events e LEFT JOIN herald_jobs j ON j.id = e.job_id AND j.tenant = ?2 \
        AND (?3 IS NULL OR j.kind = ?3) \
        AND (?4 IS NULL OR e.job_id IN (SELECT value FROM json_each(?4))) \
-     WHERE e.id > ?1 ORDER BY e.id LIMIT ?5";
+     WHERE e.id > ?1 ORDER BY e.id LIMIT +?5";
 
 /// The newest event's id: the end of the rowid's b-tree, one lookup.
 pub(crate) const FEED_HEAD: &str = "SELECT coalesce(max(id), 0) FROM herald_job_events";

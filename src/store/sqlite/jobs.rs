@@ -27,26 +27,26 @@ pub(crate) const JOB_BY_ID: &str =
 pub(crate) const LIST_JOBS: &str = concat!(
     "SELECT ",
     job_columns!(),
-    " FROM herald_jobs WHERE tenant = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"
+    " FROM herald_jobs WHERE tenant = ?1 AND id < ?2 ORDER BY id DESC LIMIT +?3"
 );
 /// [`LIST_JOBS`] in status `?4`.
 pub(crate) const LIST_JOBS_BY_STATUS: &str = concat!(
     "SELECT ",
     job_columns!(),
-    " FROM herald_jobs WHERE tenant = ?1 AND status = ?4 AND id < ?2 ORDER BY id DESC LIMIT ?3"
+    " FROM herald_jobs WHERE tenant = ?1 AND status = ?4 AND id < ?2 ORDER BY id DESC LIMIT +?3"
 );
 /// [`LIST_JOBS`] of kind `?4`.
 pub(crate) const LIST_JOBS_BY_KIND: &str = concat!(
     "SELECT ",
     job_columns!(),
-    " FROM herald_jobs WHERE tenant = ?1 AND kind = ?4 AND id < ?2 ORDER BY id DESC LIMIT ?3"
+    " FROM herald_jobs WHERE tenant = ?1 AND kind = ?4 AND id < ?2 ORDER BY id DESC LIMIT +?3"
 );
 /// [`LIST_JOBS`] in status `?4` and of kind `?5`.
 pub(crate) const LIST_JOBS_BY_STATUS_KIND: &str = concat!(
     "SELECT ",
     job_columns!(),
     " FROM herald_jobs WHERE tenant = ?1 AND status = ?4 AND kind = ?5 AND id < ?2 \
-     ORDER BY id DESC LIMIT ?3"
+     ORDER BY id DESC LIMIT +?3"
 );
 
 /// The list query for `q`'s filters: bind the tenant, the cursor and the
@@ -62,7 +62,7 @@ pub(crate) fn list_sql(q: &ListQuery) -> &'static str {
 
 /// A job's events after seq `?2`, at most `?3` (the (job_id, seq) key).
 pub(crate) const EVENTS_AFTER: &str = "SELECT seq, event, data, at FROM herald_job_events \
-     WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+     WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT +?3";
 
 /// A job's items from index `?2`, at most `?3`. The partial index on item
 /// events keeps the offset's skipping to this job's items, without reading
@@ -70,7 +70,7 @@ pub(crate) const EVENTS_AFTER: &str = "SELECT seq, event, data, at FROM herald_j
 /// (job_id, seq) key instead and read every event of the job up to the offset.
 pub(crate) const ITEMS: &str = "SELECT data FROM herald_job_events \
      INDEXED BY herald_job_events_items \
-     WHERE job_id = ?1 AND event = 'item' ORDER BY seq LIMIT ?3 OFFSET ?2";
+     WHERE job_id = ?1 AND event = 'item' ORDER BY seq LIMIT +?3 OFFSET +?2";
 
 /// Which of the jobs `?1` (a JSON array of ids) have a cancel request
 /// stored: one statement, each id looked up by key.
@@ -116,26 +116,30 @@ impl JobStore for SqliteStore {
 
     async fn apply(&self, id: JobId, t: &Transition) -> Result<JobRecord, ApplyError> {
         let job = self
-            .write(WriteOp::Apply {
-                id,
-                t: t.clone(),
-                known: None,
-            })
+            .write(WriteOp::Apply { id, t: t.clone() })
             .await?
             .applied()?;
         Ok(job.job)
     }
 
     async fn apply_known(&self, known: &JobRecord, t: &Transition) -> Result<Applied, ApplyError> {
-        let job = self
-            .write(WriteOp::Apply {
-                id: known.id,
-                t: t.clone(),
-                known: Some(Box::new(known.clone())),
-            })
-            .await?
-            .applied()?;
-        Ok(job)
+        let mut applied = self.apply_known_all(known, std::slice::from_ref(t)).await?;
+        applied
+            .pop()
+            .ok_or_else(|| StoreError::WriteFailed("a transition wrote no event".to_owned()).into())
+    }
+
+    async fn apply_known_all(
+        &self,
+        known: &JobRecord,
+        ts: &[Transition],
+    ) -> Result<Vec<Applied>, ApplyError> {
+        self.write(WriteOp::ApplyKnown {
+            known: Box::new(known.clone()),
+            ts: ts.to_vec(),
+        })
+        .await?
+        .applied_all()
     }
 
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {

@@ -24,6 +24,14 @@ use super::StoreError;
 use uploads::UnitWrite;
 use writer::{Answer, WriteOp, Writer};
 
+// BOUND_LIMIT: the reads write a bound LIMIT or OFFSET as `LIMIT +?N`, not
+// `LIMIT ?N`. SQLite (3.51 here) reads a bare bound LIMIT's value while it
+// plans, and so marks the statement to be planned again whenever that
+// binding changes; sqlx clears a cached statement's bindings after every run,
+// so every run re-parsed and re-planned it: 5% of herald's CPU under load
+// (`perf`, SQL parsing under `sqlite3Reprepare`). `+?N` is the same number,
+// not looked at while planning. `plans.rs` refuses the bare form.
+
 /// The columns `JobRow` reads, as a macro so queries stay `&'static str`
 /// (sqlx 0.9 refuses SQL built at run time unless it is asserted safe).
 macro_rules! job_columns {

@@ -93,6 +93,14 @@ struct Expect {
 
 fn check(plan: &[String], e: &Expect, stats: &str) {
     let what = format!("{} ({stats})", e.what);
+    // See `BOUND_LIMIT` in `sqlite/mod.rs`.
+    for bound in ["LIMIT ?", "OFFSET ?"] {
+        assert!(
+            !e.sql.contains(bound),
+            "{what}: `{bound}` makes SQLite plan the statement again at every run; write `{}`",
+            bound.replace('?', "+?")
+        );
+    }
     for step in plan {
         // A walk of the partial index of queued jobs reads the queue, not
         // the history: it holds nothing else.

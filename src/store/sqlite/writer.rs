@@ -19,7 +19,11 @@ pub(super) enum WriteOp {
     Apply {
         id: JobId,
         t: Transition,
-        known: Option<Box<JobRecord>>,
+    },
+    /// Transitions of a job the caller knows, in turn, as one write.
+    ApplyKnown {
+        known: Box<JobRecord>,
+        ts: Vec<Transition>,
     },
     Cancel {
         id: JobId,
@@ -41,6 +45,7 @@ pub(super) enum WriteOp {
 pub(super) enum Answer {
     Submitted(Result<Submitted, StoreError>),
     Applied(Result<Applied, ApplyError>),
+    AppliedAll(Result<Vec<Applied>, ApplyError>),
     Cancel(Result<CancelOutcome, StoreError>),
     Claimed(Result<Claim, StoreError>),
     Purged(Result<usize, StoreError>),
@@ -54,6 +59,7 @@ impl Answer {
         match op {
             WriteOp::Submit { .. } => Answer::Submitted(Err(e())),
             WriteOp::Apply { .. } => Answer::Applied(Err(ApplyError::Store(e()))),
+            WriteOp::ApplyKnown { .. } => Answer::AppliedAll(Err(ApplyError::Store(e()))),
             WriteOp::Cancel { .. } => Answer::Cancel(Err(e())),
             WriteOp::Claim { .. } => Answer::Claimed(Err(e())),
             WriteOp::Purge { .. } => Answer::Purged(Err(e())),
@@ -67,6 +73,7 @@ impl Answer {
         match self {
             Answer::Submitted(Ok(_)) => Answer::Submitted(Err(e())),
             Answer::Applied(Ok(_)) => Answer::Applied(Err(ApplyError::Store(e()))),
+            Answer::AppliedAll(Ok(_)) => Answer::AppliedAll(Err(ApplyError::Store(e()))),
             Answer::Cancel(Ok(_)) => Answer::Cancel(Err(e())),
             Answer::Claimed(Ok(_)) => Answer::Claimed(Err(e())),
             Answer::Purged(Ok(_)) => Answer::Purged(Err(e())),
@@ -85,6 +92,13 @@ impl Answer {
     pub(super) fn applied(self) -> Result<Applied, ApplyError> {
         match self {
             Answer::Applied(r) => r,
+            _ => Err(mismatch().into()),
+        }
+    }
+
+    pub(super) fn applied_all(self) -> Result<Vec<Applied>, ApplyError> {
+        match self {
+            Answer::AppliedAll(r) => r,
             _ => Err(mismatch().into()),
         }
     }
@@ -177,10 +191,10 @@ impl Flush for Writer {
                 WriteOp::Submit { tenant, sub } => {
                     Answer::Submitted(submit_in(&mut tx, tenant, sub).await)
                 }
-                WriteOp::Apply { id, t, known } => Answer::Applied(match known {
-                    Some(job) => apply_known_in(&mut tx, job, t).await,
-                    None => apply_in(&mut tx, *id, t).await,
-                }),
+                WriteOp::Apply { id, t } => Answer::Applied(apply_in(&mut tx, *id, t).await),
+                WriteOp::ApplyKnown { known, ts } => {
+                    Answer::AppliedAll(apply_known_in(&mut tx, known, ts).await)
+                }
                 WriteOp::Cancel { id, reason } => {
                     Answer::Cancel(cancel_in(&mut tx, *id, reason).await)
                 }

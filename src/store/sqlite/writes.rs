@@ -93,23 +93,89 @@ pub(super) async fn apply_in(
     })
 }
 
-/// Applies `t` to `known` without reading the job first, unless it turns out
-/// to have changed since the caller saw it.
+/// Applies `ts` in turn to `known` without reading the job first, unless it
+/// turns out to have changed since the caller saw it: the job's last state
+/// and every step's event in one write, all or none.
 pub(super) async fn apply_known_in(
     tx: &mut Transaction<'static, Sqlite>,
     known: &JobRecord,
-    t: &Transition,
-) -> Result<Applied, ApplyError> {
+    ts: &[Transition],
+) -> Result<Vec<Applied>, ApplyError> {
     let now = Timestamp::now();
-    if let Ok((next, ev)) = known.apply(t, now) {
-        if write_transition(tx, &next, &ev, Some(known.last_seq)).await? {
-            return Ok(Applied {
-                job: next,
-                event: ev,
-            });
+    if let Ok(steps) = known.apply_all(ts, now) {
+        if write_steps(tx, &steps, Some(known.last_seq)).await? {
+            return Ok(into_applied(steps));
         }
     }
-    apply_in(tx, known.id, t).await
+    let job = fetch_job(tx, known.id).await?.ok_or(ApplyError::NotFound)?;
+    let steps = job.apply_all(ts, now)?;
+    write_steps(tx, &steps, None).await?;
+    Ok(into_applied(steps))
+}
+
+fn into_applied(steps: Vec<(JobRecord, NewEvent)>) -> Vec<Applied> {
+    steps
+        .into_iter()
+        .map(|(job, event)| Applied { job, event })
+        .collect()
+}
+
+/// Writes the last step's job state and every step's event (see
+/// [`write_transition`]); one step is one transition. Several are still one
+/// round trip: their events go as one JSON array.
+async fn write_steps(
+    tx: &mut Transaction<'static, Sqlite>,
+    steps: &[(JobRecord, NewEvent)],
+    if_seq: Option<EventSeq>,
+) -> Result<bool, sqlx::Error> {
+    let Some((job, last)) = steps.last() else {
+        return Ok(true);
+    };
+    if steps.len() == 1 {
+        return write_transition(tx, job, last, if_seq).await;
+    }
+    let events: Vec<(i64, &str, &str, i64)> = steps
+        .iter()
+        .map(|(_, ev)| (ev.seq.0, ev.kind.as_str(), ev.data.as_str(), ev.at.0))
+        .collect();
+    let done = sqlx::query(
+        "UPDATE herald_jobs SET status = ?2, progress = ?3, result = ?4, error = ?5, attempt = ?6, \
+         started_at = ?7, finished_at = ?8, last_seq = ?9, updated_at = ?10, items_count = ?12, \
+         run_at = ?13 \
+         WHERE id = ?1 AND (?11 IS NULL OR last_seq = ?11); \
+         INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+         SELECT ?1, json_extract(e.value, '$[0]'), json_extract(e.value, '$[1]'), \
+           json_extract(e.value, '$[2]'), json_extract(e.value, '$[3]') \
+         FROM json_each(?14) e WHERE changes() = 1;",
+    )
+    .bind(job.id.to_string())
+    .bind(job.status.as_str())
+    .bind(to_json(&job.progress))
+    .bind(to_json(&job.result))
+    .bind(to_json(&job.error))
+    .bind(job.attempt)
+    .bind(job.started_at.map(|t| t.0))
+    .bind(job.finished_at.map(|t| t.0))
+    .bind(last.seq.0)
+    .bind(last.at.0)
+    .bind(if_seq.map(|s| s.0))
+    .bind(job.items_count)
+    .bind(job.run_at.0)
+    .bind(serde_json::to_string(&events).expect("events serialize"))
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 && if_seq.is_some() {
+        return Ok(false);
+    }
+    let expected = 1 + steps.len() as u64;
+    if done.rows_affected() != expected {
+        return Err(sqlx::Error::Protocol(format!(
+            "transitions of job {} wrote {} rows instead of {expected}",
+            job.id,
+            done.rows_affected()
+        )));
+    }
+    Ok(true)
 }
 
 /// The tenant's job with idempotency key `?2`, if any (its unique index).
@@ -199,7 +265,7 @@ pub(super) async fn purge_in(
 ) -> Result<usize, StoreError> {
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM herald_jobs WHERE finished_at IS NOT NULL AND finished_at < ?1 \
-         AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?2",
+         AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT +?2",
     )
     .bind(before.0)
     .bind(limit)
@@ -251,7 +317,7 @@ pub(crate) const QUEUE_HEAD: &str = concat!(
     "SELECT ",
     job_columns!(),
     " FROM herald_jobs INDEXED BY herald_jobs_ready WHERE status = 'queued' \
-     ORDER BY run_at, id LIMIT ?1"
+     ORDER BY run_at, id LIMIT +?1"
 );
 
 async fn claim_jobs(
