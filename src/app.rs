@@ -183,6 +183,8 @@ impl Application {
             cancels.clone(),
             kinds.clone(),
             config.submit_rate_per_sec,
+            // Never as long as retention keeps a finished job.
+            Duration::from_secs_f64((config.retention_hours * 3600.0 / 2.0).clamp(0.0, 30.0)),
         );
         let uploads = Uploads::new(
             jobs.clone(),

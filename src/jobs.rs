@@ -18,7 +18,7 @@
 //! call this; none of them writes a job or wakes the hub itself.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cancel::CancelRegistry;
 use crate::domain::{EventKind, FieldError, JobId, JobRecord, JobStatus, Submission, Transition};
@@ -70,6 +70,7 @@ pub struct Jobs {
     kinds: Arc<Registry>,
     submit_rate: SubmitRate,
     submit_rate_per_sec: u32,
+    created: Created,
 }
 
 impl Jobs {
@@ -80,6 +81,7 @@ impl Jobs {
         cancels: Arc<CancelRegistry>,
         kinds: Arc<Registry>,
         submit_rate_per_sec: u32,
+        created_ttl: Duration,
     ) -> Arc<Jobs> {
         Arc::new(Jobs {
             store,
@@ -89,6 +91,7 @@ impl Jobs {
             kinds,
             submit_rate: SubmitRate::new(submit_rate_per_sec),
             submit_rate_per_sec,
+            created: Created::new(created_ttl),
         })
     }
 
@@ -136,6 +139,7 @@ impl Jobs {
             Submitted::Conflict(job) => return Err(SubmitError::Conflict(Box::new(job))),
         };
         metrics::counter!("herald_jobs_submitted_total", "kind" => job.kind.clone()).increment(1);
+        self.created.insert(job.id, tenant);
         // Other nodes hear of the new job; this node's feeds see its `queued`
         // event with their next wake-up (its start follows as soon as a
         // worker is free). Waking every local feed for each submission as
@@ -147,6 +151,14 @@ impl Jobs {
         // The stored row is the queue entry: workers only need waking.
         self.queued(&job).await;
         Ok(Accepted::Created(job))
+    }
+
+    /// Whether this node created job `id` for `tenant` a moment ago: then
+    /// the job is there and the tenant's, without a read (a client that
+    /// submits and opens the job's stream at once, the common case, needs
+    /// none). Only a moment: retention may delete a finished job after that.
+    pub fn created_here_by(&self, id: JobId, tenant: &str) -> bool {
+        self.created.by(id, tenant)
     }
 
     pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
@@ -278,5 +290,60 @@ impl Jobs {
     async fn queued(&self, job: &JobRecord) {
         self.queue.wake_at(job.run_at);
         self.store.announce_queued().await;
+    }
+}
+
+/// The jobs this node created in the last `ttl` (at most [`Created::MAX`]),
+/// with their tenants.
+struct Created {
+    ttl: Duration,
+    recent: std::sync::Mutex<CreatedJobs>,
+}
+
+#[derive(Default)]
+struct CreatedJobs {
+    tenants: std::collections::HashMap<JobId, (String, Instant)>,
+    /// Oldest first, for eviction.
+    order: std::collections::VecDeque<JobId>,
+}
+
+impl Created {
+    /// Enough for every job a busy node creates in a few seconds.
+    const MAX: usize = 8192;
+
+    fn new(ttl: Duration) -> Self {
+        Created {
+            ttl,
+            recent: std::sync::Mutex::new(CreatedJobs::default()),
+        }
+    }
+
+    fn insert(&self, id: JobId, tenant: &str) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut recent = self.recent.lock().expect("created jobs poisoned");
+        while let Some(&oldest) = recent.order.front() {
+            let expired = recent
+                .tenants
+                .get(&oldest)
+                .is_none_or(|(_, at)| now.duration_since(*at) >= self.ttl);
+            if !expired && recent.order.len() < Self::MAX {
+                break;
+            }
+            recent.order.pop_front();
+            recent.tenants.remove(&oldest);
+        }
+        recent.tenants.insert(id, (tenant.to_owned(), now));
+        recent.order.push_back(id);
+    }
+
+    fn by(&self, id: JobId, tenant: &str) -> bool {
+        let recent = self.recent.lock().expect("created jobs poisoned");
+        recent
+            .tenants
+            .get(&id)
+            .is_some_and(|(t, at)| t == tenant && at.elapsed() < self.ttl)
     }
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::feed::{FEED_AFTER, FEED_HEAD};
 use super::jobs::{list_sql, CANCEL_REQUESTED_AMONG, EVENTS_AFTER, ITEMS, JOB_BY_ID};
-use super::writes::{JOB_BY_IDEMPOTENCY_KEY, QUEUE_HEAD};
+use super::writes::{JOB_BY_IDEMPOTENCY_KEY, QUEUE_HEAD, START_JOBS};
 use crate::domain::JobStatus;
 use crate::store::ListQuery;
 
@@ -277,6 +277,13 @@ fn expectations() -> Vec<Expect> {
             sql: QUEUE_HEAD,
             bind: |q| q.bind(50),
             steps: &[&["SCAN herald_jobs USING INDEX herald_jobs_ready"]],
+        },
+        Expect {
+            what: "the claim's update of the jobs it starts",
+            sql: START_JOBS,
+            bind: |q| q.bind(r#"[["00004e20-0000-7000-8000-000000000000"]]"#),
+            // Each started job found by its key, never a walk of the table.
+            steps: &[&["SEARCH herald_jobs USING INDEX sqlite_autoindex_herald_jobs_1 (id=?)"]],
         },
         Expect {
             what: "cancel_requested_among",

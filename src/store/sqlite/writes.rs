@@ -285,26 +285,104 @@ pub(super) async fn purge_in(
 /// The queue's claim, inside the writer's transaction: the first `limit`
 /// queued jobs by `run_at` (from the partial index of queued jobs, so the
 /// cost does not grow with history); those that are due start, and the
-/// first one that is not says when the next one will be.
-///
-/// It writes several jobs, and the writer commits its batch whatever one op
-/// answers, so a claim that fails half-way rolls back to its own savepoint:
-/// no job is left started without its claimer knowing.
+/// first one that is not says when the next one will be. Two round trips to
+/// the connection's thread however many jobs start: the read, and one write
+/// of them all.
 pub(super) async fn claim_in(
     tx: &mut Transaction<'static, Sqlite>,
     limit: usize,
 ) -> Result<Claim, StoreError> {
-    sqlx::query("SAVEPOINT claim").execute(&mut **tx).await?;
-    match claim_jobs(tx, limit).await {
-        Ok(claim) => {
-            sqlx::query("RELEASE claim").execute(&mut **tx).await?;
-            Ok(claim)
-        }
+    let rows: Vec<JobRow> = sqlx::query_as(QUEUE_HEAD)
+        .bind(limit as i64)
+        .fetch_all(&mut **tx)
+        .await?;
+    let (starts, next_due) = Claim::plan(rows, Timestamp::now())?;
+    let mut started: Vec<Applied> = starts.into_iter().map(|(_, applied)| applied).collect();
+    if !started.is_empty() {
+        let written = write_starts(tx, &started).await?;
+        started.retain(|a| written.contains(&a.job.id.to_string()));
+    }
+    Ok(Claim { started, next_due })
+}
+
+/// The claim's update of the jobs it starts, from `?1`, a JSON array of
+/// `[id, status, progress, result, error, attempt, started_at, finished_at,
+/// seq, at, event, data, items_count, run_at]`: each job found by its key.
+macro_rules! start_jobs {
+    () => {
+        "UPDATE herald_jobs SET status = v.value ->> 1, progress = v.value ->> 2, \
+           result = v.value ->> 3, error = v.value ->> 4, attempt = v.value ->> 5, \
+           started_at = v.value ->> 6, finished_at = v.value ->> 7, last_seq = v.value ->> 8, \
+           updated_at = v.value ->> 9, items_count = v.value ->> 12, run_at = v.value ->> 13 \
+         FROM json_each(?1) AS v WHERE herald_jobs.id = v.value ->> 0 RETURNING id"
+    };
+}
+
+/// Their events, from the same array: for the jobs the update started
+/// (those now at the event's seq), so a job's row and its events agree.
+macro_rules! start_events {
+    () => {
+        "INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+         SELECT j.id, v.value ->> 8, v.value ->> 10, v.value ->> 11, v.value ->> 9 \
+         FROM json_each(?1) AS v JOIN herald_jobs j \
+           ON j.id = v.value ->> 0 AND j.last_seq = v.value ->> 8"
+    };
+}
+
+/// [`start_jobs!`], for its plan test.
+#[cfg(test)]
+pub(crate) const START_JOBS: &str = start_jobs!();
+
+/// Writes the claim's starts: each job's new state and its event, for all of
+/// them in one statement each (their values as one JSON array); answers the
+/// ids it started (all of them: the claim read them in this transaction).
+/// The writer commits its batch whatever one op answers, so the write is
+/// wrapped in a savepoint: one that fails half-way leaves no job started
+/// without its claimer knowing.
+async fn write_starts(
+    tx: &mut Transaction<'static, Sqlite>,
+    started: &[Applied],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let rows: Vec<serde_json::Value> = started
+        .iter()
+        .map(|Applied { job, event: ev }| {
+            serde_json::json!([
+                job.id.to_string(),
+                job.status.as_str(),
+                to_json(&job.progress),
+                to_json(&job.result),
+                to_json(&job.error),
+                job.attempt,
+                job.started_at.map(|t| t.0),
+                job.finished_at.map(|t| t.0),
+                ev.seq.0,
+                ev.at.0,
+                ev.kind.as_str(),
+                ev.data,
+                job.items_count,
+                job.run_at.0,
+            ])
+        })
+        .collect();
+    // Rows come from the update's RETURNING only (sqlx's rows_affected
+    // would count the savepoint statements too).
+    let written: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(concat!(
+        "SAVEPOINT claim; ",
+        start_jobs!(),
+        "; ",
+        start_events!(),
+        "; RELEASE claim;"
+    ))
+    .bind(serde_json::Value::Array(rows).to_string())
+    .fetch_all(&mut **tx)
+    .await;
+    match written {
+        Ok(ids) => Ok(ids.into_iter().collect()),
         Err(e) => {
             sqlx::query("ROLLBACK TO claim; RELEASE claim")
                 .execute(&mut **tx)
                 .await?;
-            Err(e)
+            Err(e.into())
         }
     }
 }
@@ -319,20 +397,3 @@ pub(crate) const QUEUE_HEAD: &str = concat!(
     " FROM herald_jobs INDEXED BY herald_jobs_ready WHERE status = 'queued' \
      ORDER BY run_at, id LIMIT +?1"
 );
-
-async fn claim_jobs(
-    tx: &mut Transaction<'static, Sqlite>,
-    limit: usize,
-) -> Result<Claim, StoreError> {
-    let rows: Vec<JobRow> = sqlx::query_as(QUEUE_HEAD)
-        .bind(limit as i64)
-        .fetch_all(&mut **tx)
-        .await?;
-    let (starts, next_due) = Claim::plan(rows, Timestamp::now())?;
-    let mut started = Vec::with_capacity(starts.len());
-    for (_, applied) in starts {
-        write_transition(tx, &applied.job, &applied.event, None).await?;
-        started.push(applied);
-    }
-    Ok(Claim { started, next_due })
-}
