@@ -198,15 +198,16 @@ pub fn check_path(path: &str) -> Result<(), String> {
 
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
+    // Hex digits are read as bytes: the two characters after a '%' may be
+    // the middle of a multi-byte character, which a `&str` slice would cut.
+    let hex = |i: usize| bytes.get(i).and_then(|b| (*b as char).to_digit(16));
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if let (b'%', Some(high), Some(low)) = (bytes[i], hex(i + 1), hex(i + 2)) {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -262,6 +263,9 @@ mod tests {
         ] {
             assert!(d.resolve("crews", bad).is_err(), "{bad} must be refused");
         }
+        // A '%' before a multi-byte character once panicked the check.
+        assert!(d.resolve("crews", "/%\u{800}").is_ok());
+        assert!(d.resolve("crews", "/%a\u{e9}/..").is_err());
         assert!(d
             .resolve("nobody", "/x")
             .unwrap_err()
@@ -288,5 +292,192 @@ mod tests {
             false
         )
         .is_err());
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Pieces of paths that have been used to leave a base URL, and
+        /// harmless ones between them.
+        fn piece() -> impl Strategy<Value = String> {
+            let tricks = [
+                "/",
+                "//",
+                "..",
+                ".",
+                "%2e",
+                "%2E",
+                "%2e%2e",
+                ".%2e",
+                "%2f",
+                "%2F",
+                "%5c",
+                "%5C",
+                "\\",
+                "@",
+                ":",
+                "://",
+                "http:",
+                "https://evil.example",
+                "evil.example",
+                "?",
+                "#",
+                "%",
+                "%a",
+                "%zz",
+                "%00",
+                "%25",
+                "%252e",
+                "%3f",
+                "%23",
+                "%40",
+                ";",
+                "\t",
+                "\n",
+                " ",
+                "\u{e9}",
+                "\u{ff0e}",
+                "\u{2215}",
+                "~",
+                "a",
+                "api",
+                "v1",
+                "x.y",
+            ];
+            prop_oneof![
+                4 => prop::sample::select(tricks.to_vec()).prop_map(str::to_owned),
+                1 => "[a-z0-9._~-]{1,6}",
+                1 => any::<char>().prop_map(String::from),
+            ]
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => prop::collection::vec(piece(), 1..10).prop_map(|p| p.concat()),
+                1 => prop::collection::vec(piece(), 1..10).prop_map(|p| format!("/{}", p.concat())),
+                1 => any::<String>(),
+            ]
+        }
+
+        /// A path a job may well use: segments of plain characters, a query.
+        fn plain_path() -> impl Strategy<Value = String> {
+            (
+                prop::collection::vec("[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,8}", 1..5),
+                proptest::option::of("[a-z]{1,5}=[a-z0-9./]{0,5}"),
+            )
+                .prop_map(|(segments, query)| {
+                    let mut p = format!("/{}", segments.join("/"));
+                    if let Some(q) = query {
+                        p.push('?');
+                        p.push_str(&q);
+                    }
+                    p
+                })
+        }
+
+        fn bases() -> Vec<&'static str> {
+            vec![
+                "http://crews.internal:8081/api/",
+                "https://permits.internal",
+                "http://10.0.0.7/a/b",
+            ]
+        }
+
+        fn downstreams() -> Downstreams {
+            let pairs: Vec<String> = bases()
+                .iter()
+                .enumerate()
+                .map(|(i, url)| format!("d{i}={url}"))
+                .collect();
+            Downstreams::load(&pairs, None, false).unwrap()
+        }
+
+        /// Where a request for `url` lands, as a server that decodes the
+        /// path would see it: nowhere outside `base`.
+        fn stays_under(url: &Url, base: &Url) -> Result<(), String> {
+            if (url.scheme(), url.host_str(), url.port_or_known_default())
+                != (base.scheme(), base.host_str(), base.port_or_known_default())
+            {
+                return Err(format!("{url} is not on {base}'s origin"));
+            }
+            if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+                return Err(format!("{url} carries credentials or a fragment"));
+            }
+            let base_path = base.path().trim_end_matches('/');
+            let rest = url
+                .path()
+                .strip_prefix(base_path)
+                .ok_or_else(|| format!("{url} is not under {base}"))?;
+            if !rest.is_empty() && !rest.starts_with('/') {
+                return Err(format!("{url} is beside {base}'s path, not under it"));
+            }
+            for segment in rest.split('/').skip(1) {
+                let decoded = decoded(segment);
+                if decoded == b"."
+                    || decoded == b".."
+                    || decoded.contains(&b'/')
+                    || decoded.contains(&b'\\')
+                {
+                    return Err(format!("{url} has segment {segment:?}"));
+                }
+            }
+            Ok(())
+        }
+
+        /// A segment with every `%XX` decoded, as most servers read it.
+        fn decoded(segment: &str) -> Vec<u8> {
+            let b = segment.as_bytes();
+            let hex = |c: u8| (c as char).to_digit(16);
+            let (mut out, mut i) = (Vec::new(), 0);
+            while i < b.len() {
+                match (
+                    b[i],
+                    b.get(i + 1).and_then(|c| hex(*c)),
+                    b.get(i + 2).and_then(|c| hex(*c)),
+                ) {
+                    (b'%', Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                    }
+                    (c, _, _) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            /// No path, however built, makes a URL that leaves the
+            /// downstream's origin or base path; none makes the check panic.
+            #[test]
+            fn no_path_leaves_the_downstream(which in 0..3usize, path in path()) {
+                let d = downstreams();
+                let name = format!("d{which}");
+                if let Ok((url, ds)) = d.resolve(&name, &path) {
+                    prop_assert_eq!(&ds.name, &name);
+                    let base = Url::parse(bases()[which]).unwrap();
+                    if let Err(e) = stays_under(&url, &base) {
+                        prop_assert!(false, "{:?} -> {}", path, e);
+                    }
+                }
+            }
+
+            /// The guard is no wall: an ordinary path joins under the base,
+            /// unchanged.
+            #[test]
+            fn a_plain_path_joins_under_the_base(which in 0..3usize, path in plain_path()) {
+                prop_assume!(!path.split('?').next().unwrap().split('/').any(|s| s == "." || s == ".."));
+                let d = downstreams();
+                let (url, _) = d.resolve(&format!("d{which}"), &path).map_err(|e| TestCaseError::fail(format!("{path:?}: {e}")))?;
+                let base = bases()[which].trim_end_matches('/');
+                prop_assert_eq!(url.as_str(), format!("{base}{path}"));
+            }
+        }
     }
 }

@@ -169,4 +169,90 @@ mod tests {
         let deep = "[".repeat(65) + &"]".repeat(65);
         assert_eq!(nesting_depth(deep.as_bytes()), 65);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        use super::super::{nesting_depth, MAX_DEPTH};
+
+        /// Text that tries to confuse a scanner: brackets, quotes and
+        /// backslashes inside strings, and some non-ASCII.
+        fn tricky_text() -> impl Strategy<Value = String> {
+            r#"[\\\[\]{}":,a\x{e9}\x{1F600} \n\t]{0,12}"#
+        }
+
+        /// Any JSON value, up to ~70 levels deep (past `MAX_DEPTH`).
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                tricky_text().prop_map(Value::String),
+            ];
+            leaf.prop_recursive(72, 200, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::vec((tricky_text(), inner), 0..4)
+                        .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Arrays and objects nested in each other, as the tree says.
+        fn depth(v: &Value) -> usize {
+            match v {
+                Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+                Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+
+        /// `depth` levels, each an array or an object holding the next.
+        fn nested(shape: &[bool], inner: Value) -> Value {
+            shape.iter().rev().fold(inner, |v, &object| {
+                if object {
+                    serde_json::json!({ "[{\"": v })
+                } else {
+                    Value::Array(vec![Value::String("]}\\".to_owned()), v])
+                }
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// The guard counts exactly what a parser would nest, however
+            /// the document is written.
+            #[test]
+            fn the_guard_measures_the_depth_of_any_json(v in json(), pretty in any::<bool>()) {
+                let text = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap();
+                prop_assert_eq!(nesting_depth(&text), depth(&v));
+            }
+
+            /// Around the limit, whatever mix of arrays and objects: the
+            /// guard lets through exactly `MAX_DEPTH` levels.
+            #[test]
+            fn the_guard_refuses_exactly_what_nests_too_deep(
+                shape in prop::collection::vec(any::<bool>(), MAX_DEPTH - 2..MAX_DEPTH + 3),
+                inner in prop_oneof![Just(Value::Null), tricky_text().prop_map(Value::String)],
+            ) {
+                let v = nested(&shape, inner);
+                let text = serde_json::to_vec(&v).unwrap();
+                prop_assert_eq!(nesting_depth(&text) > MAX_DEPTH, shape.len() > MAX_DEPTH);
+            }
+
+            /// Nothing that passes the guard makes the parser recurse past
+            /// it: whatever the bytes, a document that parses is no deeper
+            /// than the guard says.
+            #[test]
+            fn no_document_parses_deeper_than_the_guard_says(bytes in prop::collection::vec(
+                prop::sample::select(b"[]{}\"\\:,1 ".to_vec()), 0..200)
+            ) {
+                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                    prop_assert_eq!(nesting_depth(&bytes), depth(&v));
+                }
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::models::{JobDto, JobListDto, JobStatusDto, StreamTokenDto, SubmitJobDto};
-use super::params::ListCursorParam;
+use super::params::{list_cursor, next_list_cursor, ListCursorParam};
 use super::ApiTags;
 use super::AppState;
 use crate::auth::{AuthMode, Tenant};
@@ -143,14 +143,7 @@ impl JobsApi {
         cursor: Query<Option<ListCursorParam>>,
     ) -> Result<ListResponse, ApiError> {
         let limit = limit.0.unwrap_or(50);
-        let before = match cursor.0.as_ref().map(|c| c.0.as_str()) {
-            None | Some("") => None,
-            // Only the form `next_cursor` has (32 hex digits), as documented.
-            Some(c) => Some(JobId(Uuid::try_parse(c).ok().filter(|_| c.len() == 32).ok_or_else(|| ApiError::BadRequest {
-                code: "bad_cursor",
-                detail: "`cursor` is not a cursor from this API; pass a `next_cursor` exactly as returned, or omit it for the first page".to_owned(),
-            })?)),
-        };
+        let before = list_cursor(cursor.0.as_ref().map(|c| c.0.as_str()))?;
         let q = ListQuery {
             tenant: tenant.0 .0.clone(),
             status: status.0.map(Into::into),
@@ -167,7 +160,7 @@ impl JobsApi {
         let more = jobs.len() as i64 > limit;
         jobs.truncate(limit as usize);
         let next_cursor = if more {
-            jobs.last().map(|j| j.id.0.simple().to_string())
+            jobs.last().map(|j| next_list_cursor(j.id))
         } else {
             None
         };
