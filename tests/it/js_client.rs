@@ -69,33 +69,35 @@ fn skip(why: &str) {
     );
 }
 
-/// Builds `dist/` with tsc, once for all the tests of this run.
+/// Builds `dist/` with tsc, and type-checks the browser test's page against
+/// it, once for all the tests of this run.
 async fn build() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let built = tokio::task::spawn_blocking(|| {
         BUILT
             .get_or_init(|| {
-                let out = Command::new("node")
-                    .args(["node_modules/typescript/bin/tsc", "-p", "tsconfig.json"])
-                    .current_dir(package())
-                    .output()
-                    .map_err(|e| format!("node does not start: {e}"))?;
-                if out.status.success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    ))
+                for project in ["tsconfig.json", "tests/browser/tsconfig.json"] {
+                    let out = Command::new("node")
+                        .args(["node_modules/typescript/bin/tsc", "-p", project])
+                        .current_dir(package())
+                        .output()
+                        .map_err(|e| format!("node does not start: {e}"))?;
+                    if !out.status.success() {
+                        return Err(format!(
+                            "tsc -p {project}:\n{}{}",
+                            String::from_utf8_lossy(&out.stdout),
+                            String::from_utf8_lossy(&out.stderr)
+                        ));
+                    }
                 }
+                Ok(())
             })
             .clone()
     })
     .await
     .unwrap();
     if let Err(e) = built {
-        panic!("clients/js does not build (tsc):\n{e}");
+        panic!("clients/js does not build:\n{e}");
     }
 }
 

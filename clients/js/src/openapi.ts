@@ -1795,13 +1795,13 @@ export interface components {
                  * @description Succeed with the sources that answered when others failed.
                  * @default false
                  */
-                allow_partial: boolean | null;
+                allow_partial?: boolean | null;
                 /**
                  * Format: uint32
                  * @description How many sources are called at once.
                  * @default 4
                  */
-                concurrency: number | null;
+                concurrency?: number | null;
                 /** @description The sources to call side by side, each naming a configured downstream. */
                 sources: {
                     /** @description A JSON body to send: only with POST. */
@@ -1816,7 +1816,7 @@ export interface components {
                      * @default GET
                      * @enum {string|null}
                      */
-                    method: "GET" | "POST" | null;
+                    method?: "GET" | "POST" | null;
                     /**
                      * @description Unique among the sources: the key of its answer in the result.
                      * @example crews
@@ -1832,7 +1832,7 @@ export interface components {
                      * @description Retries after a connect error, timeout or 5xx.
                      * @default 2
                      */
-                    retries: number | null;
+                    retries?: number | null;
                     /**
                      * Format: uint64
                      * @description One try's limit; default: the downstream's timeout, else 30000.
@@ -1874,25 +1874,25 @@ export interface components {
                  * @description Append the item `{"step": k}` at each step.
                  * @default false
                  */
-                emit_items: boolean;
+                emit_items?: boolean;
                 /**
                  * Format: uint64
                  * @description Fail the attempt at this step (1 to `steps`).
                  * @default null
                  */
-                fail_at: number | null;
+                fail_at?: number | null;
                 /**
                  * @description Keep stepping after a cancel (to see `cancel_grace` stop a handler that
                  *     ignores its token).
                  * @default false
                  */
-                ignore_cancel: boolean;
+                ignore_cancel?: boolean;
                 /**
                  * Format: uint64
                  * @description Panic at this step (1 to `steps`), to see a panic contained.
                  * @default null
                  */
-                panic_at: number | null;
+                panic_at?: number | null;
                 /**
                  * Format: uint64
                  * @description The pause before each step, 0 to 60000 ms.
