@@ -194,6 +194,9 @@ export async function* follow<E>(
           if (!opening) setConnected(true);
           started(body.last);
           for (const event of body.events) {
+            // Aborted by the consumer while it handled the previous event:
+            // nothing more is delivered.
+            signal?.throwIfAborted();
             last = log.position(event);
             yield event;
           }
@@ -241,6 +244,7 @@ export async function* follow<E>(
             if (event === null) continue;
             events += 1;
             failures = 0;
+            signal?.throwIfAborted();
             yield event;
             if (log.ends(event)) return;
           }

@@ -131,13 +131,14 @@ try {
   check(true, "unmounting closes the feed");
 
   // A job's items arriving live through useJob.
-  const job = await submit({ steps: 6, step_ms: 400, emit_items: true });
+  // Four seconds of items: the page opens while they come.
+  const job = await submit({ steps: 10, step_ms: 400, emit_items: true });
   await page.goto(`${base}/client-test/?job=${job.id}`);
   await page.waitForFunction(
     () => {
       const el = document.querySelector("#job");
       const n = document.querySelectorAll("#items li").length;
-      return el?.dataset.status === "running" && el.dataset.connected === "true" && n >= 2 && n < 6;
+      return el?.dataset.status === "running" && el.dataset.connected === "true" && n >= 2 && n < 10;
     },
     null,
     { timeout: 10_000 },
@@ -146,13 +147,13 @@ try {
   await page.waitForSelector('#job[data-status="succeeded"]', { timeout: 10_000 });
   const items = await page.$$eval("#items li", (lis) => lis.map((li) => JSON.parse(li.textContent)));
   check(
-    JSON.stringify(items) === JSON.stringify([1, 2, 3, 4, 5, 6].map((step) => ({ step }))),
+    JSON.stringify(items) === JSON.stringify(Array.from({ length: 10 }, (_, i) => ({ step: i + 1 }))),
     "useJob: every item once, in order",
   );
   await page.waitForSelector('#job:not([data-finished=""])', { timeout: 10_000 });
   check(
     (await page.getAttribute("#job", "data-percent")) === "100" &&
-      (await page.getAttribute("#job", "data-result")) === JSON.stringify({ steps: 6 }),
+      (await page.getAttribute("#job", "data-result")) === JSON.stringify({ steps: 10 }),
     "useJob: the progress and the result",
   );
   check(errors.length === 0, `no errors in the page: ${errors.join("; ")}`);
