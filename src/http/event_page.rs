@@ -209,6 +209,20 @@ mod tests {
     use crate::store::FeedCursor;
 
     #[test]
+    fn a_page_carries_the_stored_numbers_exactly() {
+        // The stream sends the stored text; a page parses and writes it
+        // again, and must not move a float by one unit in the last place.
+        let ev = StoredEvent {
+            seq: EventSeq(1),
+            kind: EventKind::Progress,
+            data: r#"{"percent":91.66666666666667,"at":"x"}"#.to_owned(),
+            at: Timestamp(0),
+        };
+        let page = JobLogEventDto::try_from(&ev).unwrap();
+        assert_eq!(page.data.0["percent"].to_string(), "91.66666666666667");
+    }
+
+    #[test]
     fn feed_data_is_the_job_events_plus_job_id_and_seq() {
         let ev = FeedEvent {
             cursor: FeedCursor { tx: 0, id: 9 },

@@ -459,7 +459,8 @@ async fn the_committed_openapi_document_is_current() {
     );
     assert!(
         committed.trim_end() == herald::openapi_json(&herald::Kinds::builtin()).trim_end(),
-        "openapi/openapi.json is stale: regenerate it with `cargo run -- openapi > openapi/openapi.json`"
+        "openapi/openapi.json is stale: regenerate it with `cargo run -- openapi > openapi/openapi.json`, \
+         then the JavaScript client's types with `cd clients/js && npm run generate`"
     );
     let app = TestApp::spawn().await;
     let served: Value = app.get_json("/openapi.json").await;

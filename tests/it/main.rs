@@ -18,6 +18,7 @@ mod downstream;
 mod event_log;
 mod feed;
 mod items;
+mod js_client;
 mod kinds;
 mod nodes;
 mod operability;
