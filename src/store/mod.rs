@@ -115,12 +115,17 @@ impl std::str::FromStr for FeedCursor {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("{s:?} is not a feed cursor (the `id` of a feed event)");
         let (tx, id) = s.split_once('-').ok_or_else(bad)?;
-        let tx: i64 = tx.parse().map_err(|_| bad())?;
-        let id: i64 = id.parse().map_err(|_| bad())?;
-        if tx < 0 || id < 0 {
-            return Err(bad());
-        }
-        Ok(FeedCursor { tx, id })
+        // Digits only: `i64`'s parser also takes a sign.
+        let number = |n: &str| -> Result<i64, String> {
+            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            n.parse().map_err(|_| bad())
+        };
+        Ok(FeedCursor {
+            tx: number(tx)?,
+            id: number(id)?,
+        })
     }
 }
 
