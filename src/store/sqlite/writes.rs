@@ -10,6 +10,49 @@ use crate::domain::{
 use crate::store::row::{to_json, JobRow};
 use crate::store::{Applied, ApplyError, CancelOutcome, Claim, StoreError, Submitted};
 
+/// A transition's update of the job row, with [`bind_transition`]'s values:
+/// `?1` the id, `?2`–`?8` the state, `?9`/`?10` the event's seq and time,
+/// `?13` the `last_seq` it must still have (NULL: any), `?14`/`?15` the item
+/// count and `run_at` (`?11`/`?12`, the event's name and data, are the
+/// insert's).
+macro_rules! update_job {
+    () => {
+        "UPDATE herald_jobs SET status = ?2, progress = ?3, result = ?4, error = ?5, attempt = ?6, \
+         started_at = ?7, finished_at = ?8, last_seq = ?9, updated_at = ?10, items_count = ?14, \
+         run_at = ?15 \
+         WHERE id = ?1 AND (?13 IS NULL OR last_seq = ?13)"
+    };
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Binds `?1`–`?15` of [`update_job!`] and its event's insert: `job` as the
+/// transition left it, `ev` (the last) event, written while `last_seq` is
+/// still `if_seq`.
+fn bind_transition<'q>(
+    query: SqliteQuery<'q>,
+    job: &'q JobRecord,
+    ev: &'q NewEvent,
+    if_seq: Option<EventSeq>,
+) -> SqliteQuery<'q> {
+    query
+        .bind(job.id.to_string())
+        .bind(job.status.as_str())
+        .bind(to_json(&job.progress))
+        .bind(to_json(&job.result))
+        .bind(to_json(&job.error))
+        .bind(job.attempt)
+        .bind(job.started_at.map(|t| t.0))
+        .bind(job.finished_at.map(|t| t.0))
+        .bind(ev.seq.0)
+        .bind(ev.at.0)
+        .bind(ev.kind.as_str())
+        .bind(&ev.data)
+        .bind(if_seq.map(|s| s.0))
+        .bind(job.items_count)
+        .bind(job.run_at.0)
+}
+
 /// Writes a transition's new job state and its event in one round trip to the
 /// connection's thread: sqlx runs the statements of one query in turn and binds
 /// `?NNN` across all of them. `cancel_requested` is not written: only a cancel
@@ -24,29 +67,16 @@ pub(super) async fn write_transition(
     ev: &NewEvent,
     if_seq: Option<EventSeq>,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE herald_jobs SET status = ?2, progress = ?3, result = ?4, error = ?5, attempt = ?6, \
-         started_at = ?7, finished_at = ?8, last_seq = ?9, updated_at = ?10, items_count = ?14, \
-         run_at = ?15 \
-         WHERE id = ?1 AND (?13 IS NULL OR last_seq = ?13); \
-         INSERT INTO herald_job_events (job_id, seq, event, data, at) \
-         SELECT ?1, ?9, ?11, ?12, ?10 WHERE changes() = 1;",
+    let done = bind_transition(
+        sqlx::query(concat!(
+            update_job!(),
+            "; INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+             SELECT ?1, ?9, ?11, ?12, ?10 WHERE changes() = 1;"
+        )),
+        job,
+        ev,
+        if_seq,
     )
-    .bind(job.id.to_string())
-    .bind(job.status.as_str())
-    .bind(to_json(&job.progress))
-    .bind(to_json(&job.result))
-    .bind(to_json(&job.error))
-    .bind(job.attempt)
-    .bind(job.started_at.map(|t| t.0))
-    .bind(job.finished_at.map(|t| t.0))
-    .bind(ev.seq.0)
-    .bind(ev.at.0)
-    .bind(ev.kind.as_str())
-    .bind(&ev.data)
-    .bind(if_seq.map(|s| s.0))
-    .bind(job.items_count)
-    .bind(job.run_at.0)
     .execute(&mut **tx)
     .await?;
     if done.rows_affected() == 0 && if_seq.is_some() {
@@ -138,29 +168,18 @@ async fn write_steps(
         .iter()
         .map(|(_, ev)| (ev.seq.0, ev.kind.as_str(), ev.data.as_str(), ev.at.0))
         .collect();
-    let done = sqlx::query(
-        "UPDATE herald_jobs SET status = ?2, progress = ?3, result = ?4, error = ?5, attempt = ?6, \
-         started_at = ?7, finished_at = ?8, last_seq = ?9, updated_at = ?10, items_count = ?12, \
-         run_at = ?13 \
-         WHERE id = ?1 AND (?11 IS NULL OR last_seq = ?11); \
-         INSERT INTO herald_job_events (job_id, seq, event, data, at) \
-         SELECT ?1, json_extract(e.value, '$[0]'), json_extract(e.value, '$[1]'), \
-           json_extract(e.value, '$[2]'), json_extract(e.value, '$[3]') \
-         FROM json_each(?14) e WHERE changes() = 1;",
+    let done = bind_transition(
+        sqlx::query(concat!(
+            update_job!(),
+            "; INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+             SELECT ?1, json_extract(e.value, '$[0]'), json_extract(e.value, '$[1]'), \
+               json_extract(e.value, '$[2]'), json_extract(e.value, '$[3]') \
+             FROM json_each(?16) e WHERE changes() = 1;"
+        )),
+        job,
+        last,
+        if_seq,
     )
-    .bind(job.id.to_string())
-    .bind(job.status.as_str())
-    .bind(to_json(&job.progress))
-    .bind(to_json(&job.result))
-    .bind(to_json(&job.error))
-    .bind(job.attempt)
-    .bind(job.started_at.map(|t| t.0))
-    .bind(job.finished_at.map(|t| t.0))
-    .bind(last.seq.0)
-    .bind(last.at.0)
-    .bind(if_seq.map(|s| s.0))
-    .bind(job.items_count)
-    .bind(job.run_at.0)
     .bind(serde_json::to_string(&events).expect("events serialize"))
     .execute(&mut **tx)
     .await?;
