@@ -431,14 +431,7 @@ mod tests {
         let base = |mode, keys: &'static [Secret]| AuthSettings {
             mode,
             api_keys: keys,
-            api_keys_file: None,
-            jwt_secret: None,
-            jwt_public_key_file: None,
-            jwt_issuer: None,
-            jwt_audience: None,
-            jwt_tenant_claim: "sub",
-            stream_token_secret: None,
-            stream_token_ttl: Duration::from_secs(60),
+            ..properties::settings()
         };
         assert!(Auth::from_settings(base(AuthMode::ApiKeys, &[])).is_err());
         assert!(Auth::from_settings(base(AuthMode::Jwt, &[])).is_err());
@@ -457,7 +450,8 @@ mod tests {
             .unwrap()
         }
 
-        fn settings() -> AuthSettings<'static> {
+        /// Settings with nothing configured (mode `none`).
+        pub(super) fn settings() -> AuthSettings<'static> {
             AuthSettings {
                 // Stream tokens are the same in every mode.
                 mode: AuthMode::None,
