@@ -15,15 +15,17 @@ use crate::auth::{Auth, AuthMode};
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::config::Role;
+use crate::domain::LeaseTerms;
 use crate::downstream::Downstreams;
 use crate::http::AppState;
 use crate::hub::Hub;
-use crate::jobs::Jobs;
+use crate::jobs::{Jobs, RemoteTerms};
 use crate::kinds::call::Caller;
 use crate::kinds::{registry, Kinds, Limits, Services};
 use crate::limits::StreamLimit;
 use crate::notify::Wakers;
 use crate::queue::Queue;
+use crate::remote::{RemoteWorkers, WorkerKeys};
 use crate::store::postgres::{self, NodeIdentity, PgStore};
 use crate::store::sqlite::{self, SqliteStore};
 use crate::store::Store;
@@ -163,7 +165,8 @@ impl Application {
                 .context("configuring the downstreams' HTTP client")?,
         );
         let kinds = Arc::new(
-            registry(caller.clone(), store.clone(), kinds).context("configuring job kinds")?,
+            registry(caller.clone(), store.clone(), kinds, &config.remote_kinds)
+                .context("configuring job kinds")?,
         );
         let services = Arc::new(Services {
             store: store.clone(),
@@ -185,7 +188,35 @@ impl Application {
             config.submit_rate_per_sec,
             // Never as long as retention keeps a finished job.
             Duration::from_secs_f64((config.retention_hours * 3600.0 / 2.0).clamp(0.0, 30.0)),
+            RemoteTerms {
+                lease: LeaseTerms {
+                    lease_for: config.remote_lease(),
+                    retry_backoff: Duration::from_millis(config.retry_backoff_ms),
+                    max_items: config.max_items_per_job,
+                },
+                cancel_grace: config.cancel_grace().max(config.remote_lease()),
+            },
         );
+        let remote_kinds: Vec<String> = config
+            .remote_kinds
+            .iter()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect();
+        let worker_keys = WorkerKeys::load(
+            &config.worker_keys,
+            config.worker_keys_file.as_deref(),
+            &remote_kinds,
+        )
+        .context("configuring worker keys")?;
+        let serving_stop = CancellationToken::new();
+        let remote = Arc::new(RemoteWorkers::new(
+            jobs.clone(),
+            queue.waker(),
+            remote_kinds,
+            Duration::from_millis(config.progress_min_interval_ms),
+            serving_stop.clone(),
+        ));
         let uploads = Uploads::new(
             jobs.clone(),
             store.clone(),
@@ -228,7 +259,9 @@ impl Application {
             hub,
             cancels,
             draining: Arc::new(AtomicBool::new(false)),
-            serving_stop: CancellationToken::new(),
+            serving_stop,
+            remote,
+            worker_keys: Arc::new(worker_keys),
             stream_settings: (&config).into(),
             streams: Arc::new(StreamCounter::default()),
             feeds: Arc::new(StreamCounter::default()),
@@ -293,7 +326,7 @@ impl Application {
             let wakers = Wakers {
                 hub: state.hub.clone(),
                 cancels: state.cancels.clone(),
-                queue: runs_jobs.then(|| queue.waker()),
+                queue: Some(queue.waker()),
             };
             tokio::spawn(crate::notify::listen(opts, wakers, background_stop.clone()));
             if runs_jobs {
@@ -338,6 +371,15 @@ impl Application {
                 worker_stop.clone(),
             )));
         }
+        if config.role.serves_api() && !state.remote.kinds().is_empty() {
+            // Any node may take a job back from a quiet worker; several
+            // sweeping at once decide on the locked row.
+            let every = (config.remote_lease() / 5)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1));
+            background.push(tokio::spawn(
+                state.remote.clone().sweep(every, background_stop.clone()),
+            ));
+        }
         tracing::info!(%addr, database = %redact_url(&config.database_url), node = %node_id,
             role = config.role.as_str(), "herald listening");
 
@@ -363,6 +405,9 @@ impl Application {
 
         // Serving has stopped. Stop taking new jobs, then give running ones the grace.
         worker_stop.cancel();
+        if let Some(worker) = &worker {
+            worker.close_claims().await;
+        }
         let grace_end = Instant::now() + config.shutdown_grace();
         while state.cancels.running_count() > 0 && Instant::now() < grace_end {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -380,7 +425,7 @@ impl Application {
             }
         }
         if let Some(worker) = worker {
-            if tokio::time::timeout(Duration::from_secs(5), worker)
+            if tokio::time::timeout(Duration::from_secs(5), worker.task)
                 .await
                 .is_err()
             {

@@ -264,6 +264,34 @@ pub struct Config {
     #[arg(long, env = "HERALD_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
 
+    /// Job kinds run by workers outside herald over the worker API
+    /// (`/v1/worker/*`), comma-separated (e.g. `crew_plan,render_report`).
+    /// Their input is any JSON object. A name that is also a built-in (or
+    /// your own) kind is a start-up error.
+    #[arg(long, env = "HERALD_REMOTE_KINDS", value_delimiter = ',')]
+    pub remote_kinds: Vec<String>,
+
+    /// Remote workers' keys, `name:key,name:key` (keys of at least 16
+    /// characters). Worker keys open only `/v1/worker/*`.
+    #[arg(
+        long,
+        env = "HERALD_WORKER_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub worker_keys: Vec<Secret>,
+
+    /// A JSON file of worker keys, `[{"name", "key", "kinds"?, "tenants"?}]`:
+    /// a key with `kinds` or `tenants` claims only those kinds' or tenants' jobs.
+    #[arg(long, env = "HERALD_WORKER_KEYS_FILE")]
+    pub worker_keys_file: Option<std::path::PathBuf>,
+
+    /// A remote worker's lease on a job lasts this long from its last
+    /// report; a worker heartbeats at least every third of it. When it runs
+    /// out, the job goes back to the queue as its next attempt.
+    #[arg(long, env = "HERALD_REMOTE_LEASE_SECS", default_value_t = 30)]
+    pub remote_lease_secs: u64,
+
     /// HS256 secret for `HERALD_AUTH=jwt`.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
@@ -339,6 +367,11 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// `HERALD_REMOTE_LEASE_SECS`, at least a second.
+    pub fn remote_lease(&self) -> Duration {
+        Duration::from_secs(self.remote_lease_secs.max(1))
     }
 
     pub fn cancel_grace(&self) -> Duration {

@@ -21,14 +21,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cancel::CancelRegistry;
-use crate::domain::{EventKind, FieldError, JobId, JobRecord, JobStatus, Submission, Transition};
+use crate::domain::{
+    EventKind, FieldError, JobId, JobRecord, JobStatus, LeaseOp, LeaseTerms, Submission, Timestamp,
+    Transition,
+};
 use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::kinds::Registry;
 use crate::limits::SubmitRate;
 use crate::queue::Queue;
 use crate::store::{
-    Applied, ApplyError, CancelOutcome, Claim, ListQuery, Recovered, Store, StoreError, Submitted,
+    Applied, ApplyError, CancelOutcome, Claim, LeaseError, Leased, ListQuery, Recovered,
+    RemoteClaim, Store, StoreError, Submitted,
 };
 
 /// Why a submission was not taken.
@@ -71,9 +75,21 @@ pub struct Jobs {
     submit_rate: SubmitRate,
     submit_rate_per_sec: u32,
     created: Created,
+    remote: RemoteTerms,
+}
+
+/// The rules of remote jobs' leases, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteTerms {
+    pub lease: LeaseTerms,
+    /// How long a worker has to confirm a cancel before herald ends the job
+    /// itself: the larger of `HERALD_CANCEL_GRACE_SECS` and the lease, so a
+    /// worker that heartbeats as asked always hears of it.
+    pub cancel_grace: Duration,
 }
 
 impl Jobs {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: Arc<dyn Store>,
         queue: Queue,
@@ -82,6 +98,7 @@ impl Jobs {
         kinds: Arc<Registry>,
         submit_rate_per_sec: u32,
         created_ttl: Duration,
+        remote: RemoteTerms,
     ) -> Arc<Jobs> {
         Arc::new(Jobs {
             store,
@@ -92,7 +109,13 @@ impl Jobs {
             submit_rate: SubmitRate::new(submit_rate_per_sec),
             submit_rate_per_sec,
             created: Created::new(created_ttl),
+            remote,
         })
+    }
+
+    /// The lease rules of remote jobs.
+    pub fn remote_terms(&self) -> &RemoteTerms {
+        &self.remote
     }
 
     /// Takes one of the tenant's submissions for this second, or says how
@@ -133,6 +156,17 @@ impl Jobs {
     #[tracing::instrument(skip_all, fields(kind = %sub.kind))]
     pub async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Accepted, SubmitError> {
         self.check(sub)?;
+        let remote = self.kinds.is_remote(&sub.kind);
+        let marked;
+        let sub = if sub.remote == remote {
+            sub
+        } else {
+            marked = Submission {
+                remote,
+                ..sub.clone()
+            };
+            &marked
+        };
         let job = match self.store.submit(tenant, sub).await? {
             Submitted::Created(job) => job,
             Submitted::Existing(job) => return Ok(Accepted::Existing(job)),
@@ -190,6 +224,31 @@ impl Jobs {
         Ok(claim)
     }
 
+    /// A remote worker's claim: starts up to `c.limit` due remote jobs for
+    /// it, each with a lease (their `running` events go out as any job's).
+    pub async fn claim_remote(&self, c: &RemoteClaim) -> Result<Vec<JobRecord>, StoreError> {
+        let started = self.store.claim_remote(c).await?;
+        for applied in &started {
+            self.published(applied).await;
+        }
+        Ok(started.into_iter().map(|a| a.job).collect())
+    }
+
+    /// A change of a remote job under its lease: a worker's report, the
+    /// sweep taking a job back, a cancel's deadline.
+    pub async fn lease_op(&self, id: JobId, op: &LeaseOp) -> Result<Leased, LeaseError> {
+        let leased = self.store.lease_op(id, op, &self.remote.lease).await?;
+        for applied in &leased.applied {
+            self.published(applied).await;
+        }
+        Ok(leased)
+    }
+
+    /// Running remote jobs over their lease or timeout (the sweep's list).
+    pub async fn leases_over(&self, limit: i64) -> Result<Vec<JobId>, StoreError> {
+        self.store.leases_over(Timestamp::now(), limit).await
+    }
+
     /// Records a change of a running job, `known` being the job as its runner
     /// last saw it: a progress report, an item, or an attempt's outcome.
     pub async fn record(&self, known: &JobRecord, t: &Transition) -> Result<JobRecord, ApplyError> {
@@ -226,6 +285,19 @@ impl Jobs {
                 // It may sit in a retry pause on this node: cut that short too.
                 self.cancels.cancel(id);
                 tracing::info!("queued job cancelled");
+            }
+            CancelOutcome::Requested(job) if job.remote => {
+                // Its worker hears of it in the answer to its next report,
+                // and has until the deadline to confirm.
+                let at = Timestamp::now().after(self.remote.cancel_grace);
+                if let Err(e) = self.lease_op(id, &LeaseOp::CancelDeadline { at }).await {
+                    // The lease's own expiry ends it `cancelled` instead.
+                    tracing::warn!(error = %e, "could not set the remote worker's cancel deadline");
+                }
+                tracing::info!(
+                    worker = job.worker.as_deref().unwrap_or_default(),
+                    "cancel requested for a job a remote worker runs"
+                );
             }
             CancelOutcome::Requested(_) => {
                 let here = self.cancels.cancel(id);

@@ -155,6 +155,7 @@ pub mod kinds;
 mod limits;
 mod notify;
 mod queue;
+mod remote;
 mod retention;
 mod shutdown;
 pub mod store;

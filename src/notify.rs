@@ -40,7 +40,8 @@ const BACKSTOP: Duration = Duration::from_secs(10);
 pub struct Wakers {
     pub hub: Arc<Hub>,
     pub cancels: Arc<CancelRegistry>,
-    /// The local queue worker's wake-up, on nodes that run jobs.
+    /// The queue's wake-up: the local worker (on nodes that run jobs) and
+    /// remote workers' long polls (on nodes that serve the API).
     pub queue: Option<QueueWaker>,
 }
 

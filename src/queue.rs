@@ -48,14 +48,23 @@ pub struct Queue {
     poll_every: Duration,
 }
 
-/// Wakes the local worker. Wake-ups that arrive while one is pending collapse
-/// into it (`Notify` keeps one permit).
+/// Wakes the local worker, and the remote workers' claims waiting on this
+/// node (long polls). Wake-ups that arrive while one is pending collapse
+/// into it (`Notify` keeps one permit); a long poll that is not waiting
+/// claims before it waits, so it misses nothing.
 #[derive(Clone, Default)]
-pub struct QueueWaker(Arc<Notify>);
+pub struct QueueWaker(Arc<Notify>, Arc<Notify>);
 
 impl QueueWaker {
     pub fn wake(&self) {
         self.0.notify_one();
+        self.1.notify_waiters();
+    }
+
+    /// What a remote worker's long poll waits on (register it with
+    /// `Notified::enable` before claiming).
+    pub fn remote(&self) -> &Arc<Notify> {
+        &self.1
     }
 
     /// Wakes the worker at `at` (at once if that has come): when a retry's
@@ -107,7 +116,7 @@ impl Queue {
         runner: Arc<dyn RunJob>,
         concurrency: usize,
         stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> Worker {
         let claimer = Arc::new(Claimer {
             jobs: jobs.clone(),
             concurrency: concurrency.max(1),
@@ -115,10 +124,12 @@ impl Queue {
             hungry: AtomicBool::new(false),
             held: Mutex::new(VecDeque::new()),
             claiming: Arc::new(Semaphore::new(1)),
+            closed: AtomicBool::new(false),
             wake: self.wake.clone(),
         });
         let poll_every = self.poll_every;
-        tokio::spawn(async move {
+        let closer = claimer.clone();
+        let task = tokio::spawn(async move {
             let mut pause = Duration::from_millis(200);
             loop {
                 let ran =
@@ -139,7 +150,29 @@ impl Queue {
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
             claimer.put_back().await;
-        })
+        });
+        Worker {
+            task,
+            claimer: closer,
+        }
+    }
+}
+
+/// A running queue worker (see [`Queue::spawn_worker`]).
+pub struct Worker {
+    /// Ends once the worker has stopped and put back what it held.
+    pub task: tokio::task::JoinHandle<()>,
+    claimer: Arc<Claimer>,
+}
+
+impl Worker {
+    /// Stops claiming for good, and waits for a claim in flight to land.
+    /// The shutdown calls it before it puts running jobs back in the queue:
+    /// a claim already under way when the worker was told to stop (an
+    /// echo's, say) could otherwise read a job put back a moment earlier and
+    /// start it again, only for it to be put back once more.
+    pub async fn close_claims(&self) {
+        self.claimer.close().await;
     }
 }
 
@@ -236,6 +269,9 @@ struct Claimer {
     held: Mutex<VecDeque<JobRecord>>,
     /// Held by a claim in flight: the put-back waits for it.
     claiming: Arc<Semaphore>,
+    /// Set at shutdown, before running jobs are put back: no claim starts
+    /// after it (see [`Worker::close_claims`]).
+    closed: AtomicBool,
     wake: QueueWaker,
 }
 
@@ -271,6 +307,9 @@ impl Claimer {
             .acquire_owned()
             .await
             .map_err(|e| e.to_string())?;
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok((0, None));
+        }
         let me = self.clone();
         let claimed = tokio::spawn(async move {
             let _permit = permit;
@@ -283,6 +322,13 @@ impl Claimer {
             Ok::<_, String>((n, claim.next_due))
         });
         claimed.await.map_err(|e| e.to_string())?
+    }
+
+    /// No claim starts from now on, and the one in flight (if any) has
+    /// landed when this returns.
+    async fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _in_flight_done = self.claiming.acquire().await;
     }
 
     /// A job's run ended: its slot is free.

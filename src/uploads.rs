@@ -127,6 +127,7 @@ impl Uploads {
             idempotency_key: None,
             max_attempts: self.default_max_attempts,
             timeout_secs: None,
+            remote: false,
         }
     }
 

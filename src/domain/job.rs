@@ -125,8 +125,18 @@ pub struct JobRecord {
     /// How many items the job has appended, over all its attempts.
     pub items_count: i64,
     /// While queued: when its next attempt may start (a retry waits out its
-    /// backoff in the queue). The queue claims due jobs in this order.
+    /// backoff in the queue). The queue claims due jobs in this order. Once
+    /// started: when the running attempt started.
     pub run_at: Timestamp,
+    /// Run by a worker outside herald (a kind in `HERALD_REMOTE_KINDS`):
+    /// only a worker's claim takes it, and while it runs it follows its
+    /// lease (see `lease.rs`), not a node's.
+    pub remote: bool,
+    /// The `worker_id` of the remote worker that claimed it last.
+    pub worker: Option<String>,
+    /// The lease that worker holds; cleared when herald takes the job back.
+    pub lease: Option<String>,
+    pub lease_expires_at: Option<Timestamp>,
 }
 
 /// An event about to be appended: its name and its one-line JSON data (with `at`).
@@ -229,6 +239,7 @@ impl JobRecord {
                 }
                 next.status = JobStatus::Running;
                 next.started_at.get_or_insert(now);
+                next.run_at = now;
                 (
                     EventKind::Status,
                     status_data(JobStatus::Running, next.attempt, now, None),
@@ -361,6 +372,10 @@ pub(crate) mod tests {
             last_seq: EventSeq(1),
             items_count: 0,
             run_at: Timestamp(0),
+            remote: false,
+            worker: None,
+            lease: None,
+            lease_expires_at: None,
         }
     }
 

@@ -5,6 +5,7 @@ mod cancel;
 pub mod fields;
 mod ids;
 mod job;
+mod lease;
 mod recovery;
 mod status;
 mod submission;
@@ -14,5 +15,6 @@ pub use ids::{BadEventSeq, EventSeq, JobId, Timestamp};
 pub use job::{
     BadPercent, EventKind, JobError, JobRecord, NewEvent, Progress, Refused, Transition,
 };
+pub use lease::{LeaseOp, LeasePlan, LeaseRefused, LeaseTerms, LeaseWrite, Report};
 pub use status::{JobStatus, UnknownStatus};
 pub use submission::{escape_pointer, json_equal, FieldError, Submission, Submitted};

@@ -9,8 +9,9 @@ impl JobRecord {
     /// interrupted because `why`: back to `queued` with the next attempt
     /// while attempts are left, else `failed` with `worker_lost`. `None`
     /// when it is not running any more (someone else recovered it first).
+    /// A remote job follows its lease alone, never a node's: `None` too.
     pub fn interrupted(&self, why: &str) -> Option<Transition> {
-        if self.status != JobStatus::Running {
+        if self.status != JobStatus::Running || self.remote {
             return None;
         }
         let lost = JobError::new(

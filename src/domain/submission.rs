@@ -48,6 +48,9 @@ pub struct Submission {
     pub idempotency_key: Option<String>,
     pub max_attempts: i32,
     pub timeout_secs: Option<i64>,
+    /// Its kind is run by remote workers (set by the jobs service from the
+    /// kind, whatever the caller says).
+    pub remote: bool,
 }
 
 impl Submission {
@@ -130,6 +133,7 @@ impl Submission {
                 idempotency_key,
                 max_attempts,
                 timeout_secs,
+                remote: false,
             }),
             _ => Err(errors),
         }
@@ -159,6 +163,10 @@ impl Submission {
             last_seq: EventSeq(1),
             items_count: 0,
             run_at: now,
+            remote: self.remote,
+            worker: None,
+            lease: None,
+            lease_expires_at: None,
         }
     }
 

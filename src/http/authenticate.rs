@@ -10,6 +10,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::auth::{AuthError, AuthMode, TokenScope};
 use crate::domain::JobId;
+use crate::remote::WorkerPrincipal;
 
 /// Puts the caller's [`Tenant`] into the request, or answers 401. A job's
 /// stream also accepts `?token=` (a stream token for that job), and the feed
@@ -25,6 +26,43 @@ pub(super) async fn authenticate<E: Endpoint>(
         return Ok(ep.call(req).await?.into_response());
     }
     let state = req.data::<AppState>().expect("state is attached").clone();
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // Worker keys open the worker API and nothing else; tenants'
+    // credentials never open it.
+    let worker = bearer
+        .as_deref()
+        .and_then(bearer_token)
+        .and_then(|token| state.worker_keys.find(token));
+    if path.starts_with("/v1/worker/") {
+        let worker = match worker {
+            Some(w) => w,
+            None if state.auth.mode == AuthMode::None => WorkerPrincipal::anyone(),
+            None => {
+                return Err(match state.auth.authenticate(bearer.as_deref()) {
+                    Ok(_) => forbidden(
+                        "tenant credentials cannot use the worker API: send a worker key (HERALD_WORKER_KEYS)",
+                    ),
+                    Err(_) => ApiError::Unauthorized(
+                        "the worker API needs a worker key: send Authorization: Bearer <worker key> (HERALD_WORKER_KEYS)"
+                            .to_owned(),
+                    ),
+                }
+                .into());
+            }
+        };
+        req.extensions_mut().insert(worker);
+        return Ok(ep.call(req).await?.into_response());
+    }
+    if worker.is_some() {
+        return Err(forbidden(
+            "a worker key opens only the worker API (/v1/worker/*); use a tenant's API key or JWT here",
+        )
+        .into());
+    }
     let stream_scope = if path == "/v1/events" {
         Some(TokenScope::Feed)
     } else {
@@ -34,11 +72,6 @@ pub(super) async fn authenticate<E: Endpoint>(
             .map(TokenScope::Job)
     };
     let query_token = req.uri().query().and_then(|q| url_param(q, "token"));
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let tenant = match (stream_scope, query_token, bearer) {
         (Some(scope), Some(token), None) if state.auth.mode != AuthMode::None => {
             state.auth.verify_stream_token(&token, scope)
@@ -56,6 +89,23 @@ pub(super) async fn authenticate<E: Endpoint>(
             AuthError::Expired => "the token has expired; get a fresh one (POST /v1/jobs/{id}/stream-token, or POST /v1/events/stream-token for the feed) and reconnect with Last-Event-ID".to_owned(),
         })
         .into()),
+    }
+}
+
+/// The token of an `Authorization: Bearer …` value.
+fn bearer_token(header: &str) -> Option<&str> {
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn forbidden(detail: &str) -> ApiError {
+    ApiError::Http {
+        status: poem::http::StatusCode::FORBIDDEN,
+        code: "forbidden",
+        detail: detail.to_owned(),
     }
 }
 

@@ -134,7 +134,7 @@ impl ItemsApi {
             .into_iter()
             .map(|(name, input_schema)| KindDto {
                 name: name.to_owned(),
-                remote: false,
+                remote: state.jobs.kinds().is_remote(name),
                 input_schema,
             })
             .collect();

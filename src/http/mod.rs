@@ -15,6 +15,7 @@
 //! - `health`: `/healthz`, `/readyz`
 //! - `dashboard`: the dashboard page at `/` (static files in the binary)
 //! - `uploads`: `POST /v1/uploads`, a file streamed into the store → an `import` job
+//! - `worker`: `/v1/worker/*`, the remote workers' claims and reports
 //! - `models`: DTOs; `body`: the JSON body extractor with a size limit;
 //!   `params`: parameters the handlers parse themselves, as documented
 //! - `authenticate`, `access_log`, `allow`, `metrics`: the middleware
@@ -40,6 +41,7 @@ mod params;
 pub mod server;
 mod state;
 mod uploads;
+mod worker;
 
 pub use state::AppState;
 
@@ -58,6 +60,8 @@ pub enum ApiTags {
     Jobs,
     /// Liveness and readiness probes.
     Health,
+    /// Remote workers: claim jobs of remote kinds and report on them (worker keys only).
+    Workers,
 }
 
 type Apis = (
@@ -67,6 +71,7 @@ type Apis = (
     feed::FeedApi,
     items::ItemsApi,
     health::HealthApi,
+    worker::WorkerApi,
 );
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
@@ -78,6 +83,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             feed::FeedApi,
             items::ItemsApi,
             health::HealthApi,
+            worker::WorkerApi,
         ),
         "herald",
         env!("CARGO_PKG_VERSION"),
@@ -134,7 +140,10 @@ pub fn routes(state: AppState) -> impl Endpoint {
                 })),
             )
             .at("/docs", docs)
-            .nest("/", api.around(authenticate))
+            .nest(
+                "/",
+                api.around(authenticate).around(worker::worker_body_limit),
+            )
     } else {
         route.nest(
             "/",

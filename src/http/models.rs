@@ -133,6 +133,10 @@ pub struct JobDto {
     pub last_event_id: i64,
     /// How many items the job has appended (`GET /v1/jobs/{id}/items`).
     pub items_count: i64,
+    /// The `worker_id` of the remote worker that claimed it last; null for
+    /// a kind herald runs itself, or before a worker claims it.
+    #[oai(nullable)]
+    pub worker: Option<String>,
     pub links: LinksDto,
 }
 
@@ -164,6 +168,7 @@ impl From<&JobRecord> for JobDto {
             finished_at: j.finished_at.map(|t| t.to_rfc3339()),
             last_event_id: j.last_seq.0,
             items_count: j.items_count,
+            worker: j.worker.clone(),
             links: LinksDto {
                 events: format!("{self_}/events"),
                 self_,

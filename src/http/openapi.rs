@@ -222,6 +222,11 @@ fn with_security(doc: &mut Value) {
             "scheme": "bearer",
             "description": "`Authorization: Bearer <key>`: an API key (HERALD_AUTH=api-keys) or a JWT (HERALD_AUTH=jwt). Not needed when HERALD_AUTH=none.",
         },
+        "workerKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "`Authorization: Bearer <worker key>`: a remote worker's key (HERALD_WORKER_KEYS). It opens only `/v1/worker/*`, which tenants' credentials never open. Not needed when HERALD_AUTH=none.",
+        },
         "streamToken": {
             "type": "apiKey",
             "in": "query",
@@ -236,8 +241,11 @@ fn with_security(doc: &mut Value) {
         if !path.starts_with("/v1/") {
             continue;
         }
+        let worker = path.starts_with("/v1/worker/");
         let security = if STREAMS.contains(&path.as_str()) {
             json!([{"bearer": []}, {"streamToken": []}])
+        } else if worker {
+            json!([{"workerKey": []}])
         } else {
             json!([{"bearer": []}])
         };
@@ -246,6 +254,13 @@ fn with_security(doc: &mut Value) {
             let responses = &mut op["responses"];
             if responses.get("401").is_none() {
                 responses["401"] = problem("No valid credentials (see WWW-Authenticate).");
+            }
+            if responses.get("403").is_none() {
+                responses["403"] = problem(if worker {
+                    "Tenant credentials, or a worker key not allowed this kind (`forbidden`)."
+                } else {
+                    "A worker key: it opens only /v1/worker/* (`forbidden`)."
+                });
             }
         }
     }
@@ -307,6 +322,8 @@ mod tests {
                         .collect();
                     let want = if STREAMS.contains(&path.as_str()) {
                         vec!["bearer", "streamToken"]
+                    } else if path.starts_with("/v1/worker/") {
+                        vec!["workerKey"]
                     } else {
                         vec!["bearer"]
                     };

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::jobs::Jobs;
 use crate::limits::StreamLimit;
+use crate::remote::{RemoteWorkers, WorkerKeys};
 use crate::store::Store;
 use crate::stream::{StreamCounter, StreamSettings};
 use crate::uploads::Uploads;
@@ -41,4 +42,7 @@ pub struct AppState {
     /// Waiting long-polls of the event log's JSON pages, per tenant (a count
     /// of their own, with the streams' maximum).
     pub long_polls: Arc<StreamLimit>,
+    /// The worker API's claims, reports and lease sweep.
+    pub remote: Arc<RemoteWorkers>,
+    pub worker_keys: Arc<WorkerKeys>,
 }

@@ -143,6 +143,53 @@ pub(crate) trait Kind: Send + Sync + 'static {
     fn check(&self, input: &Value) -> Result<(), Vec<FieldError>>;
 
     async fn run(&self, ctx: &JobContext) -> Result<Value, JobFailure>;
+
+    /// Run by remote workers over the worker API, not here.
+    fn remote(&self) -> bool {
+        false
+    }
+}
+
+/// A kind named in `HERALD_REMOTE_KINDS`: remote workers run it; herald
+/// only checks that its input is a JSON object.
+struct RemoteKind(&'static str);
+
+#[async_trait]
+impl Kind for RemoteKind {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+
+    fn input_schema(&self) -> Value {
+        serde_json::json!({
+            "type": "object",
+            "description": "Any JSON object: a remote worker (HERALD_REMOTE_KINDS) reads it.",
+            "additionalProperties": true
+        })
+    }
+
+    fn check(&self, input: &Value) -> Result<(), Vec<FieldError>> {
+        if input.is_object() {
+            Ok(())
+        } else {
+            Err(vec![FieldError::new("", "must be a JSON object")])
+        }
+    }
+
+    async fn run(&self, _ctx: &JobContext) -> Result<Value, JobFailure> {
+        // Never claimed here: the local claim reads local kinds' jobs only.
+        Err(JobFailure::permanent(
+            "remote_kind",
+            format!(
+                "`{}` is run by remote workers, not by herald itself",
+                self.0
+            ),
+        ))
+    }
+
+    fn remote(&self) -> bool {
+        true
+    }
 }
 
 /// A [`JobKind`] behind the [`Kind`] interface.
@@ -201,6 +248,11 @@ impl Registry {
         self.kinds.keys().copied()
     }
 
+    /// Whether remote workers run `name` (`HERALD_REMOTE_KINDS`).
+    pub fn is_remote(&self, name: &str) -> bool {
+        self.kinds.get(name).is_some_and(|k| k.remote())
+    }
+
     /// Each kind's name and input schema, by name.
     pub(crate) fn schemas(&self) -> BTreeMap<&'static str, Value> {
         self.kinds
@@ -211,7 +263,11 @@ impl Registry {
 
     fn add(&mut self, kind: Arc<dyn Kind>) -> anyhow::Result<()> {
         let name = kind.name();
+        let remote = kind.remote();
         if self.kinds.insert(name, kind).is_some() {
+            if remote {
+                anyhow::bail!("HERALD_REMOTE_KINDS names `{name}`, which is also a kind herald runs itself (or is named twice): a kind is either built in or remote");
+            }
             anyhow::bail!("two job kinds are named `{name}`: give each kind a name of its own");
         }
         Ok(())
@@ -269,6 +325,7 @@ pub(crate) fn registry(
     caller: Arc<Caller>,
     store: Arc<dyn crate::store::Store>,
     kinds: Kinds,
+    remote_kinds: &[String],
 ) -> anyhow::Result<Registry> {
     let mut registry = Registry::default();
     if kinds.builtin {
@@ -281,6 +338,21 @@ pub(crate) fn registry(
     }
     for kind in kinds.extra {
         registry.add(kind)?;
+    }
+    for name in remote_kinds {
+        let name = name.trim();
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        if !valid {
+            anyhow::bail!("HERALD_REMOTE_KINDS: `{name}` is not a kind name (1 to 64 of a-z, A-Z, 0-9, _ - .)");
+        }
+        // Kind names are `&'static str`; these few live as long as herald.
+        registry.add(Arc::new(RemoteKind(Box::leak(
+            name.to_owned().into_boxed_str(),
+        ))))?;
     }
     Ok(registry)
 }

@@ -14,11 +14,13 @@
 
 pub(crate) mod group;
 pub mod postgres;
+mod remote;
 mod row;
 pub mod sqlite;
 mod traits;
 
-pub use traits::{FeedStore, JobStore, NodeStore, QueueStore, Store, UploadStore};
+pub use remote::{LeaseError, Leased, RemoteClaim};
+pub use traits::{FeedStore, JobStore, NodeStore, QueueStore, RemoteStore, Store, UploadStore};
 
 pub use crate::domain::Submitted;
 
@@ -29,7 +31,7 @@ use crate::domain::{
 /// The store's traits, for code that calls them on a concrete store
 /// (`SqliteStore`, `PgStore`); on an `Arc<dyn Store>` they need no import.
 pub mod prelude {
-    pub use super::{FeedStore, JobStore, NodeStore, QueueStore, Store, UploadStore};
+    pub use super::{FeedStore, JobStore, NodeStore, QueueStore, RemoteStore, Store, UploadStore};
 }
 
 #[derive(Debug, thiserror::Error)]

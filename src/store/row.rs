@@ -27,6 +27,10 @@ pub(super) struct JobRow {
     pub(super) last_seq: i64,
     pub(super) items_count: i64,
     pub(super) run_at: i64,
+    pub(super) remote: bool,
+    pub(super) worker: Option<String>,
+    pub(super) lease: Option<String>,
+    pub(super) lease_expires_at: Option<i64>,
 }
 
 pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -64,6 +68,10 @@ impl TryFrom<JobRow> for JobRecord {
             last_seq: EventSeq(r.last_seq),
             items_count: r.items_count,
             run_at: Timestamp(r.run_at),
+            remote: r.remote,
+            worker: r.worker,
+            lease: r.lease,
+            lease_expires_at: r.lease_expires_at.map(Timestamp),
         })
     }
 }

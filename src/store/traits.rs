@@ -6,10 +6,12 @@
 use async_trait::async_trait;
 
 use super::{
-    Applied, ApplyError, CancelOutcome, Claim, FeedCursor, FeedFilter, FeedRead, ListQuery,
-    Recovered, StoreError, StoredEvent, Submitted,
+    Applied, ApplyError, CancelOutcome, Claim, FeedCursor, FeedFilter, FeedRead, LeaseError,
+    Leased, ListQuery, Recovered, RemoteClaim, StoreError, StoredEvent, Submitted,
 };
-use crate::domain::{EventSeq, JobId, JobRecord, Submission, Timestamp, Transition};
+use crate::domain::{
+    EventSeq, JobId, JobRecord, LeaseOp, LeaseTerms, Submission, Timestamp, Transition,
+};
 
 /// Jobs and their events: every change to a job and the event that records
 /// it are written in one transaction, so a job's row and its event log never
@@ -173,8 +175,36 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn queue_stats(&self) -> Result<(i64, Option<Timestamp>), StoreError>;
 }
 
-/// Everything the store does: what `Arc<dyn Store>` offers. Each backend
-/// implements the five traits; this one comes with them.
-pub trait Store: JobStore + FeedStore + UploadStore + NodeStore + QueueStore {}
+/// Remote workers: their claims, and the changes of a remote job under its
+/// lease (see `domain::lease`).
+#[async_trait]
+pub trait RemoteStore: Send + Sync + 'static {
+    /// Starts up to `c.limit` due queued remote jobs of `c.kinds` (and of
+    /// `c.tenants`, when given), oldest `run_at` first, for worker
+    /// `c.worker`, each with a lease of its own, in one commit. Concurrent
+    /// claims (other workers, other nodes) never start the same job twice.
+    async fn claim_remote(&self, c: &RemoteClaim) -> Result<Vec<Applied>, StoreError>;
 
-impl<T> Store for T where T: JobStore + FeedStore + UploadStore + NodeStore + QueueStore {}
+    /// Decides `op` on job `id` as it is stored and writes what it decided
+    /// (events, lease, checkpoint), in one transaction with that read, so a
+    /// report never lands on an attempt that is not its own.
+    async fn lease_op(
+        &self,
+        id: JobId,
+        op: &LeaseOp,
+        terms: &LeaseTerms,
+    ) -> Result<Leased, LeaseError>;
+
+    /// Running remote jobs whose lease has run out at `now`, or that may
+    /// have outlived their `timeout_secs` (the sweep decides), at most `limit`.
+    async fn leases_over(&self, now: Timestamp, limit: i64) -> Result<Vec<JobId>, StoreError>;
+}
+
+/// Everything the store does: what `Arc<dyn Store>` offers. Each backend
+/// implements the six traits; this one comes with them.
+pub trait Store: JobStore + FeedStore + UploadStore + NodeStore + QueueStore + RemoteStore {}
+
+impl<T> Store for T where
+    T: JobStore + FeedStore + UploadStore + NodeStore + QueueStore + RemoteStore
+{
+}

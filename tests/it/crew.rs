@@ -8,6 +8,7 @@
 //! - [`resilience`]: cancel, a failing downstream, a restart and a retry
 //!   that resume without repeating a work order.
 
+mod python;
 mod resilience;
 mod rules;
 

@@ -24,6 +24,7 @@ mod nodes;
 mod operability;
 mod own_kinds;
 mod queue;
+mod remote;
 mod schema_fuzz;
 mod stream;
 mod uploads;

@@ -204,6 +204,7 @@ pub(super) struct NewJob {
     seq: i64,
     event: &'static str,
     data: String,
+    remote: bool,
 }
 
 impl NewJob {
@@ -223,6 +224,7 @@ impl NewJob {
             seq: first.seq.0,
             event: first.kind.as_str(),
             data: first.data,
+            remote: job.remote,
         }
     }
 }
@@ -260,6 +262,7 @@ impl Flush for Submits {
         let mut seq = Vec::with_capacity(ops.len());
         let mut event = Vec::with_capacity(ops.len());
         let mut data = Vec::with_capacity(ops.len());
+        let mut remote = Vec::with_capacity(ops.len());
         for op in ops {
             id.push(op.id);
             task_id.push(op.task_id.as_str());
@@ -275,6 +278,7 @@ impl Flush for Submits {
             seq.push(op.seq);
             event.push(op.event);
             data.push(op.data.as_str());
+            remote.push(op.remote);
         }
         // A taken idempotency key inserts nothing for that job (the caller
         // then answers with the earlier job).
@@ -282,14 +286,14 @@ impl Flush for Submits {
             "WITH v AS ( \
                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
                  $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::int8[], \
-                 $12::int8[], $13::text[], $14::text[]) \
+                 $12::int8[], $13::text[], $14::text[], $15::bool[]) \
                AS v(id, task_id, tenant, kind, status, input, attempt, max_attempts, timeout_secs, \
-                 idempotency_key, created_at, seq, event, data)), \
+                 idempotency_key, created_at, seq, event, data, remote)), \
              j AS ( \
                INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
-                 timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at) \
+                 timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, remote) \
                SELECT id, task_id, tenant, kind, status, input, attempt, max_attempts, timeout_secs, \
-                 idempotency_key, created_at, created_at, seq, created_at FROM v \
+                 idempotency_key, created_at, created_at, seq, created_at, remote FROM v \
                ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
                RETURNING id), \
              e AS ( \
@@ -312,6 +316,7 @@ impl Flush for Submits {
         .bind(&seq)
         .bind(&event)
         .bind(&data)
+        .bind(&remote)
         .fetch_all(&self.pool)
         .await?
         .into_iter()

@@ -46,7 +46,8 @@ use notifier::Notifier;
 macro_rules! job_columns {
     () => {
         "id::text AS id, tenant, kind, status, input, progress, result, error, attempt, max_attempts, \
-         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq, items_count, run_at"
+         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq, items_count, run_at, \
+         remote, worker, lease, lease_expires_at"
     };
 }
 
@@ -58,6 +59,7 @@ mod notifier;
 #[cfg(test)]
 mod plans;
 mod queue;
+mod remote;
 mod transitions;
 mod uploads;
 

@@ -83,7 +83,7 @@ impl NodeStore for PgStore {
     /// `HERALD_NODE_ID`) and those of nodes whose lease ran out.
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
         let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM herald_jobs WHERE status = 'running' AND (node_id IS NULL OR node_id = $1 \
+            "SELECT id FROM herald_jobs WHERE status = 'running' AND NOT remote AND (node_id IS NULL OR node_id = $1 \
                OR node_id NOT IN (SELECT id FROM herald_nodes \
                  WHERE heartbeat_at > now() - make_interval(secs => $2))) ORDER BY id",
         )
@@ -97,7 +97,7 @@ impl NodeStore for PgStore {
 
     async fn recover_expired(&self) -> Result<Recovered, StoreError> {
         let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM herald_jobs WHERE status = 'running' AND node_id IS DISTINCT FROM $1 \
+            "SELECT id FROM herald_jobs WHERE status = 'running' AND NOT remote AND node_id IS DISTINCT FROM $1 \
                AND (node_id IS NULL OR node_id NOT IN (SELECT id FROM herald_nodes \
                  WHERE heartbeat_at > now() - make_interval(secs => $2))) ORDER BY id LIMIT 500",
         )

@@ -13,7 +13,7 @@ use crate::store::{Claim, QueueStore, StoreError};
 pub(crate) const QUEUE_HEAD: &str = concat!(
     "SELECT ",
     job_columns!(),
-    " FROM herald_jobs WHERE status = 'queued' ORDER BY run_at, id LIMIT $1 \
+    " FROM herald_jobs WHERE status = 'queued' AND NOT remote ORDER BY run_at, id LIMIT $1 \
      FOR UPDATE SKIP LOCKED"
 );
 

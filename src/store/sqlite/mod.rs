@@ -37,7 +37,8 @@ use writer::{Answer, WriteOp, Writer};
 macro_rules! job_columns {
     () => {
         "id, tenant, kind, status, input, progress, result, error, attempt, max_attempts, \
-         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq, items_count, run_at"
+         timeout_secs, cancel_requested, idempotency_key, created_at, started_at, finished_at, last_seq, items_count, run_at, \
+         remote, worker, lease, lease_expires_at"
     };
 }
 
@@ -47,6 +48,7 @@ mod nodes;
 #[cfg(test)]
 mod plans;
 mod queue;
+mod remote;
 mod uploads;
 mod writer;
 mod writes;

@@ -18,10 +18,11 @@ impl NodeStore for SqliteStore {
 
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
         let mut out = Recovered::default();
-        let ids: Vec<(String,)> =
-            sqlx::query_as("SELECT id FROM herald_jobs WHERE status = 'running' ORDER BY id")
-                .fetch_all(&self.pools.writer)
-                .await?;
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM herald_jobs WHERE status = 'running' AND remote = 0 ORDER BY id",
+        )
+        .fetch_all(&self.pools.writer)
+        .await?;
         for (id,) in ids {
             let id: JobId = id.parse().map_err(|e| corrupt("job id", e))?;
             let mut tx = self.write_tx().await?;

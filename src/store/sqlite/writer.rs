@@ -4,11 +4,15 @@
 use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
 
+use super::remote::{claim_remote_in, lease_op_in};
 use super::uploads::{unit_write, UnitWrite};
 use super::writes::{apply_in, apply_known_in, cancel_in, claim_in, purge_in, submit_in};
-use crate::domain::{JobId, JobRecord, Submission, Timestamp, Transition};
+use crate::domain::{JobId, JobRecord, LeaseOp, LeaseTerms, Submission, Timestamp, Transition};
 use crate::store::group::{Batching, Flush, Group};
-use crate::store::{Applied, ApplyError, CancelOutcome, Claim, StoreError, Submitted};
+use crate::store::{
+    Applied, ApplyError, CancelOutcome, Claim, LeaseError, Leased, RemoteClaim, StoreError,
+    Submitted,
+};
 
 /// A write for the writer task.
 pub(super) enum WriteOp {
@@ -37,6 +41,14 @@ pub(super) enum WriteOp {
         before: Timestamp,
         limit: i64,
     },
+    /// A remote worker's claim.
+    ClaimRemote(RemoteClaim),
+    /// A remote job's change under its lease.
+    Lease {
+        id: JobId,
+        op: LeaseOp,
+        terms: LeaseTerms,
+    },
     /// Upload chunks and checkpoints: writes that answer nothing but success.
     Unit(UnitWrite),
 }
@@ -49,6 +61,8 @@ pub(super) enum Answer {
     Cancel(Result<CancelOutcome, StoreError>),
     Claimed(Result<Claim, StoreError>),
     Purged(Result<usize, StoreError>),
+    ClaimedRemote(Result<Vec<Applied>, StoreError>),
+    Leased(Result<Leased, LeaseError>),
     Done(Result<(), StoreError>),
 }
 
@@ -63,6 +77,8 @@ impl Answer {
             WriteOp::Cancel { .. } => Answer::Cancel(Err(e())),
             WriteOp::Claim { .. } => Answer::Claimed(Err(e())),
             WriteOp::Purge { .. } => Answer::Purged(Err(e())),
+            WriteOp::ClaimRemote(_) => Answer::ClaimedRemote(Err(e())),
+            WriteOp::Lease { .. } => Answer::Leased(Err(LeaseError::Store(e()))),
             WriteOp::Unit(_) => Answer::Done(Err(e())),
         }
     }
@@ -77,6 +93,8 @@ impl Answer {
             Answer::Cancel(Ok(_)) => Answer::Cancel(Err(e())),
             Answer::Claimed(Ok(_)) => Answer::Claimed(Err(e())),
             Answer::Purged(Ok(_)) => Answer::Purged(Err(e())),
+            Answer::ClaimedRemote(Ok(_)) => Answer::ClaimedRemote(Err(e())),
+            Answer::Leased(Ok(_)) => Answer::Leased(Err(LeaseError::Store(e()))),
             Answer::Done(Ok(_)) => Answer::Done(Err(e())),
             other => other,
         }
@@ -121,6 +139,20 @@ impl Answer {
         match self {
             Answer::Purged(r) => r,
             _ => Err(mismatch()),
+        }
+    }
+
+    pub(super) fn claimed_remote(self) -> Result<Vec<Applied>, StoreError> {
+        match self {
+            Answer::ClaimedRemote(r) => r,
+            _ => Err(mismatch()),
+        }
+    }
+
+    pub(super) fn leased(self) -> Result<Leased, LeaseError> {
+        match self {
+            Answer::Leased(r) => r,
+            _ => Err(mismatch().into()),
         }
     }
 
@@ -201,6 +233,10 @@ impl Flush for Writer {
                 WriteOp::Claim { limit } => Answer::Claimed(claim_in(&mut tx, *limit).await),
                 WriteOp::Purge { before, limit } => {
                     Answer::Purged(purge_in(&mut tx, *before, *limit).await)
+                }
+                WriteOp::ClaimRemote(c) => Answer::ClaimedRemote(claim_remote_in(&mut tx, c).await),
+                WriteOp::Lease { id, op, terms } => {
+                    Answer::Leased(lease_op_in(&mut tx, *id, op, terms).await)
                 }
                 WriteOp::Unit(write) => Answer::Done(unit_write(&mut tx, write).await),
             });

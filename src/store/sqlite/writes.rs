@@ -143,6 +143,25 @@ pub(super) async fn apply_known_in(
     Ok(into_applied(steps))
 }
 
+/// Writes `steps` (see [`write_steps`]) inside a transaction that read the
+/// job they start from.
+pub(super) async fn write_steps_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    steps: &[(JobRecord, NewEvent)],
+) -> Result<(), sqlx::Error> {
+    write_steps(tx, steps, None).await?;
+    Ok(())
+}
+
+/// The claim's write of the jobs it starts (see [`write_starts`]), for a
+/// worker's claim too.
+pub(super) async fn write_starts_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    started: &[Applied],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    write_starts(tx, started).await
+}
+
 fn into_applied(steps: Vec<(JobRecord, NewEvent)>) -> Vec<Applied> {
     steps
         .into_iter()
@@ -223,8 +242,8 @@ pub(super) async fn submit_in(
     let first = job.created_event();
     sqlx::query(
         "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
-         timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?15); \
+         timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, remote) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?15, ?16); \
          INSERT INTO herald_job_events (job_id, seq, event, data, at) VALUES (?1, ?12, ?13, ?14, ?11);",
     )
     .bind(job.id.to_string())
@@ -242,6 +261,7 @@ pub(super) async fn submit_in(
     .bind(first.kind.as_str())
     .bind(&first.data)
     .bind(job.run_at.0)
+    .bind(job.remote)
     .execute(&mut **tx)
     .await?;
     Ok(Submitted::Created(job))
@@ -413,6 +433,6 @@ async fn write_starts(
 pub(crate) const QUEUE_HEAD: &str = concat!(
     "SELECT ",
     job_columns!(),
-    " FROM herald_jobs INDEXED BY herald_jobs_ready WHERE status = 'queued' \
+    " FROM herald_jobs INDEXED BY herald_jobs_ready WHERE status = 'queued' AND remote = 0 \
      ORDER BY run_at, id LIMIT +?1"
 );

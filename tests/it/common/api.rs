@@ -59,6 +59,9 @@ pub struct Job {
     pub last_event_id: i64,
     /// How many items the job has appended.
     pub items_count: i64,
+    /// The remote worker that claimed it last.
+    #[serde(default)]
+    pub worker: Option<String>,
     pub links: Links,
 }
 

@@ -13,11 +13,11 @@ use super::{
 use crate::common::invalid_pointers;
 use crate::common::Status::Succeeded;
 
-const DAY: &str = "2026-11-30";
+pub(super) const DAY: &str = "2026-11-30";
 
 /// Six work orders, ids in no particular order, three crews: every kind of
 /// answer once.
-fn a_day() -> Day {
+pub(super) fn a_day() -> Day {
     Day {
         work_orders: vec![
             work_order(42, "electric", 4.0, false),
