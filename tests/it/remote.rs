@@ -569,6 +569,7 @@ backend_tests!(
     a_restart_leaves_a_remote_job_to_its_lease,
     bad_requests_are_refused_and_change_nothing,
     a_result_as_large_as_the_result_limit_is_taken,
+    worker_keys_and_tenant_keys_are_kept_apart,
 );
 
 const ACME: &str = "acme-key-0123456789abcdef";
@@ -577,7 +578,6 @@ const ACME_ONLY: &str = "acme-worker-key-0123456789";
 
 /// Worker keys and tenant keys open different doors, and a worker key
 /// limited to a kind and a tenant claims nothing else.
-#[tokio::test]
 async fn worker_keys_and_tenant_keys_are_kept_apart() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("worker-keys.json");

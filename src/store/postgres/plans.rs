@@ -24,6 +24,7 @@ use super::batch::JOBS_BY_IDS;
 use super::feed::{FEED_AFTER, FEED_HEAD};
 use super::jobs::{list_sql, CANCEL_REQUESTED_AMONG, EVENTS_AFTER, ITEMS, JOB_BY_IDEMPOTENCY_KEY};
 use super::queue::QUEUE_HEAD;
+use super::remote::{LEASES_OVER, REMOTE_HEAD, REMOTE_HEAD_OF_TENANTS};
 use crate::domain::JobStatus;
 use crate::store::ListQuery;
 
@@ -352,6 +353,32 @@ fn expectations() -> Vec<Expect> {
             sql: QUEUE_HEAD,
             bind: |q| q.bind(50_i64),
             indexes: &[&["herald_jobs_ready"]],
+            may_sort_one_job: false,
+        },
+        Expect {
+            what: "a remote worker's claim, per kind",
+            sql: REMOTE_HEAD,
+            bind: |q| q.bind("crew_plan").bind(i64::MAX).bind(10_i64),
+            indexes: &[&["herald_jobs_ready_remote"]],
+            may_sort_one_job: false,
+        },
+        Expect {
+            what: "a remote worker's claim, per kind, for a key limited to tenants",
+            sql: REMOTE_HEAD_OF_TENANTS,
+            bind: |q| {
+                q.bind("crew_plan")
+                    .bind(i64::MAX)
+                    .bind(10_i64)
+                    .bind(vec!["acme".to_owned()])
+            },
+            indexes: &[&["herald_jobs_ready_remote"]],
+            may_sort_one_job: false,
+        },
+        Expect {
+            what: "the remote lease sweep",
+            sql: LEASES_OVER,
+            bind: |q| q.bind(i64::MAX).bind(500_i64),
+            indexes: &[&["herald_jobs_leased"]],
             may_sort_one_job: false,
         },
         Expect {

@@ -17,21 +17,25 @@ use crate::store::{Applied, LeaseError, Leased, RemoteClaim, RemoteStore, StoreE
 
 /// A remote kind's queue head: its first `$3` queued jobs due at `$2`, by
 /// `run_at`, that no other claim holds (the partial index of queued remote
-/// jobs).
+/// jobs). `herald_jobs.id`, not `id`: that name is first the selected
+/// `id::text`, and ordering by it sorted what the index found.
 pub(crate) const REMOTE_HEAD: &str = concat!(
     "SELECT ",
     job_columns!(),
     " FROM herald_jobs WHERE status = 'queued' AND remote AND kind = $1 AND run_at <= $2 \
-     ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED"
+     ORDER BY run_at, herald_jobs.id LIMIT $3 FOR UPDATE SKIP LOCKED"
 );
 
-/// [`REMOTE_HEAD`] for a worker limited to the tenants `$4`.
+/// [`REMOTE_HEAD`] for a worker limited to the tenants `$4`. The tenant is
+/// compared as `tenant || ''`, which no index holds: compared as itself, the
+/// planner took a tenant's (tenant, kind, id) index when it expected few of
+/// its jobs and sorted all of them, the tenant's whole history of that kind.
 pub(crate) const REMOTE_HEAD_OF_TENANTS: &str = concat!(
     "SELECT ",
     job_columns!(),
     " FROM herald_jobs WHERE status = 'queued' AND remote AND kind = $1 AND run_at <= $2 \
-       AND tenant = ANY($4) \
-     ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED"
+       AND (tenant || '') = ANY($4) \
+     ORDER BY run_at, herald_jobs.id LIMIT $3 FOR UPDATE SKIP LOCKED"
 );
 
 /// Running remote jobs over their lease or their timeout at `$1` (the

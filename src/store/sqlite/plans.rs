@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::feed::{FEED_AFTER, FEED_HEAD};
 use super::jobs::{list_sql, CANCEL_REQUESTED_AMONG, EVENTS_AFTER, ITEMS, JOB_BY_ID};
+use super::remote::{LEASES_OVER, REMOTE_HEAD, REMOTE_HEAD_OF_TENANTS};
 use super::writes::{JOB_BY_IDEMPOTENCY_KEY, QUEUE_HEAD, START_JOBS};
 use crate::domain::JobStatus;
 use crate::store::ListQuery;
@@ -106,7 +107,8 @@ fn check(plan: &[String], e: &Expect, stats: &str) {
         // the history: it holds nothing else.
         let whole_table = step.starts_with("SCAN ")
             && !step.contains("VIRTUAL TABLE")
-            && !step.ends_with("USING INDEX herald_jobs_ready");
+            && !step.ends_with("USING INDEX herald_jobs_ready")
+            && !step.ends_with("USING INDEX herald_jobs_leased");
         assert!(
             !whole_table && !step.contains("TEMP B-TREE"),
             "{what}: `{step}` reads every row, a cost that grows with history; plan: {plan:#?}"
@@ -284,6 +286,34 @@ fn expectations() -> Vec<Expect> {
             bind: |q| q.bind(r#"[["00004e20-0000-7000-8000-000000000000"]]"#),
             // Each started job found by its key, never a walk of the table.
             steps: &[&["SEARCH herald_jobs USING INDEX sqlite_autoindex_herald_jobs_1 (id=?)"]],
+        },
+        Expect {
+            what: "a remote worker's claim, per kind",
+            sql: REMOTE_HEAD,
+            bind: |q| q.bind("crew_plan").bind(i64::MAX).bind(10),
+            steps: &[&[
+                "SEARCH herald_jobs USING INDEX herald_jobs_ready_remote (kind=? AND run_at<?)",
+            ]],
+        },
+        Expect {
+            what: "a remote worker's claim, per kind, for a key limited to tenants",
+            sql: REMOTE_HEAD_OF_TENANTS,
+            bind: |q| {
+                q.bind("crew_plan")
+                    .bind(i64::MAX)
+                    .bind(10)
+                    .bind(r#"["acme"]"#)
+            },
+            steps: &[&[
+                "SEARCH herald_jobs USING INDEX herald_jobs_ready_remote (kind=? AND run_at<?)",
+            ]],
+        },
+        Expect {
+            what: "the remote lease sweep",
+            sql: LEASES_OVER,
+            bind: |q| q.bind(i64::MAX).bind(500),
+            // The partial index holds running remote jobs only.
+            steps: &[&["SCAN herald_jobs USING INDEX herald_jobs_leased"]],
         },
         Expect {
             what: "cancel_requested_among",
