@@ -558,7 +558,47 @@ async fn a_result_as_large_as_the_result_limit_is_taken() {
     app.stop().await;
 }
 
+/// For clients nothing changes: `herald watch` (the real binary) follows a
+/// remote job's stream to its result, items first, as for a built-in kind.
+async fn herald_watch_follows_a_remote_job() {
+    let app = TestApp::spawn_with(remote).await;
+    let id = app.submit(KIND, json!({})).await.id.to_string();
+    let watcher = {
+        let (id, base) = (id.clone(), app.base.clone());
+        tokio::spawn(async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+                .args(["watch", &id, "--url", &base])
+                .env_remove("HERALD_URL")
+                .env_remove("HERALD_TOKEN")
+                .output()
+                .await
+                .expect("herald runs")
+        })
+    };
+    let worker = Worker::new(&app.api, "py-1");
+    let job = worker.claim_one().await;
+    worker
+        .ok(
+            &job,
+            "items",
+            json!({"offset": 0, "items": [{"wo": 1}, {"wo": 2}]}),
+        )
+        .await;
+    worker
+        .ok(&job, "complete", json!({"result": {"suggested": 2}}))
+        .await;
+    let out = watcher.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(&lines[..2], [r#"{"wo":1}"#, r#"{"wo":2}"#], "{stdout}");
+    let result: Value = serde_json::from_str(&lines[2..].join("\n")).unwrap();
+    assert_eq!(result, json!({"suggested": 2}));
+    app.stop().await;
+}
+
 backend_tests!(
+    herald_watch_follows_a_remote_job,
     a_worker_claims_reports_and_completes_a_remote_job,
     concurrent_claimers_never_share_a_job,
     items_with_a_gap_or_over_the_cap_change_nothing,
