@@ -15,6 +15,7 @@ use crate::domain::JobId;
 
 #[derive(Debug)]
 struct Entry {
+    attempt: i32,
     token: CancellationToken,
     cancel_requested: Arc<AtomicBool>,
 }
@@ -34,11 +35,19 @@ impl CancelRegistry {
         })
     }
 
-    /// Registers `id` as running here; `None` when it already is (a duplicate
-    /// delivery of its queue task must not start a second copy).
-    pub fn register(self: &Arc<Self>, id: JobId) -> Option<RunningJob> {
+    /// Registers attempt `attempt` of `id` as running here; `None` when that
+    /// attempt or a later one already is (a duplicate delivery must not start
+    /// a second copy).
+    ///
+    /// An earlier attempt's entry gives way. The queue hands out the next
+    /// attempt only once the earlier one's outcome is stored, but the earlier
+    /// runner may not have returned (and dropped its guard) by then: a retry's
+    /// backoff can be shorter than the wait for its task to be polled again.
+    /// Refusing the new attempt as a duplicate would leave the job `running`
+    /// with nothing running it; the chaos run found that.
+    pub fn register(self: &Arc<Self>, id: JobId, attempt: i32) -> Option<RunningJob> {
         let mut map = self.running.lock().expect("cancel registry poisoned");
-        if map.contains_key(&id) {
+        if map.get(&id).is_some_and(|e| e.attempt >= attempt) {
             return None;
         }
         let token = self.root.child_token();
@@ -46,12 +55,14 @@ impl CancelRegistry {
         map.insert(
             id,
             Entry {
+                attempt,
                 token: token.clone(),
                 cancel_requested: cancel_requested.clone(),
             },
         );
         Some(RunningJob {
             id,
+            attempt,
             token,
             cancel_requested,
             registry: self.clone(),
@@ -104,6 +115,7 @@ impl CancelRegistry {
 #[derive(Debug)]
 pub struct RunningJob {
     id: JobId,
+    attempt: i32,
     token: CancellationToken,
     cancel_requested: Arc<AtomicBool>,
     registry: Arc<CancelRegistry>,
@@ -126,9 +138,12 @@ impl RunningJob {
 }
 
 impl Drop for RunningJob {
+    /// Unregisters the job, unless a later attempt has registered since.
     fn drop(&mut self) {
         if let Ok(mut map) = self.registry.running.lock() {
-            map.remove(&self.id);
+            if map.get(&self.id).is_some_and(|e| e.attempt == self.attempt) {
+                map.remove(&self.id);
+            }
         }
     }
 }
@@ -141,19 +156,40 @@ mod tests {
     fn a_job_registers_once_and_unregisters_on_drop() {
         let reg = CancelRegistry::new(CancellationToken::new());
         let id = JobId::new();
-        let guard = reg.register(id).expect("first registration");
-        assert!(reg.register(id).is_none());
+        let guard = reg.register(id, 1).expect("first registration");
+        assert!(reg.register(id, 1).is_none());
         assert_eq!(reg.running_count(), 1);
         drop(guard);
         assert_eq!(reg.running_count(), 0);
         assert!(!reg.cancel(id));
     }
 
+    /// A retry claimed before the previous attempt's runner has returned:
+    /// the new attempt runs, a cancel reaches it, and the old guard's drop
+    /// leaves it registered.
+    #[test]
+    fn the_next_attempt_registers_while_the_previous_one_is_still_returning() {
+        let reg = CancelRegistry::new(CancellationToken::new());
+        let id = JobId::new();
+        let first = reg.register(id, 1).unwrap();
+        let second = reg
+            .register(id, 2)
+            .expect("attempt 2 is no duplicate of attempt 1");
+        assert!(reg.register(id, 2).is_none(), "a duplicate of attempt 2");
+        assert!(reg.register(id, 1).is_none(), "an earlier attempt");
+        drop(first);
+        assert_eq!(reg.running_count(), 1, "attempt 2 is still registered");
+        assert!(reg.cancel(id));
+        assert!(second.token().is_cancelled() && second.cancel_requested());
+        drop(second);
+        assert_eq!(reg.running_count(), 0);
+    }
+
     #[test]
     fn cancel_fires_only_that_job() {
         let reg = CancelRegistry::new(CancellationToken::new());
-        let a = reg.register(JobId::new()).unwrap();
-        let b = reg.register(JobId::new()).unwrap();
+        let a = reg.register(JobId::new(), 1).unwrap();
+        let b = reg.register(JobId::new(), 1).unwrap();
         assert!(reg.cancel(a.id));
         assert!(a.token().is_cancelled() && a.cancel_requested());
         assert!(!b.token().is_cancelled());
@@ -163,7 +199,7 @@ mod tests {
     fn the_root_stops_every_job_without_calling_it_a_cancel() {
         let root = CancellationToken::new();
         let reg = CancelRegistry::new(root.clone());
-        let a = reg.register(JobId::new()).unwrap();
+        let a = reg.register(JobId::new(), 1).unwrap();
         root.cancel();
         assert!(a.token().is_cancelled());
         assert!(!a.cancel_requested());

@@ -57,8 +57,9 @@ impl Runner {
     /// claim), or back to the queue at shutdown.
     pub async fn run(&self, job: JobRecord) {
         let id = job.id;
-        let Some(running) = self.cancels.register(id) else {
-            tracing::debug!(job_id = %id, "job already running in this process; duplicate claim ignored");
+        let Some(running) = self.cancels.register(id, job.attempt) else {
+            tracing::warn!(job_id = %id, attempt = job.attempt,
+                "this attempt already runs in this process; duplicate claim ignored");
             return;
         };
         let started = std::time::Instant::now();

@@ -9,6 +9,7 @@ mod common;
 mod aggregate;
 mod auth;
 mod browser;
+mod chaos;
 mod cli;
 mod core_jobs;
 mod crash;
