@@ -45,40 +45,9 @@ pub(crate) const LEASES_OVER: &str = "SELECT id FROM herald_jobs INDEXED BY hera
 const WRITE_LEASE: &str = "UPDATE herald_jobs SET worker = ?2, lease = ?3, lease_expires_at = ?4, \
      checkpoint = coalesce(?5, checkpoint) WHERE id = ?1";
 
-/// Runs `$body` (an expression over `tx`) under a savepoint: the writer
-/// commits its batch whatever one op answers, so an op that fails half-way
-/// must leave nothing of itself behind.
-macro_rules! in_savepoint {
-    ($tx:expr, $body:expr) => {{
-        sqlx::query("SAVEPOINT remote").execute(&mut **$tx).await?;
-        let result = $body.await;
-        let end = if result.is_ok() {
-            "RELEASE remote"
-        } else {
-            "ROLLBACK TO remote; RELEASE remote"
-        };
-        sqlx::query(end).execute(&mut **$tx).await?;
-        result
-    }};
-}
-
+/// A worker's claim: each kind's queue head, then one write of the jobs it
+/// starts, their leases with them (under the claim's own savepoint).
 pub(super) async fn claim_remote_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    c: &RemoteClaim,
-) -> Result<Vec<Applied>, StoreError> {
-    in_savepoint!(tx, claim_remote_body(tx, c))
-}
-
-pub(super) async fn lease_op_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    id: JobId,
-    op: &LeaseOp,
-    terms: &LeaseTerms,
-) -> Result<Leased, LeaseError> {
-    in_savepoint!(tx, lease_op_body(tx, id, op, terms))
-}
-
-async fn claim_remote_body(
     tx: &mut Transaction<'static, Sqlite>,
     c: &RemoteClaim,
 ) -> Result<Vec<Applied>, StoreError> {
@@ -120,9 +89,6 @@ async fn claim_remote_body(
             started.len()
         )));
     }
-    for a in &started {
-        write_lease(tx, &a.job, None).await?;
-    }
     Ok(started)
 }
 
@@ -142,7 +108,12 @@ async fn write_lease(
     Ok(())
 }
 
-async fn lease_op_body(
+/// A lease op: the read it is decided on, then the lease (and checkpoint),
+/// then the events. No savepoint: each write is one statement, and should
+/// the events' write fail after the lease's, the op has only extended a
+/// lease that was the worker's (its report is answered with the error, and
+/// a retry finds the job as it was).
+pub(super) async fn lease_op_in(
     tx: &mut Transaction<'static, Sqlite>,
     id: JobId,
     op: &LeaseOp,
@@ -155,10 +126,10 @@ async fn lease_op_body(
             applied: Vec::new(),
         });
     };
+    write_lease(tx, &writes.job, writes.checkpoint.as_deref()).await?;
     if !writes.steps.is_empty() {
         write_steps_in(tx, &writes.steps).await?;
     }
-    write_lease(tx, &writes.job, writes.checkpoint.as_deref()).await?;
     Ok(writes.into_leased())
 }
 

@@ -346,13 +346,16 @@ pub(super) async fn claim_in(
 
 /// The claim's update of the jobs it starts, from `?1`, a JSON array of
 /// `[id, status, progress, result, error, attempt, started_at, finished_at,
-/// seq, at, event, data, items_count, run_at]`: each job found by its key.
+/// seq, at, event, data, items_count, run_at, worker, lease,
+/// lease_expires_at]`: each job found by its key (a local job's lease
+/// fields are null; a remote job's are its worker's).
 macro_rules! start_jobs {
     () => {
         "UPDATE herald_jobs SET status = v.value ->> 1, progress = v.value ->> 2, \
            result = v.value ->> 3, error = v.value ->> 4, attempt = v.value ->> 5, \
            started_at = v.value ->> 6, finished_at = v.value ->> 7, last_seq = v.value ->> 8, \
-           updated_at = v.value ->> 9, items_count = v.value ->> 12, run_at = v.value ->> 13 \
+           updated_at = v.value ->> 9, items_count = v.value ->> 12, run_at = v.value ->> 13, \
+           worker = v.value ->> 14, lease = v.value ->> 15, lease_expires_at = v.value ->> 16 \
          FROM json_each(?1) AS v WHERE herald_jobs.id = v.value ->> 0 RETURNING id"
     };
 }
@@ -400,6 +403,9 @@ async fn write_starts(
                 ev.data,
                 job.items_count,
                 job.run_at.0,
+                job.worker,
+                job.lease,
+                job.lease_expires_at.map(|t| t.0),
             ])
         })
         .collect();
