@@ -35,7 +35,8 @@ use crate::worker::reconcile::Reconciler;
 use crate::worker::runner::{Runner, RunnerConfig};
 
 /// How often a node that runs jobs checks the store for cancel requests it
-/// may have missed (the backup for a lost notification).
+/// may have missed (the backup for a lost notification, and for a cancel
+/// that came between a job's claim and its handler's start).
 const CANCEL_SWEEP: Duration = Duration::from_secs(2);
 
 pub struct Application {
@@ -329,14 +330,17 @@ impl Application {
                 queue: Some(queue.waker()),
             };
             tokio::spawn(crate::notify::listen(opts, wakers, background_stop.clone()));
-            if runs_jobs {
-                tokio::spawn(crate::notify::sweep_cancels(
-                    state.store.clone(),
-                    state.cancels.clone(),
-                    CANCEL_SWEEP,
-                    background_stop.clone(),
-                ));
-            }
+        }
+        if runs_jobs {
+            // On SQLite too: a cancel that lands after a job was claimed and
+            // before its handler registered reaches no token; the sweep
+            // fires it within CANCEL_SWEEP.
+            tokio::spawn(crate::notify::sweep_cancels(
+                state.store.clone(),
+                state.cancels.clone(),
+                CANCEL_SWEEP,
+                background_stop.clone(),
+            ));
         }
         let mut background = Vec::new();
         let worker = runs_jobs.then(|| {
