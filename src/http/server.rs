@@ -8,6 +8,11 @@
 //! middleware and poem-openapi unchanged, brings it near hyper's own floor.
 //! HTTP/2 without TLS is given up; the gateway in front terminates TLS and
 //! speaks HTTP/1.1 to us.
+//!
+//! Hostile clients: a request line and headers over [`BUFFER_BYTES`] get 431,
+//! malformed ones 400 (hyper answers both and closes); a client that does not
+//! read its response costs at most [`BUFFER_BYTES`] of hyper's write buffer
+//! plus one chunk of the stream (see `stream`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,6 +31,13 @@ use poem::{Endpoint, Response};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// hyper's read and write buffers' limit, per connection (its default is
+/// about 400 KiB). The write buffer is what a client that does not read
+/// costs: hyper takes body chunks until it is full. The read buffer bounds a
+/// request's line and headers. 8 KiB is hyper's floor; 16 KiB leaves room for
+/// large cookies and tokens.
+pub const BUFFER_BYTES: usize = 16 * 1024;
 
 type App = Arc<BoxEndpoint<'static, Response>>;
 type ResponseFuture = Pin<
@@ -112,6 +124,7 @@ async fn serve_connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(BUFFER_BYTES)
         .serve_connection(TokioIo::new(socket), service);
     tokio::pin!(conn);
     tokio::select! {

@@ -17,6 +17,7 @@ mod dashboard;
 mod downstream;
 mod event_log;
 mod feed;
+mod hostile;
 mod items;
 mod js_client;
 mod kinds;
