@@ -3,6 +3,8 @@
 //! file descriptors left, the database going away. herald answers 4xx or
 //! 503, cuts what it must, and loses nothing it acknowledged.
 
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use herald::{JobContext, JobFailure, JobKind, Kinds};
 use serde::Deserialize;
@@ -11,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::Status::Succeeded;
-use crate::common::{Api, TestApp, WAIT};
+use crate::common::{Api, HeraldProcess, TestApp, WAIT};
 
 /// `bulky`: appends `items` items of about `bytes` bytes each, as fast as
 /// they are written: more than any socket buffers.
@@ -248,6 +250,105 @@ async fn malformed_and_oversized_requests_get_4xx() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     app.stop().await;
+}
+
+/// Slowloris: a client that sends its request a byte at a time, never
+/// finishing its headers, is disconnected after the header timeout; so is one
+/// that connects and sends nothing. Others are served meanwhile.
+#[tokio::test]
+async fn slow_partial_requests_are_cut_by_the_header_timeout() {
+    let app = TestApp::spawn_with(|c| c.header_timeout_secs = 1).await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(addr(&app)).await.unwrap();
+    let mut slow = TcpStream::connect(addr(&app)).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    // One header byte every 100 ms, for up to WAIT: far longer than the
+    // timeout. The server closes the connection: a write then fails, or a
+    // read sees the end.
+    let trickle = async {
+        let header = b"X-Slow: abcdefghijklmnopqrstuvwxyz0123456789".repeat(20);
+        for b in header {
+            if slow.write_all(&[b]).await.is_err() {
+                return true;
+            }
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut byte)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => panic!("the server answered a request it never got whole"),
+                Err(_) => {}
+            }
+            if started.elapsed() > WAIT {
+                return false;
+            }
+        }
+        false
+    };
+    assert!(trickle.await, "the slow client was not disconnected");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, silent.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+        "the silent client was not disconnected"
+    );
+    assert!(
+        rest.is_empty(),
+        "nothing is answered to a request never sent"
+    );
+    // The server itself is fine.
+    let resp = app.get("/healthz").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    app.stop().await;
+}
+
+/// With few file descriptors (`ulimit -n 64`), clients that hold connections
+/// open make accepts fail. herald says so in a few log lines, not one per
+/// try; once the connections close it accepts again, serves, and runs jobs.
+#[tokio::test]
+async fn out_of_file_descriptors_herald_waits_and_serves_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut herald = HeraldProcess::start_with_fd_limit(&dir.path().join("h.db"), 64, "info", &[]);
+    let api = herald.api();
+    let job = api.submit("demo", json!({"steps": 1, "step_ms": 0})).await;
+    api.wait_status(job.id, Succeeded).await;
+
+    // More connections than herald has descriptors left: it accepts some,
+    // the rest wait in the backlog.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(TcpStream::connect(addr(&api)).await.unwrap());
+    }
+    let failed = herald.next_json(WAIT, |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("accept failed"))
+    });
+    let failed = failed.expect("herald logs that accepts fail");
+    assert!(herald.is_alive());
+    // Let it fail for a while: at one try every 50 ms, a line per failure
+    // would be a couple of dozen lines.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(held);
+    let recovered = herald
+        .next_json(WAIT, |v| v["message"] == "accepting connections again")
+        .expect("herald logs that it accepts again");
+    let failures = recovered["failed"].as_u64().expect("a count of failures");
+    let lines = herald
+        .seen
+        .iter()
+        .filter(|l| l.contains("\"accept failed") || l.contains("\"accept still failing"))
+        .count() as u64;
+    assert!(
+        failures > lines,
+        "{failures} failed accepts, logged in {lines} lines: {failed}"
+    );
+
+    // It serves again, and runs jobs.
+    assert!(herald.is_alive(), "herald exited");
+    let job = api.submit("demo", json!({"steps": 2, "step_ms": 0})).await;
+    api.wait_status(job.id, Succeeded).await;
+    assert!(herald.is_alive());
 }
 
 backend_tests!(
