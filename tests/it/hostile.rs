@@ -12,8 +12,11 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::Status::Succeeded;
-use crate::common::{Api, HeraldProcess, TestApp, WAIT};
+use crate::common::Status::{Running, Succeeded};
+use crate::common::{
+    assert_gapless, backend, problem, Api, Backend, HeraldProcess, Job, TestApp, TestDb, WAIT,
+};
+use crate::operability::DbProxy;
 
 /// `bulky`: appends `items` items of about `bytes` bytes each, as fast as
 /// they are written: more than any socket buffers.
@@ -351,7 +354,114 @@ async fn out_of_file_descriptors_herald_waits_and_serves_again() {
     assert!(herald.is_alive());
 }
 
+/// Submits until one is acknowledged (a client retries a 503): the job.
+async fn submit_retrying(api: &Api, input: Value) -> Job {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let resp = api.post_job(&json!({"kind": "demo", "input": input})).await;
+        if resp.status() == 202 {
+            return resp.json().await.unwrap();
+        }
+        assert_eq!(resp.status(), 503, "only 503 is worth retrying");
+        assert!(Instant::now() < deadline, "the database never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Takes the database away: SQLite, another connection holds `BEGIN
+/// EXCLUSIVE` on the file; PostgreSQL, the proxy herald connects through
+/// is cut. Gives it back when dropped, or with `back`.
+enum Outage {
+    Sqlite(Option<sqlx::SqliteConnection>),
+    Postgres(DbProxy),
+}
+
+impl Outage {
+    async fn start(db: &TestDb, proxy: Option<DbProxy>) -> Outage {
+        match proxy {
+            Some(proxy) => {
+                proxy.set_up(false);
+                Outage::Postgres(proxy)
+            }
+            None => {
+                use sqlx::Connection;
+                let mut conn = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
+                sqlx::raw_sql("BEGIN EXCLUSIVE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                Outage::Sqlite(Some(conn))
+            }
+        }
+    }
+
+    async fn back(&mut self) {
+        match self {
+            Outage::Postgres(proxy) => proxy.set_up(true),
+            Outage::Sqlite(conn) => {
+                if let Some(mut conn) = conn.take() {
+                    sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// While the database is away, a submission answers 503 problem+json
+/// `store_unavailable` with `Retry-After`, and herald stays up. Every job
+/// acknowledged before the outage (one running through it) and after it
+/// runs to its end, with every event.
+async fn a_submit_while_the_database_is_away_is_a_503_and_nothing_acknowledged_is_lost() {
+    let db = TestDb::new().await;
+    let proxy = match backend() {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let mut url = url::Url::parse(db.url()).unwrap();
+            let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+            let proxy = DbProxy::start(upstream).await;
+            url.set_port(Some(proxy.addr.port())).unwrap();
+            Some((proxy, url.to_string()))
+        }
+    };
+    let proxied = proxy.as_ref().map(|(_, url)| url.clone());
+    let app = TestApp::spawn_in(db.clone(), |c| {
+        if let Some(url) = proxied {
+            c.database_url = url;
+        }
+    })
+    .await;
+    let done = app.submit("demo", json!({"steps": 1, "step_ms": 0})).await;
+    app.wait_status(done.id, Succeeded).await;
+    let through = app
+        .submit("demo", json!({"steps": 30, "step_ms": 100}))
+        .await;
+    app.wait_status(through.id, Running).await;
+
+    let mut outage = Outage::start(&db, proxy.map(|(p, _)| p)).await;
+    let resp = app
+        .post_job(&json!({"kind": "demo", "input": {"steps": 1, "step_ms": 0}}))
+        .await;
+    let retry_after = resp.headers().get("retry-after").cloned();
+    let body = problem(resp, 503, "store_unavailable").await;
+    assert!(
+        retry_after.is_some_and(|r| r.to_str().unwrap().parse::<u64>().unwrap() > 0),
+        "a 503 says when to retry: {body}"
+    );
+    outage.back().await;
+
+    let after = submit_retrying(&app, json!({"steps": 2, "step_ms": 0})).await;
+    for job in [&done, &through, &after] {
+        let ended = app.wait_terminal(job.id).await;
+        assert_eq!(ended.status, Succeeded, "{ended:?}");
+        let events = app.stream_events(job.id).await;
+        assert_gapless(&events);
+        assert_eq!(events.last().unwrap().event, "result");
+    }
+    app.stop().await;
+}
+
 backend_tests!(
     a_stalled_reader_that_reads_again_gets_every_event_in_order,
     a_stalled_feed_that_reads_again_gets_every_event_in_order,
+    a_submit_while_the_database_is_away_is_a_503_and_nothing_acknowledged_is_lost,
 );
