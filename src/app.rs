@@ -405,7 +405,7 @@ impl Application {
         let app = crate::http::routes(state.clone()).map_to_response().boxed();
         let stop_serving = state.serving_stop.clone();
         tokio::spawn(signal);
-        crate::http::server::serve(listener, app, stop_serving, Duration::from_secs(5)).await;
+        crate::http::server::serve(listener, app, stop_serving, config.header_timeout()).await;
 
         // Serving has stopped. Stop taking new jobs, then give running ones the grace.
         worker_stop.cancel();

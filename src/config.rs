@@ -209,6 +209,13 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_ITEMS_PER_JOB", default_value_t = 100_000)]
     pub max_items_per_job: i64,
 
+    /// A client must send a request's line and headers whole within this many
+    /// seconds of connecting (or of its previous response), else it is
+    /// disconnected: slow partial requests (slowloris) hold no connection for long.
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+
     /// A comment line goes down an idle event stream this often, so proxies keep it.
     #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = 15)]
     pub heartbeat_secs: u64,
@@ -376,6 +383,10 @@ impl Config {
 
     pub fn cancel_grace(&self) -> Duration {
         Duration::from_secs(self.cancel_grace_secs)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
     }
 
     pub fn drain_delay(&self) -> Duration {

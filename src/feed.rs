@@ -24,10 +24,9 @@ use crate::domain::Timestamp;
 use crate::hub::Hub;
 use crate::limits::StreamSlot;
 use crate::store::{FeedCursor, FeedEvent, FeedFilter, Store};
-use crate::stream::{idle, record_lag, Idle, StreamGuard, StreamSettings, HEARTBEAT};
-
-/// How many events one store read fetches.
-const PAGE: i64 = 256;
+use crate::stream::{
+    fits, idle, record_lag, Idle, ReadSize, StreamGuard, StreamSettings, HEARTBEAT,
+};
 
 /// One feed event in SSE framing: `id` is the feed cursor, `event` the job
 /// event's name, `data` the job event's JSON with `job_id` and `seq` added.
@@ -57,7 +56,12 @@ struct State {
     wake: watch::Receiver<u64>,
     filter: FeedFilter,
     cursor: FeedCursor,
+    /// The next chunk's frames (see `stream::CHUNK_BYTES`), and their bytes.
     pending: VecDeque<(Timestamp, Bytes)>,
+    pending_bytes: usize,
+    /// The cursor of the last frame in `pending`.
+    pending_cursor: FeedCursor,
+    read_size: ReadSize,
     settings: StreamSettings,
     deadline: Option<Instant>,
     stop: CancellationToken,
@@ -103,6 +107,9 @@ pub fn feed_events(
         filter,
         cursor,
         pending: VecDeque::new(),
+        pending_bytes: 0,
+        pending_cursor: cursor,
+        read_size: ReadSize::default(),
         deadline: settings.max_duration.map(|d| Instant::now() + d),
         settings,
         stop,
@@ -131,7 +138,7 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
             return None;
         }
         if !st.pending.is_empty() {
-            let mut buf = BytesMut::new();
+            let mut buf = BytesMut::with_capacity(std::mem::take(&mut st.pending_bytes));
             for (at, bytes) in st.pending.drain(..) {
                 record_lag(at);
                 buf.put_slice(&bytes);
@@ -140,13 +147,29 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
         }
         // Marked seen before the read: a wake-up during the read reads again.
         st.wake.borrow_and_update();
-        match st.store.feed_after(&st.filter, st.cursor, PAGE).await {
+        match st
+            .store
+            .feed_after(&st.filter, st.cursor, st.read_size.limit())
+            .await
+        {
             Ok(read) => {
+                let bytes = read.events.iter().map(|e| e.event.data.len()).sum();
+                st.read_size.learn(read.events.len(), bytes);
                 // Past the events the filter left out too: a feed of a quiet
                 // job examines each other event once, not at every wake-up.
                 st.cursor = read.next;
-                st.pending
-                    .extend(read.events.iter().map(|e| (e.event.at, frame(e))));
+                for e in &read.events {
+                    let f = frame(e);
+                    if !fits(st.pending.len(), st.pending_bytes, f.len()) {
+                        // The chunk is full: the rest is read again, from
+                        // the last event it carries.
+                        st.cursor = st.pending_cursor;
+                        break;
+                    }
+                    st.pending_bytes += f.len();
+                    st.pending_cursor = e.cursor;
+                    st.pending.push_back((e.event.at, f));
+                }
                 if !read.events.is_empty() || read.full {
                     continue;
                 }

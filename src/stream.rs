@@ -5,7 +5,15 @@
 //! store, then reads again after every wake-up. So nothing appended between
 //! subscribing and reading is missed, a late subscriber gets the whole history,
 //! and a slow reader falls behind in the store, not in memory: what a stream
-//! holds is one page of events at most, and only while it writes them.
+//! holds is one chunk of events at most ([`CHUNK_BYTES`]), and only while it
+//! writes them.
+//!
+//! Backpressure: hyper asks the stream for its next chunk only while its
+//! write buffer has room (a few KiB, see `http::server`). A client that stops
+//! reading fills the socket, then that buffer, and then the stream is not
+//! polled: it reads nothing more from the store or the hub and holds no
+//! events of its own, only its cursor. When the client reads again, the
+//! stream goes on from the cursor; nothing is lost, and nothing piles up.
 
 use std::collections::VecDeque;
 use std::io;
@@ -24,8 +32,45 @@ use crate::hub::{Hub, Subscription};
 use crate::limits::StreamSlot;
 use crate::store::Store;
 
-/// How many events one store read fetches.
+/// The most events one store read fetches.
 const PAGE: i64 = 256;
+
+/// The most bytes of events one chunk carries (one event bigger than this
+/// goes out alone). It bounds what a stream holds: events are read from the
+/// store or the hub only up to it, and only when the previous chunk has been
+/// handed to hyper.
+pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
+
+/// How many events the next store read asks for: about a chunk's worth, from
+/// the size of the events read so far, so a stream catching up on a long
+/// history reads what it will send and not a page it would drop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadSize(i64);
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize(PAGE)
+    }
+}
+
+impl ReadSize {
+    pub(crate) fn limit(self) -> i64 {
+        self.0
+    }
+
+    /// Learns from a read of `events` events of `bytes` bytes in all.
+    pub(crate) fn learn(&mut self, events: usize, bytes: usize) {
+        if let Some(mean) = bytes.checked_div(events) {
+            self.0 = ((CHUNK_BYTES / mean.max(1)) as i64).clamp(1, PAGE);
+        }
+    }
+}
+
+/// Whether an event of `len` bytes still fits in a chunk that holds `held`
+/// bytes of `count` events (the first always fits).
+pub(crate) fn fits(count: usize, held: usize, len: usize) -> bool {
+    count == 0 || held + len <= CHUNK_BYTES
+}
 
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
@@ -92,6 +137,9 @@ struct State {
     id: JobId,
     last: EventSeq,
     pending: VecDeque<Frame>,
+    /// The bytes of `pending`.
+    pending_bytes: usize,
+    read_size: ReadSize,
     settings: StreamSettings,
     deadline: Option<Instant>,
     stop: CancellationToken,
@@ -121,6 +169,8 @@ pub fn job_events(
         id,
         last: after,
         pending: VecDeque::new(),
+        pending_bytes: 0,
+        read_size: ReadSize::default(),
         deadline: settings.max_duration.map(|d| Instant::now() + d),
         settings,
         stop,
@@ -143,7 +193,8 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
         // The history so far goes out with the `retry:` line, in one write.
         let retry = format!("retry: {}\n\n", st.settings.retry_ms);
         if matches!(fill(st).await, Ok(true)) {
-            let mut first = BytesMut::from(retry.as_bytes());
+            let mut first = BytesMut::with_capacity(retry.len() + st.pending_bytes);
+            first.put_slice(retry.as_bytes());
             first.put_slice(&take_pending(st));
             return Some(first.freeze());
         }
@@ -211,6 +262,7 @@ pub(crate) async fn idle(
 
 /// The pending frames as one chunk (up to and including a terminal event).
 fn take_pending(st: &mut State) -> Bytes {
+    let bytes = std::mem::take(&mut st.pending_bytes);
     if st.pending.len() == 1 {
         let f = st.pending.pop_front().expect("one frame");
         st.last = f.seq;
@@ -218,7 +270,8 @@ fn take_pending(st: &mut State) -> Bytes {
         record_lag(f.at);
         return f.bytes;
     }
-    let mut buf = BytesMut::new();
+    // Sized once: a stalled stream's chunk waits in hyper's buffer as allocated.
+    let mut buf = BytesMut::with_capacity(bytes);
     while let Some(f) = st.pending.pop_front() {
         buf.put_slice(&f.bytes);
         record_lag(f.at);
@@ -232,7 +285,19 @@ fn take_pending(st: &mut State) -> Bytes {
     buf.freeze()
 }
 
-/// Queues the events after `st.last`; `Ok(false)` when there are none yet.
+/// Queues the frame unless the chunk is full; whether it did.
+fn queue(pending: &mut VecDeque<Frame>, bytes: &mut usize, frame: Frame) -> bool {
+    if !fits(pending.len(), *bytes, frame.bytes.len()) {
+        return false;
+    }
+    *bytes += frame.bytes.len();
+    pending.push_back(frame);
+    true
+}
+
+/// Queues the events after `st.last`, up to a chunk's worth; `Ok(false)`
+/// when there are none yet. What does not fit is read again next time, from
+/// the cursor.
 ///
 /// A caught-up subscriber takes them from the job's shared [`Recent`] slot,
 /// which the first subscriber to wake brings up to date with one store read
@@ -260,12 +325,52 @@ async fn fill(st: &mut State) -> Result<bool, crate::store::StoreError> {
     }
     if !behind(&recent, st.last) {
         let before = st.pending.len();
-        st.pending
-            .extend(recent.frames.iter().filter(|f| f.seq > st.last).cloned());
+        for f in recent.frames.iter().filter(|f| f.seq > st.last) {
+            if !queue(&mut st.pending, &mut st.pending_bytes, f.clone()) {
+                break;
+            }
+        }
         return Ok(st.pending.len() > before);
     }
     drop(recent);
-    let events = st.store.events_after(st.id, st.last, PAGE).await?;
-    st.pending.extend(events.iter().map(Frame::of));
-    Ok(!events.is_empty())
+    let events = st
+        .store
+        .events_after(st.id, st.last, st.read_size.limit())
+        .await?;
+    let before = st.pending.len();
+    let bytes = events.iter().map(|e| e.data.len()).sum();
+    st.read_size.learn(events.len(), bytes);
+    for e in &events {
+        if !queue(&mut st.pending, &mut st.pending_bytes, Frame::of(e)) {
+            break;
+        }
+    }
+    Ok(st.pending.len() > before)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_takes_events_up_to_its_bytes_and_always_one() {
+        assert!(fits(0, 0, CHUNK_BYTES * 4), "a big event goes out alone");
+        assert!(!fits(1, 10, CHUNK_BYTES));
+        assert!(fits(3, CHUNK_BYTES - 100, 100));
+        assert!(!fits(3, CHUNK_BYTES - 100, 101));
+    }
+
+    #[test]
+    fn reads_ask_for_about_a_chunk_of_events() {
+        let mut size = ReadSize::default();
+        assert_eq!(size.limit(), PAGE);
+        size.learn(0, 0);
+        assert_eq!(size.limit(), PAGE, "an empty read teaches nothing");
+        size.learn(10, 10 * 128);
+        assert_eq!(size.limit(), (CHUNK_BYTES / 128) as i64);
+        size.learn(1, 1024 * 1024);
+        assert_eq!(size.limit(), 1, "one big event a read");
+        size.learn(100, 100);
+        assert_eq!(size.limit(), PAGE, "tiny events: a whole page");
+    }
 }

@@ -60,9 +60,23 @@ pub enum ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         crate::telemetry::store_error();
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "request failed: the database is unavailable");
+            return ApiError::Unavailable {
+                code: "store_unavailable",
+                detail: "the database is unavailable (away, or locked by another process); \
+                         retry after Retry-After seconds (a submission with an \
+                         idempotency_key is safe to repeat)"
+                    .to_owned(),
+            };
+        }
         ApiError::Internal(e.into())
     }
 }
+
+/// The `Retry-After` of a 503: a database that went away usually takes some
+/// seconds to come back, and a draining node is gone by then.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 
 impl From<crate::jobs::SubmitError> for ApiError {
     fn from(e: crate::jobs::SubmitError) -> Self {
@@ -234,6 +248,9 @@ impl poem::error::ResponseError for ApiError {
                 retry_after_secs, ..
             } => {
                 resp = resp.header("Retry-After", retry_after_secs.max(&1).to_string());
+            }
+            ApiError::Unavailable { .. } => {
+                resp = resp.header("Retry-After", UNAVAILABLE_RETRY_AFTER_SECS.to_string());
             }
             _ => {}
         }

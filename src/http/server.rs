@@ -8,13 +8,21 @@
 //! middleware and poem-openapi unchanged, brings it near hyper's own floor.
 //! HTTP/2 without TLS is given up; the gateway in front terminates TLS and
 //! speaks HTTP/1.1 to us.
+//!
+//! Hostile clients: a request line and headers over [`BUFFER_BYTES`] get 431,
+//! malformed ones 400 (hyper answers both and closes); a client that does not
+//! finish its headers within the header timeout is cut (slowloris); one that
+//! does not read its response costs at most [`BUFFER_BYTES`] of hyper's write
+//! buffer plus one chunk of the stream (see `stream`); running out of file
+//! descriptors refuses new connections until some close, and says so once in
+//! a while, not at every accept.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -26,6 +34,20 @@ use poem::{Endpoint, Response};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// hyper's read and write buffers' limit, per connection (its default is
+/// about 400 KiB). The write buffer is what a client that does not read
+/// costs: hyper takes body chunks until it is full. The read buffer bounds a
+/// request's line and headers. 8 KiB is hyper's floor; 16 KiB leaves room for
+/// large cookies and tokens.
+pub const BUFFER_BYTES: usize = 16 * 1024;
+
+/// While accepting fails (out of file descriptors, say), the pause before
+/// the next try.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// While accepting fails, how often it is logged again.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 type App = Arc<BoxEndpoint<'static, Response>>;
 type ResponseFuture = Pin<
@@ -41,32 +63,39 @@ type ResponseFuture = Pin<
     >,
 >;
 
+/// How long connections may take to finish their responses after `stop`.
+const GRACE: Duration = Duration::from_secs(5);
+
 /// Serves `app` on `listener` until `stop` fires, then lets connections finish
-/// their responses (streams end on their own tokens) for up to `grace`, and
-/// closes whatever is still open.
+/// their responses (streams end on their own tokens) for up to [`GRACE`], and
+/// closes whatever is still open. A client that has not sent a request's
+/// headers whole within `header_timeout` is disconnected.
 pub async fn serve(
     listener: TcpListener,
     app: BoxEndpoint<'static, Response>,
     stop: CancellationToken,
-    grace: Duration,
+    header_timeout: Duration,
 ) {
     let app: App = Arc::new(app);
     let local = listener.local_addr().ok();
     let connections = TaskTracker::new();
     let force_close = CancellationToken::new();
+    let mut failing = AcceptFailures::default();
     loop {
         let (socket, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors, say: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors, say: the connection waits in
+                    // the backlog. Wait a little rather than spin.
+                    failing.failed(&e, connections.len());
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             },
             _ = stop.cancelled() => break,
         };
+        failing.recovered(connections.len());
         let _ = socket.set_nodelay(true);
         connections.spawn(serve_connection(
             socket,
@@ -75,11 +104,12 @@ pub async fn serve(
             app.clone(),
             stop.clone(),
             force_close.clone(),
+            header_timeout,
         ));
     }
     drop(listener);
     connections.close();
-    if tokio::time::timeout(grace, connections.wait())
+    if tokio::time::timeout(GRACE, connections.wait())
         .await
         .is_err()
     {
@@ -92,6 +122,55 @@ pub async fn serve(
     }
 }
 
+/// A run of failed accepts, logged when it starts, every [`ACCEPT_LOG_EVERY`]
+/// while it lasts (with how many failures went unlogged since the last line)
+/// and when it ends: not at every try.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    /// When the run started, and when it was last logged.
+    since: Option<(Instant, Instant)>,
+    /// Failures in the run.
+    total: u64,
+    /// Failures since the last line.
+    unsaid: u64,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, e: &std::io::Error, open: usize) {
+        self.total += 1;
+        let now = Instant::now();
+        let Some((_, said)) = &mut self.since else {
+            self.since = Some((now, now));
+            tracing::warn!(error = %e, open_connections = open,
+                "accept failed; new connections wait until it works again");
+            return;
+        };
+        if now.duration_since(*said) < ACCEPT_LOG_EVERY {
+            self.unsaid += 1;
+            return;
+        }
+        *said = now;
+        tracing::warn!(error = %e, open_connections = open, suppressed = self.unsaid,
+            failed = self.total, "accept still failing");
+        self.unsaid = 0;
+    }
+
+    fn recovered(&mut self, open: usize) {
+        if let Some((start, _)) = self.since.take() {
+            tracing::info!(
+                failed = self.total,
+                suppressed = self.unsaid,
+                open_connections = open,
+                after_ms = start.elapsed().as_millis() as u64,
+                "accepting connections again"
+            );
+            self.total = 0;
+            self.unsaid = 0;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     socket: tokio::net::TcpStream,
     local: Option<SocketAddr>,
@@ -99,6 +178,7 @@ async fn serve_connection(
     app: App,
     stop: CancellationToken,
     force_close: CancellationToken,
+    header_timeout: Duration,
 ) {
     let local = LocalAddr(local.map(Into::into).unwrap_or_default());
     let remote = RemoteAddr(remote.into());
@@ -111,7 +191,8 @@ async fn serve_connection(
         });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(header_timeout)
+        .max_buf_size(BUFFER_BYTES)
         .serve_connection(TokioIo::new(socket), service);
     tokio::pin!(conn);
     tokio::select! {

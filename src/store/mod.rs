@@ -44,6 +44,49 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the write was not committed: {0}")]
     WriteFailed(String),
+    /// The database does not answer, or another process holds its lock:
+    /// nothing of the write was committed, and a retry may succeed.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// The database is away or locked for now, rather than refusing this
+    /// request: the caller may retry (HTTP answers 503, not 500).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Db(e) => unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+/// Whether `e` says the database is out of reach or locked by someone else:
+/// no connection (refused, reset, cut off mid-message, timed out waiting for
+/// the pool), the server shutting down or out of connections (PostgreSQL's
+/// classes 08 and 57P, and 53300), the file locked past the busy timeout
+/// (SQLite's BUSY and LOCKED, with their extended codes).
+pub(crate) fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        // A connection closed in the middle of the wire protocol (while
+        // connecting, say) reads as a message that makes no sense.
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else { return false };
+            match code.parse::<i32>() {
+                // SQLite: the primary code is the low byte.
+                Ok(n) => matches!(n & 0xff, 5 | 6),
+                Err(_) => code.starts_with("08") || code.starts_with("57P") || code == "53300",
+            }
+        }
+        _ => false,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,7 @@ mod dashboard;
 mod downstream;
 mod event_log;
 mod feed;
+mod hostile;
 mod items;
 mod js_client;
 mod kinds;

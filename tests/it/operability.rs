@@ -182,13 +182,13 @@ async fn retention_deletes_only_old_terminal_jobs() {
 /// A TCP proxy in front of PostgreSQL that the test can cut: while it is
 /// down it ends every open connection and refuses new ones (accepts and
 /// closes), which is what herald sees when the database goes away.
-struct DbProxy {
-    addr: std::net::SocketAddr,
+pub(crate) struct DbProxy {
+    pub(crate) addr: std::net::SocketAddr,
     up: tokio::sync::watch::Sender<bool>,
 }
 
 impl DbProxy {
-    async fn start(upstream: String) -> DbProxy {
+    pub(crate) async fn start(upstream: String) -> DbProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (up, _) = tokio::sync::watch::channel(true);
@@ -214,7 +214,7 @@ impl DbProxy {
         DbProxy { addr, up }
     }
 
-    fn set_up(&self, up: bool) {
+    pub(crate) fn set_up(&self, up: bool) {
         self.up.send_replace(up);
     }
 }

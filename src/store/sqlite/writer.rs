@@ -66,10 +66,20 @@ pub(super) enum Answer {
     Done(Result<(), StoreError>),
 }
 
+/// The error each op of a batch is answered with when the batch's
+/// transaction could not begin or commit (`e`, while doing `what`).
+fn batch_failed(what: &str, e: &sqlx::Error) -> impl Fn() -> StoreError {
+    let msg = format!("{what}: {e}");
+    let unavailable = crate::store::unavailable(e);
+    move || match unavailable {
+        true => StoreError::Unavailable(msg.clone()),
+        false => StoreError::WriteFailed(msg.clone()),
+    }
+}
+
 impl Answer {
-    /// The op, answered with `msg` as an error: nothing of it was written.
-    fn failed(op: &WriteOp, msg: &str) -> Answer {
-        let e = || StoreError::WriteFailed(msg.to_owned());
+    /// The op, answered with the error `e` makes: nothing of it was written.
+    fn failed(op: &WriteOp, e: &impl Fn() -> StoreError) -> Answer {
         match op {
             WriteOp::Submit { .. } => Answer::Submitted(Err(e())),
             WriteOp::Apply { .. } => Answer::Applied(Err(ApplyError::Store(e()))),
@@ -83,9 +93,9 @@ impl Answer {
         }
     }
 
-    /// Replaces a success by `msg` (the commit failed: nothing was written).
-    fn fail(self, msg: &str) -> Answer {
-        let e = || StoreError::WriteFailed(msg.to_owned());
+    /// Replaces a success by the error `e` makes (the commit failed:
+    /// nothing was written).
+    fn fail(self, e: &impl Fn() -> StoreError) -> Answer {
         match self {
             Answer::Submitted(Ok(_)) => Answer::Submitted(Err(e())),
             Answer::Applied(Ok(_)) => Answer::Applied(Err(ApplyError::Store(e()))),
@@ -213,8 +223,8 @@ impl Flush for Writer {
             Ok(tx) => tx,
             Err(e) => {
                 tracing::error!(error = %e, "could not begin a write transaction");
-                let msg = format!("could not begin a transaction: {e}");
-                return Ok(ops.iter().map(|op| Answer::failed(op, &msg)).collect());
+                let e = batch_failed("could not begin a transaction", &e);
+                return Ok(ops.iter().map(|op| Answer::failed(op, &e)).collect());
             }
         };
         let mut done = Vec::with_capacity(ops.len());
@@ -245,8 +255,8 @@ impl Flush for Writer {
             Ok(()) => Ok(done),
             Err(e) => {
                 tracing::error!(error = %e, writes = done.len(), "write batch failed to commit");
-                let msg = format!("the commit failed: {e}");
-                Ok(done.into_iter().map(|d| d.fail(&msg)).collect())
+                let e = batch_failed("the commit failed", &e);
+                Ok(done.into_iter().map(|d| d.fail(&e)).collect())
             }
         }
     }

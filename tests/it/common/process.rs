@@ -25,9 +25,38 @@ impl HeraldProcess {
 
     /// Starts it on the database at `url`.
     pub fn start_url(url: &str, log: &str, env: &[(&str, &str)]) -> HeraldProcess {
+        Self::spawn(
+            std::process::Command::new(env!("CARGO_BIN_EXE_herald")),
+            url,
+            log,
+            env,
+        )
+    }
+
+    /// Starts it on the SQLite file `db` with at most `fds` open file
+    /// descriptors (`ulimit -n`).
+    pub fn start_with_fd_limit(
+        db: &std::path::Path,
+        fds: u32,
+        log: &str,
+        env: &[(&str, &str)],
+    ) -> HeraldProcess {
+        let mut sh = std::process::Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -n {fds} && exec \"$0\""))
+            .arg(env!("CARGO_BIN_EXE_herald"));
+        Self::spawn(sh, &format!("sqlite://{}", db.display()), log, env)
+    }
+
+    fn spawn(
+        mut cmd: std::process::Command,
+        url: &str,
+        log: &str,
+        env: &[(&str, &str)],
+    ) -> HeraldProcess {
         use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        use std::process::Stdio;
+        let mut child = cmd
             .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("HERALD_DATABASE_URL", url)
             .env("HERALD_LOG_FORMAT", "json")
@@ -79,6 +108,11 @@ impl HeraldProcess {
                 return Some(v);
             }
         }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL (no shutdown code runs), then every line it wrote, in order.
