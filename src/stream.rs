@@ -39,7 +39,7 @@ const PAGE: i64 = 256;
 /// goes out alone). It bounds what a stream holds: events are read from the
 /// store or the hub only up to it, and only when the previous chunk has been
 /// handed to hyper.
-pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 4 * 1024;
 
 /// How many events the next store read asks for: about a chunk's worth, from
 /// the size of the events read so far, so a stream catching up on a long
