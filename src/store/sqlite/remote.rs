@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::{Sqlite, Transaction};
 
 use super::writer::WriteOp;
-use super::writes::{fetch_job, write_starts_in, write_steps_in};
+use super::writes::{fetch_job, write_starts, write_steps_in};
 use super::SqliteStore;
 use crate::domain::{JobId, JobRecord, LeaseOp, LeaseTerms, Timestamp};
 use crate::store::remote::{start_remote, LeaseWrites};
@@ -81,7 +81,7 @@ pub(super) async fn claim_remote_in(
     if started.is_empty() {
         return Ok(started);
     }
-    let written = write_starts_in(tx, &started).await?;
+    let written = write_starts(tx, &started).await?;
     if written.len() != started.len() {
         return Err(StoreError::Corrupt(format!(
             "a worker's claim started {} of {} jobs it read",

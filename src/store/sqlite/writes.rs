@@ -153,15 +153,6 @@ pub(super) async fn write_steps_in(
     Ok(())
 }
 
-/// The claim's write of the jobs it starts (see [`write_starts`]), for a
-/// worker's claim too.
-pub(super) async fn write_starts_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    started: &[Applied],
-) -> Result<std::collections::HashSet<String>, StoreError> {
-    write_starts(tx, started).await
-}
-
 fn into_applied(steps: Vec<(JobRecord, NewEvent)>) -> Vec<Applied> {
     steps
         .into_iter()
@@ -381,7 +372,7 @@ pub(crate) const START_JOBS: &str = start_jobs!();
 /// The writer commits its batch whatever one op answers, so the write is
 /// wrapped in a savepoint: one that fails half-way leaves no job started
 /// without its claimer knowing.
-async fn write_starts(
+pub(super) async fn write_starts(
     tx: &mut Transaction<'static, Sqlite>,
     started: &[Applied],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
