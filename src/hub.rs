@@ -5,10 +5,13 @@
 //! Each watched job also has a [`Recent`] slot: the last events read from the
 //! store for it, already framed, so that after a wake-up the store is read once
 //! for all of a job's caught-up subscribers on this node rather than once each
-//! (see `stream`).
+//! (see `stream`). A job this node creates has its slot opened before it is
+//! stored ([`Hub::prime`]), so the stream its client opens right after the
+//! submit usually needs no read at all.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -66,8 +69,11 @@ impl Signal {
 
 #[derive(Debug)]
 pub struct Hub {
-    // Weak: a job's signal lives as long as some subscription holds it.
+    // Weak: a job's signal lives as long as some subscription holds it, or
+    // for a moment after [`Hub::prime`].
     jobs: Mutex<HashMap<JobId, Weak<Signal>>>,
+    /// Slots opened by [`Hub::prime`] before anyone watches, oldest first.
+    primed: Mutex<VecDeque<(Instant, JobId, Arc<Signal>)>>,
     /// Bumped by every wake-up of any job: the feeds look again.
     feed: watch::Sender<u64>,
 }
@@ -76,10 +82,21 @@ impl Default for Hub {
     fn default() -> Self {
         Hub {
             jobs: Mutex::default(),
+            primed: Mutex::default(),
             feed: watch::channel(0).0,
         }
     }
 }
+
+/// How long a primed slot is kept for a stream to come.
+const PRIMED_FOR: Duration = Duration::from_secs(2);
+
+/// The most primed slots kept at once.
+const PRIMED_MAX: usize = 1024;
+
+/// The most event bytes a primed slot holds while nobody watches it; past
+/// that it lets them go, and a stream that comes reads the store.
+const PRIMED_BYTES: usize = 16 * 1024;
 
 impl Hub {
     pub fn new() -> Arc<Self> {
@@ -120,6 +137,47 @@ impl Hub {
         }
     }
 
+    /// Opens the slot of job `id` before the job is stored (so before any
+    /// of its events can be published), empty and up to date, and keeps it
+    /// for a moment though nobody watches yet. The events this node
+    /// publishes for the job from its first on join it (see
+    /// [`Hub::publish`]), so a client that opens the job's stream right
+    /// after submitting, the common case, is sent the history without a
+    /// store read. An event published out of turn, or a plain wake-up (a
+    /// change on another node), makes the slot stale as for any job, and the
+    /// next subscriber reads the store.
+    pub fn prime(&self, id: JobId) {
+        let signal = Arc::new(Signal {
+            tx: watch::channel(0).0,
+            recent: tokio::sync::Mutex::new(Recent {
+                checked: Some(0),
+                frames: VecDeque::new(),
+            }),
+        });
+        {
+            let mut jobs = self.jobs.lock().expect("hub poisoned");
+            if jobs.get(&id).is_some_and(|w| w.strong_count() > 0) {
+                return;
+            }
+            jobs.insert(id, Arc::downgrade(&signal));
+        }
+        let now = Instant::now();
+        let mut primed = self.primed.lock().expect("hub poisoned");
+        while primed.front().is_some_and(|(at, _, _)| {
+            now.duration_since(*at) > PRIMED_FOR || primed.len() >= PRIMED_MAX
+        }) {
+            let (_, old, s) = primed.pop_front().expect("a front");
+            if Arc::strong_count(&s) == 1 {
+                drop(s);
+                let mut jobs = self.jobs.lock().expect("hub poisoned");
+                if jobs.get(&old).is_some_and(|w| w.strong_count() == 0) {
+                    jobs.remove(&old);
+                }
+            }
+        }
+        primed.push_back((now, id, signal));
+    }
+
     /// Wakes every local subscriber of `id`, and the feeds.
     pub fn notify(&self, id: JobId) {
         self.bump_feed();
@@ -146,6 +204,18 @@ impl Hub {
     /// next subscriber reads the store, as after [`Hub::notify`].
     pub fn publish(&self, id: JobId, frame: Frame) {
         self.bump_feed();
+        self.deliver(id, frame);
+    }
+
+    /// A new job's first event, just committed, for its primed slot (see
+    /// [`Hub::prime`]): its streams on this node get it as any event; the
+    /// feeds are not woken for it (they see it with their next wake-up).
+    pub fn publish_created(&self, id: JobId, frame: Frame) {
+        self.deliver(id, frame);
+    }
+
+    /// [`Hub::publish`] without the feeds.
+    fn deliver(&self, id: JobId, frame: Frame) {
         let Some(s) = self.signal(id) else { return };
         // The slot's lock is held across the version bump, so no subscriber
         // can take the new version and find the slot without the frame.
@@ -154,11 +224,21 @@ impl Hub {
             return;
         };
         let before = *s.tx.borrow();
+        // A primed slot (empty) takes the job's first event.
         let continues = recent.checked == Some(before)
             && recent
                 .last_seq()
-                .is_some_and(|last| frame.seq == last.next());
+                .map_or(frame.seq == EventSeq(1), |last| frame.seq == last.next());
         s.wake();
+        if continues && s.tx.receiver_count() == 0 {
+            // A primed slot nobody watches yet keeps a few KiB at most.
+            let held: usize = recent.frames.iter().map(|f| f.bytes.len()).sum();
+            if held + frame.bytes.len() > PRIMED_BYTES {
+                recent.frames.clear();
+                recent.checked = None;
+                return;
+            }
+        }
         if continues {
             recent.extend([frame]);
             recent.checked = Some(before.wrapping_add(1));
@@ -186,7 +266,8 @@ impl Hub {
             .lock()
             .expect("hub poisoned")
             .values()
-            .filter(|w| w.strong_count() > 0)
+            .filter_map(Weak::upgrade)
+            .filter(|s| s.tx.receiver_count() > 0)
             .count()
     }
 }
@@ -238,7 +319,6 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn notify_wakes_subscribers_and_bursts_collapse() {
@@ -338,5 +418,81 @@ mod tests {
         assert_eq!(hub.watched_jobs(), 0);
         assert!(hub.jobs.lock().unwrap().is_empty());
         hub.notify(id); // nobody listening: a no-op
+    }
+
+    /// A primed slot, watched by nobody yet, takes the job's events from its
+    /// first, so a stream opened after them finds it up to date (no read).
+    #[tokio::test]
+    async fn a_primed_slot_collects_the_first_events_for_a_later_stream() {
+        let hub = Hub::new();
+        let id = JobId::new();
+        hub.prime(id);
+        assert_eq!(hub.watched_jobs(), 0, "primed is not watched");
+        hub.publish_created(id, frame(1));
+        hub.publish(id, frame(2));
+        let mut sub = hub.subscribe(id);
+        assert_eq!(hub.watched_jobs(), 1);
+        let version = sub.version();
+        let recent = sub.recent().lock().await;
+        assert_eq!(recent.checked, Some(version), "up to date: no store read");
+        let seqs: Vec<i64> = recent.frames.iter().map(|f| f.seq.0).collect();
+        assert_eq!(seqs, [1, 2]);
+    }
+
+    /// An event published before the first (a claim that beat the submit's
+    /// own publish) leaves the slot out of date: the stream reads the store.
+    #[tokio::test]
+    async fn a_primed_slot_that_missed_the_first_event_is_read_again() {
+        let hub = Hub::new();
+        let id = JobId::new();
+        hub.prime(id);
+        hub.publish(id, frame(2));
+        hub.publish_created(id, frame(1));
+        let mut sub = hub.subscribe(id);
+        let version = sub.version();
+        let recent = sub.recent().lock().await;
+        assert!(
+            recent.checked < Some(version),
+            "out of date: read the store"
+        );
+        // A plain wake-up (another node's change) does the same.
+        let other = JobId::new();
+        hub.prime(other);
+        hub.notify(other);
+        let mut sub = hub.subscribe(other);
+        let version = sub.version();
+        assert!(sub.recent().lock().await.checked < Some(version));
+    }
+
+    /// Primed slots nobody came for are let go: the map does not grow.
+    #[test]
+    fn primed_slots_are_bounded() {
+        let hub = Hub::new();
+        for _ in 0..PRIMED_MAX + 10 {
+            hub.prime(JobId::new());
+        }
+        assert_eq!(hub.primed.lock().unwrap().len(), PRIMED_MAX);
+        assert_eq!(hub.jobs.lock().unwrap().len(), PRIMED_MAX);
+    }
+
+    /// A primed slot nobody watches holds a few KiB at most: a big event
+    /// empties it, and the stream that comes reads the store.
+    #[tokio::test]
+    async fn an_unwatched_primed_slot_lets_big_events_go() {
+        let hub = Hub::new();
+        let id = JobId::new();
+        hub.prime(id);
+        hub.publish_created(id, frame(1));
+        let mut big = frame(2);
+        big.bytes = bytes::Bytes::from(vec![b'x'; PRIMED_BYTES + 1]);
+        hub.publish(id, big);
+        let mut sub = hub.subscribe(id);
+        let version = sub.version();
+        let recent = sub.recent().lock().await;
+        assert!(recent.frames.is_empty());
+        assert!(
+            recent.checked < Some(version),
+            "out of date: read the store"
+        );
     }
 }

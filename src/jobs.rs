@@ -156,17 +156,23 @@ impl Jobs {
     #[tracing::instrument(skip_all, fields(kind = %sub.kind))]
     pub async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Accepted, SubmitError> {
         self.check(sub)?;
+        // The remote flag comes from the kind, and the job's id is chosen
+        // here, so that its slot in the hub is open before any of its events
+        // can be published (see `Hub::prime`).
         let remote = self.kinds.is_remote(&sub.kind);
         let marked;
-        let sub = if sub.remote == remote {
+        let sub = if sub.remote == remote && sub.job_id.is_some() {
             sub
         } else {
             marked = Submission {
                 remote,
+                job_id: Some(sub.job_id.unwrap_or_default()),
                 ..sub.clone()
             };
             &marked
         };
+        let id = sub.job_id.expect("named above");
+        self.hub.prime(id);
         let job = match self.store.submit(tenant, sub).await? {
             Submitted::Created(job) => job,
             Submitted::Existing(job) => return Ok(Accepted::Existing(job)),
@@ -174,6 +180,8 @@ impl Jobs {
         };
         metrics::counter!("herald_jobs_submitted_total", "kind" => job.kind.clone()).increment(1);
         self.created.insert(job.id, tenant);
+        self.hub
+            .publish_created(job.id, Frame::of_new(&job.created_event()));
         // Other nodes hear of the new job; this node's feeds see its `queued`
         // event with their next wake-up (its start follows as soon as a
         // worker is free). Waking every local feed for each submission as
