@@ -25,7 +25,7 @@ use crate::hub::Hub;
 use crate::limits::StreamSlot;
 use crate::store::{FeedCursor, FeedEvent, FeedFilter, Store};
 use crate::stream::{
-    fits, idle, record_lag, Idle, ReadSize, StreamGuard, StreamSettings, HEARTBEAT,
+    fits, idle, record_lag, Heartbeat, Idle, ReadSize, StreamGuard, StreamSettings, HEARTBEAT,
 };
 
 /// One feed event in SSE framing: `id` is the feed cursor, `event` the job
@@ -63,6 +63,7 @@ struct State {
     pending_cursor: FeedCursor,
     read_size: ReadSize,
     settings: StreamSettings,
+    heartbeat: Heartbeat,
     deadline: Option<Instant>,
     stop: CancellationToken,
     started: bool,
@@ -111,6 +112,7 @@ pub fn feed_events(
         pending_cursor: cursor,
         read_size: ReadSize::default(),
         deadline: settings.max_duration.map(|d| Instant::now() + d),
+        heartbeat: Heartbeat::new(settings.heartbeat),
         settings,
         stop,
         started: false,
@@ -119,6 +121,7 @@ pub fn feed_events(
     };
     futures::stream::unfold(state, |mut st| async move {
         let chunk = next_chunk(&mut st).await?;
+        st.heartbeat.sent();
         Some((Ok(chunk), st))
     })
 }
@@ -181,7 +184,7 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
                 return None;
             }
         }
-        match idle(st.wake.changed(), &st.settings, &st.stop, st.deadline).await {
+        match idle(st.wake.changed(), &mut st.heartbeat, &st.stop, st.deadline).await {
             Idle::Woken => continue,
             Idle::Heartbeat => return Some(Bytes::from_static(HEARTBEAT)),
             Idle::End => return None,

@@ -141,6 +141,7 @@ struct State {
     pending_bytes: usize,
     read_size: ReadSize,
     settings: StreamSettings,
+    heartbeat: Heartbeat,
     deadline: Option<Instant>,
     stop: CancellationToken,
     started: bool,
@@ -172,6 +173,7 @@ pub fn job_events(
         pending_bytes: 0,
         read_size: ReadSize::default(),
         deadline: settings.max_duration.map(|d| Instant::now() + d),
+        heartbeat: Heartbeat::new(settings.heartbeat),
         settings,
         stop,
         started: false,
@@ -180,6 +182,7 @@ pub fn job_events(
     };
     futures::stream::unfold(state, |mut st| async move {
         let chunk = next_chunk(&mut st).await?;
+        st.heartbeat.sent();
         Some((Ok(chunk), st))
     })
 }
@@ -217,7 +220,7 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
                 return None;
             }
         }
-        match idle(st.sub.changed(), &st.settings, &st.stop, st.deadline).await {
+        match idle(st.sub.changed(), &mut st.heartbeat, &st.stop, st.deadline).await {
             Idle::Woken => continue,
             Idle::Heartbeat => return Some(Bytes::from_static(HEARTBEAT)),
             Idle::End => return None,
@@ -238,11 +241,52 @@ pub(crate) enum Idle {
     End,
 }
 
+/// When an idle stream sends its comment line: [`StreamSettings::heartbeat`]
+/// after the last chunk it sent. One timer per stream, set again only when
+/// it fires (a stream that sends often finds it not yet due and sets it
+/// for later), not at every chunk: setting a timer takes the timer wheel's
+/// lock, and a job's events reach every subscriber.
+pub(crate) struct Heartbeat {
+    every: Duration,
+    last_sent: Instant,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Heartbeat {
+    pub(crate) fn new(every: Duration) -> Heartbeat {
+        Heartbeat {
+            every,
+            last_sent: Instant::now(),
+            timer: Box::pin(tokio::time::sleep(every)),
+        }
+    }
+
+    /// The stream sent a chunk.
+    pub(crate) fn sent(&mut self) {
+        self.last_sent = Instant::now();
+    }
+
+    /// Waits until nothing has been sent for a heartbeat interval.
+    async fn due(&mut self) {
+        loop {
+            self.timer.as_mut().await;
+            let due_at = self.last_sent + self.every;
+            let now = Instant::now();
+            if now >= due_at {
+                self.last_sent = now;
+                self.timer.as_mut().reset(now + self.every);
+                return;
+            }
+            self.timer.as_mut().reset(due_at);
+        }
+    }
+}
+
 /// Waits, with nothing to send, for a wake-up, the heartbeat, `stop` or the
 /// deadline (a job's stream and the feed wait alike).
 pub(crate) async fn idle(
     wake: impl std::future::Future,
-    settings: &StreamSettings,
+    heartbeat: &mut Heartbeat,
     stop: &CancellationToken,
     deadline: Option<Instant>,
 ) -> Idle {
@@ -254,7 +298,7 @@ pub(crate) async fn idle(
     };
     tokio::select! {
         _ = wake => Idle::Woken,
-        _ = tokio::time::sleep(settings.heartbeat) => Idle::Heartbeat,
+        _ = heartbeat.due() => Idle::Heartbeat,
         _ = stop.cancelled() => Idle::End,
         _ = deadline => Idle::End,
     }
@@ -325,7 +369,12 @@ async fn fill(st: &mut State) -> Result<bool, crate::store::StoreError> {
     }
     if !behind(&recent, st.last) {
         let before = st.pending.len();
-        for f in recent.frames.iter().filter(|f| f.seq > st.last) {
+        // The slot is contiguous by seq: the first frame after `last` is at
+        // its distance from the slot's first.
+        let skip = recent
+            .first_seq()
+            .map_or(0, |first| (st.last.0 + 1 - first.0).max(0) as usize);
+        for f in recent.frames.iter().skip(skip) {
             if !queue(&mut st.pending, &mut st.pending_bytes, f.clone()) {
                 break;
             }
@@ -358,6 +407,27 @@ mod tests {
         assert!(!fits(1, 10, CHUNK_BYTES));
         assert!(fits(3, CHUNK_BYTES - 100, 100));
         assert!(!fits(3, CHUNK_BYTES - 100, 101));
+    }
+
+    /// The heartbeat comes after an interval without anything sent: a
+    /// chunk sent meanwhile puts it off, without setting the timer again.
+    #[tokio::test]
+    async fn the_heartbeat_is_due_an_interval_after_the_last_chunk() {
+        let every = Duration::from_millis(300);
+        let start = Instant::now();
+        let mut hb = Heartbeat::new(every);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        hb.sent();
+        let sent = Instant::now();
+        hb.due().await;
+        assert!(
+            sent.elapsed() >= every,
+            "not before an interval after the chunk"
+        );
+        assert!(start.elapsed() >= Duration::from_millis(500));
+        let first = Instant::now();
+        hb.due().await;
+        assert!(first.elapsed() >= every, "then once an interval");
     }
 
     #[test]
