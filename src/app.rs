@@ -211,6 +211,16 @@ impl Application {
         )
         .context("configuring worker keys")?;
         let serving_stop = CancellationToken::new();
+        {
+            // Streams and feeds wait for events, not for the stop (a waiter
+            // on the token per idle stream costs a lock per event): the
+            // stop wakes them all, and they end at their next look.
+            let (stop, hub) = (serving_stop.clone(), hub.clone());
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                hub.notify_all();
+            });
+        }
         let remote = Arc::new(RemoteWorkers::new(
             jobs.clone(),
             queue.waker(),

@@ -184,7 +184,7 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
                 return None;
             }
         }
-        match idle(st.wake.changed(), &mut st.heartbeat, &st.stop, st.deadline).await {
+        match idle(st.wake.changed(), &mut st.heartbeat, st.deadline).await {
             Idle::Woken => continue,
             Idle::Heartbeat => return Some(Bytes::from_static(HEARTBEAT)),
             Idle::End => return None,

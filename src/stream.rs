@@ -220,7 +220,7 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
                 return None;
             }
         }
-        match idle(st.sub.changed(), &mut st.heartbeat, &st.stop, st.deadline).await {
+        match idle(st.sub.changed(), &mut st.heartbeat, st.deadline).await {
             Idle::Woken => continue,
             Idle::Heartbeat => return Some(Bytes::from_static(HEARTBEAT)),
             Idle::End => return None,
@@ -237,7 +237,7 @@ pub(crate) enum Idle {
     Woken,
     /// Nothing for a heartbeat interval: send a comment line.
     Heartbeat,
-    /// Shutdown or the max duration: end the stream.
+    /// The max duration: end the stream.
     End,
 }
 
@@ -282,12 +282,13 @@ impl Heartbeat {
     }
 }
 
-/// Waits, with nothing to send, for a wake-up, the heartbeat, `stop` or the
-/// deadline (a job's stream and the feed wait alike).
+/// Waits, with nothing to send, for a wake-up, the heartbeat or the
+/// deadline (a job's stream and the feed wait alike). The server's stop is
+/// not waited for here: it wakes every stream and feed through the hub
+/// (see `app`), and they check it before they look again.
 pub(crate) async fn idle(
     wake: impl std::future::Future,
     heartbeat: &mut Heartbeat,
-    stop: &CancellationToken,
     deadline: Option<Instant>,
 ) -> Idle {
     let deadline = async {
@@ -299,7 +300,6 @@ pub(crate) async fn idle(
     tokio::select! {
         _ = wake => Idle::Woken,
         _ = heartbeat.due() => Idle::Heartbeat,
-        _ = stop.cancelled() => Idle::End,
         _ = deadline => Idle::End,
     }
 }

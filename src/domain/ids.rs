@@ -108,16 +108,52 @@ impl Timestamp {
     }
 
     /// RFC 3339, UTC, always with microseconds: `2026-11-21T10:00:00.123456Z`.
+    /// Written field by field: every event's data carries one, and chrono's
+    /// `format` parses its pattern again at each call.
     pub fn to_rfc3339(self) -> String {
-        self.to_datetime()
-            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-            .to_string()
+        use chrono::{Datelike, Timelike};
+        let dt = self.to_datetime();
+        if !(0..=9999).contains(&dt.year()) {
+            return dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        }
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            dt.year(),
+            dt.month(),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+            dt.timestamp_subsec_micros()
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_is_chronos_with_microseconds() {
+        let mut t: i64 = 1;
+        for _ in 0..200 {
+            // Spread over the years 1970-2200 and over the sub-second digits.
+            t = t
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let ts = Timestamp(t.rem_euclid(7_300_000_000_000_000));
+            let chrono = ts
+                .to_datetime()
+                .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            assert_eq!(ts.to_rfc3339(), chrono);
+        }
+        assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            Timestamp(1_795_255_200_123_456).to_rfc3339(),
+            "2026-11-21T10:00:00.123456Z"
+        );
+    }
 
     #[test]
     fn task_id_is_a_lossless_ulid_of_the_uuid() {

@@ -318,7 +318,7 @@ impl EventsApi {
             id,
             after,
             state.stream_settings.clone(),
-            state.serving_stop.child_token(),
+            state.serving_stop.clone(),
             (state.streams.guard(), slot),
         );
         Ok(EventsResponse::Stream(Body::from_bytes_stream(body)))

@@ -184,7 +184,7 @@ impl FeedApi {
             filter,
             start,
             state.stream_settings.clone(),
-            state.serving_stop.child_token(),
+            state.serving_stop.clone(),
             (state.feeds.guard(), slot),
         );
         Ok(FeedResponse::Stream(Body::from_bytes_stream(body)))
