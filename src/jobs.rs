@@ -154,26 +154,15 @@ impl Jobs {
     /// taken the tenant's [`Jobs::admit`] first (an upload does so before it
     /// stores its file).
     #[tracing::instrument(skip_all, fields(kind = %sub.kind))]
-    pub async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Accepted, SubmitError> {
-        self.check(sub)?;
+    pub async fn submit(&self, tenant: &str, mut sub: Submission) -> Result<Accepted, SubmitError> {
+        self.check(&sub)?;
         // The remote flag comes from the kind, and the job's id is chosen
         // here, so that its slot in the hub is open before any of its events
         // can be published (see `Hub::prime`).
-        let remote = self.kinds.is_remote(&sub.kind);
-        let marked;
-        let sub = if sub.remote == remote && sub.job_id.is_some() {
-            sub
-        } else {
-            marked = Submission {
-                remote,
-                job_id: Some(sub.job_id.unwrap_or_default()),
-                ..sub.clone()
-            };
-            &marked
-        };
-        let id = sub.job_id.expect("named above");
+        sub.remote = self.kinds.is_remote(&sub.kind);
+        let id = *sub.job_id.get_or_insert_with(JobId::default);
         self.hub.prime(id);
-        let job = match self.store.submit(tenant, sub).await? {
+        let job = match self.store.submit(tenant, &sub).await? {
             Submitted::Created(job) => job,
             Submitted::Existing(job) => return Ok(Accepted::Existing(job)),
             Submitted::Conflict(job) => return Err(SubmitError::Conflict(Box::new(job))),

@@ -147,7 +147,7 @@ impl Uploads {
             }
         };
         upload.input.size = stored as i64;
-        let submitted = self.jobs.submit(tenant, &self.submission(&upload)).await;
+        let submitted = self.jobs.submit(tenant, self.submission(&upload)).await;
         match submitted {
             Ok(Accepted::Created(job)) => {
                 tracing::info!(job_id = %job.id, bytes = stored, "upload stored; import job submitted");

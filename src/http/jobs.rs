@@ -113,7 +113,7 @@ impl JobsApi {
                 errors,
             },
         )?;
-        Ok(match state.jobs.submit(&tenant.0, &sub).await? {
+        Ok(match state.jobs.submit(&tenant.0, sub).await? {
             Accepted::Created(job) => {
                 SubmitResponse::Accepted(Json(job_dto(state, tenant, &job)), location(job.id))
             }
