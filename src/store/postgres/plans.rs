@@ -440,7 +440,13 @@ async fn the_feed_looks_each_job_up_without_statistics() {
     };
     seed_unanalyzed(&db.pool).await;
     let mut conn = db.pool.acquire().await.expect("a connection");
-    for e in expectations().iter().filter(|e| e.sql == FEED_AFTER) {
-        check(&mut conn, e, "unanalyzed").await;
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        sqlx::query(AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
+            .execute(&mut *conn)
+            .await
+            .expect("SET plan_cache_mode");
+        for e in expectations().iter().filter(|e| e.sql == FEED_AFTER) {
+            check(&mut conn, e, &format!("unanalyzed, {mode}")).await;
+        }
     }
 }
