@@ -1,7 +1,11 @@
 //! A job, what may happen to it, and the event each change appends.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+
+use super::event_data::{
+    event_data, status_data, CancelledData, FailedData, ProgressData, ResultData,
+};
 
 use super::{EventSeq, JobId, JobStatus, Timestamp};
 
@@ -250,14 +254,14 @@ impl JobRecord {
                     return Err(refuse("report progress"));
                 }
                 next.progress = Some(p.clone());
-                let data = json!({
-                    "percent": p.percent,
-                    "stage": p.stage,
-                    "message": p.message,
-                    "data": p.data,
-                    "at": now.to_rfc3339(),
+                let data = event_data(&ProgressData {
+                    at: now.to_rfc3339(),
+                    data: &p.data,
+                    message: &p.message,
+                    percent: p.percent,
+                    stage: &p.stage,
                 });
-                (EventKind::Progress, data.to_string())
+                (EventKind::Progress, data)
             }
             Transition::Item(item) => {
                 if !self.status.accepts_progress() {
@@ -302,8 +306,11 @@ impl JobRecord {
                 next.status = JobStatus::Succeeded;
                 next.result = Some(result.clone());
                 next.finished_at = Some(now);
-                let data = json!({"result": result, "at": now.to_rfc3339()});
-                (EventKind::Result, data.to_string())
+                let data = event_data(&ResultData {
+                    at: now.to_rfc3339(),
+                    result,
+                });
+                (EventKind::Result, data)
             }
             Transition::Fail(err) => {
                 if !self.status.can_become(JobStatus::Failed) {
@@ -312,8 +319,12 @@ impl JobRecord {
                 next.status = JobStatus::Failed;
                 next.error = Some(err.clone());
                 next.finished_at = Some(now);
-                let data = json!({"error": err, "attempt": next.attempt, "at": now.to_rfc3339()});
-                (EventKind::Failed, data.to_string())
+                let data = event_data(&FailedData {
+                    at: now.to_rfc3339(),
+                    attempt: next.attempt,
+                    error: err,
+                });
+                (EventKind::Failed, data)
             }
             Transition::Cancel { reason } => {
                 if !self.status.can_become(JobStatus::Cancelled) {
@@ -321,8 +332,11 @@ impl JobRecord {
                 }
                 next.status = JobStatus::Cancelled;
                 next.finished_at = Some(now);
-                let data = json!({"reason": reason, "at": now.to_rfc3339()});
-                (EventKind::Cancelled, data.to_string())
+                let data = event_data(&CancelledData {
+                    at: now.to_rfc3339(),
+                    reason,
+                });
+                (EventKind::Cancelled, data)
             }
         };
         next.last_seq = seq;
@@ -338,18 +352,10 @@ impl JobRecord {
     }
 }
 
-fn status_data(status: JobStatus, attempt: i32, at: Timestamp, error: Option<&JobError>) -> String {
-    let mut v = json!({"status": status.as_str(), "attempt": attempt, "at": at.to_rfc3339()});
-    if let Some(err) = error {
-        // A retry says why the previous attempt failed, so a watcher need not guess.
-        v["error"] = json!(err);
-    }
-    v.to_string()
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use serde_json::json;
 
     pub(crate) fn job(status: JobStatus) -> JobRecord {
         JobRecord {

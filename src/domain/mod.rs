@@ -2,6 +2,7 @@
 //! gapless sequence numbers) and their unit tests; nothing here does I/O.
 
 mod cancel;
+mod event_data;
 pub mod fields;
 mod ids;
 mod job;
