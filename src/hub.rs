@@ -61,6 +61,13 @@ struct Signal {
 }
 
 impl Signal {
+    fn new(recent: Recent) -> Arc<Signal> {
+        Arc::new(Signal {
+            tx: watch::channel(0).0,
+            recent: tokio::sync::Mutex::new(recent),
+        })
+    }
+
     /// Bumps the version: the job's subscribers look again.
     fn wake(&self) {
         self.tx.send_modify(|v| *v = v.wrapping_add(1));
@@ -120,10 +127,7 @@ impl Hub {
         let signal = match jobs.get(&id).and_then(Weak::upgrade) {
             Some(s) => s,
             None => {
-                let s = Arc::new(Signal {
-                    tx: watch::channel(0).0,
-                    recent: tokio::sync::Mutex::new(Recent::default()),
-                });
+                let s = Signal::new(Recent::default());
                 jobs.insert(id, Arc::downgrade(&s));
                 s
             }
@@ -147,12 +151,9 @@ impl Hub {
     /// change on another node), makes the slot stale as for any job, and the
     /// next subscriber reads the store.
     pub fn prime(&self, id: JobId) {
-        let signal = Arc::new(Signal {
-            tx: watch::channel(0).0,
-            recent: tokio::sync::Mutex::new(Recent {
-                checked: Some(0),
-                frames: VecDeque::new(),
-            }),
+        let signal = Signal::new(Recent {
+            checked: Some(0),
+            frames: VecDeque::new(),
         });
         {
             let mut jobs = self.jobs.lock().expect("hub poisoned");
@@ -167,15 +168,23 @@ impl Hub {
             now.duration_since(*at) > PRIMED_FOR || primed.len() >= PRIMED_MAX
         }) {
             let (_, old, s) = primed.pop_front().expect("a front");
-            if Arc::strong_count(&s) == 1 {
-                drop(s);
-                let mut jobs = self.jobs.lock().expect("hub poisoned");
-                if jobs.get(&old).is_some_and(|w| w.strong_count() == 0) {
-                    jobs.remove(&old);
-                }
-            }
+            self.release(old, s);
         }
         primed.push_back((now, id, signal));
+    }
+
+    /// Lets go of a hold on job `id`'s signal; the job is forgotten when
+    /// that was the last one.
+    fn release(&self, id: JobId, signal: Arc<Signal>) {
+        if Arc::strong_count(&signal) > 1 {
+            return;
+        }
+        drop(signal);
+        if let Ok(mut jobs) = self.jobs.lock() {
+            if jobs.get(&id).is_some_and(|w| w.strong_count() == 0) {
+                jobs.remove(&id);
+            }
+        }
     }
 
     /// Wakes every local subscriber of `id`, and the feeds.
@@ -302,16 +311,8 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let last = self
-            .signal
-            .take()
-            .is_some_and(|s| Arc::strong_count(&s) == 1);
-        if last {
-            if let Ok(mut jobs) = self.hub.jobs.lock() {
-                if jobs.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
-                    jobs.remove(&self.id);
-                }
-            }
+        if let Some(s) = self.signal.take() {
+            self.hub.release(self.id, s);
         }
     }
 }

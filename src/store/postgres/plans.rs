@@ -413,19 +413,22 @@ async fn every_read_starts_from_an_index_on_what_it_asks_for() {
         return;
     };
     seed(&db.pool).await;
-    let mut conn = db.pool.acquire().await.expect("a connection");
+    check_both_plans(&db.pool, "", |_| true).await;
+}
+
+/// [`check`]s the expectations `which` picks with the custom plan, then the
+/// generic one.
+async fn check_both_plans(pool: &PgPool, label: &str, which: impl Fn(&Expect) -> bool) {
+    let mut conn = pool.acquire().await.expect("a connection");
     for mode in ["custom", "generic"] {
-        let setting = if mode == "custom" {
-            "force_custom_plan"
-        } else {
-            "force_generic_plan"
-        };
-        sqlx::query(AssertSqlSafe(format!("SET plan_cache_mode = {setting}")))
-            .execute(&mut *conn)
-            .await
-            .expect("SET plan_cache_mode");
-        for e in expectations() {
-            check(&mut conn, &e, mode).await;
+        sqlx::query(AssertSqlSafe(format!(
+            "SET plan_cache_mode = force_{mode}_plan"
+        )))
+        .execute(&mut *conn)
+        .await
+        .expect("SET plan_cache_mode");
+        for e in expectations().iter().filter(|e| which(e)) {
+            check(&mut conn, e, &format!("{label}{mode}")).await;
         }
     }
 }
@@ -439,14 +442,5 @@ async fn the_feed_looks_each_job_up_without_statistics() {
         return;
     };
     seed_unanalyzed(&db.pool).await;
-    let mut conn = db.pool.acquire().await.expect("a connection");
-    for mode in ["force_custom_plan", "force_generic_plan"] {
-        sqlx::query(AssertSqlSafe(format!("SET plan_cache_mode = {mode}")))
-            .execute(&mut *conn)
-            .await
-            .expect("SET plan_cache_mode");
-        for e in expectations().iter().filter(|e| e.sql == FEED_AFTER) {
-            check(&mut conn, e, &format!("unanalyzed, {mode}")).await;
-        }
-    }
+    check_both_plans(&db.pool, "unanalyzed, ", |e| e.sql == FEED_AFTER).await;
 }
