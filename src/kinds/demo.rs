@@ -1,10 +1,14 @@
 //! `demo`: `{steps, step_ms, fail_at?, panic_at?, emit_items?, ignore_cancel?}`.
-//! Reports `steps` progress events `step_ms` apart; fails at step `fail_at`
+//! Reports `steps` progress events `step_ms` apart, on a fixed schedule
+//! (step k is due k × `step_ms` after the attempt starts, however long the
+//! reports take, so jobs started apart stay apart); fails at step `fail_at`
 //! and panics at step `panic_at` when given; with `emit_items` each step
 //! also appends the item `{"step": k}`. Answers `{"steps": steps}`. For
 //! trying the service and for tests.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -110,6 +114,7 @@ impl JobKind for Demo {
     }
 
     async fn run(&self, input: DemoInput, ctx: &JobContext) -> Result<Value, JobFailure> {
+        let schedule = Schedule::start(input.step_ms);
         for step in 1..=input.steps {
             if input.step_ms == 0 {
                 // No pause: a zero sleep would still wait for the timer's
@@ -119,9 +124,9 @@ impl JobKind for Demo {
                     return Err(JobFailure::cancelled());
                 }
             } else if input.ignore_cancel {
-                tokio::time::sleep(Duration::from_millis(input.step_ms)).await;
+                schedule.step(step).await;
             } else {
-                let pause = tokio::time::sleep(Duration::from_millis(input.step_ms));
+                let pause = schedule.step(step);
                 tokio::select! {
                     _ = pause => {}
                     _ = ctx.cancelled() => return Err(JobFailure::cancelled()),
@@ -153,10 +158,55 @@ impl JobKind for Demo {
     }
 }
 
+/// When each step is due: `step_ms` apart from the start, not from the end
+/// of the step before (a report's own time would push every later step back,
+/// and jobs started apart would drift into each other).
+struct Schedule {
+    start: Instant,
+    every: Duration,
+}
+
+impl Schedule {
+    fn start(step_ms: u64) -> Schedule {
+        Schedule {
+            start: Instant::now(),
+            every: Duration::from_millis(step_ms),
+        }
+    }
+
+    /// Waits until step `step` (from 1) is due; at once when it is overdue.
+    fn step(&self, step: u64) -> tokio::time::Sleep {
+        let due = self
+            .every
+            .saturating_mul(u32::try_from(step).unwrap_or(u32::MAX));
+        tokio::time::sleep_until(self.start + due)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kinds::typed::from_value;
+
+    /// Steps keep their times when the work between them takes a while.
+    #[tokio::test(start_paused = true)]
+    async fn steps_are_due_on_a_fixed_schedule() {
+        let schedule = Schedule::start(100);
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for step in 1..=3 {
+            schedule.step(step).await;
+            at.push(start.elapsed().as_millis());
+            // A report that takes 30 ms.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert_eq!(at, [100, 200, 300]);
+        // Overdue: at once.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = Instant::now();
+        schedule.step(4).await;
+        assert_eq!(before.elapsed(), Duration::ZERO);
+    }
 
     fn parse(v: Value) -> Result<DemoInput, Vec<FieldError>> {
         let input: DemoInput = from_value(&v)?;
