@@ -17,7 +17,6 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::Stream;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Timestamp;
@@ -64,7 +63,6 @@ struct State {
     read_size: ReadSize,
     settings: StreamSettings,
     heartbeat: Heartbeat,
-    deadline: Option<Instant>,
     stop: CancellationToken,
     started: bool,
     /// Opened "from now": the first frame names that moment as a cursor.
@@ -111,8 +109,7 @@ pub fn feed_events(
         pending_bytes: 0,
         pending_cursor: cursor,
         read_size: ReadSize::default(),
-        deadline: settings.max_duration.map(|d| Instant::now() + d),
-        heartbeat: Heartbeat::new(settings.heartbeat),
+        heartbeat: Heartbeat::new(&settings),
         settings,
         stop,
         started: false,
@@ -137,7 +134,7 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
         }));
     }
     loop {
-        if st.stop.is_cancelled() || st.deadline.is_some_and(|d| Instant::now() >= d) {
+        if st.stop.is_cancelled() || st.heartbeat.expired() {
             return None;
         }
         if !st.pending.is_empty() {
@@ -184,7 +181,7 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
                 return None;
             }
         }
-        match idle(st.wake.changed(), &mut st.heartbeat, st.deadline).await {
+        match idle(st.wake.changed(), &mut st.heartbeat).await {
             Idle::Woken => continue,
             Idle::Heartbeat => return Some(Bytes::from_static(HEARTBEAT)),
             Idle::End => return None,

@@ -140,9 +140,10 @@ struct State {
     /// The bytes of `pending`.
     pending_bytes: usize,
     read_size: ReadSize,
-    settings: StreamSettings,
+    /// Sent first, as `retry:`.
+    retry_ms: u64,
+    /// The heartbeat and the max duration.
     heartbeat: Heartbeat,
-    deadline: Option<Instant>,
     stop: CancellationToken,
     started: bool,
     done: bool,
@@ -172,9 +173,8 @@ pub fn job_events(
         pending: VecDeque::new(),
         pending_bytes: 0,
         read_size: ReadSize::default(),
-        deadline: settings.max_duration.map(|d| Instant::now() + d),
-        heartbeat: Heartbeat::new(settings.heartbeat),
-        settings,
+        retry_ms: settings.retry_ms,
+        heartbeat: Heartbeat::new(&settings),
         stop,
         started: false,
         done: false,
@@ -194,7 +194,7 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
     if !st.started {
         st.started = true;
         // The history so far goes out with the `retry:` line, in one write.
-        let retry = format!("retry: {}\n\n", st.settings.retry_ms);
+        let retry = format!("retry: {}\n\n", st.retry_ms);
         if matches!(fill(st).await, Ok(true)) {
             let mut first = BytesMut::with_capacity(retry.len() + st.pending_bytes);
             first.put_slice(retry.as_bytes());
@@ -204,7 +204,7 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
         return Some(Bytes::from(retry));
     }
     loop {
-        if st.stop.is_cancelled() || st.deadline.is_some_and(|d| Instant::now() >= d) {
+        if st.stop.is_cancelled() || st.heartbeat.expired() {
             return None;
         }
         if !st.pending.is_empty() {
@@ -220,7 +220,10 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
                 return None;
             }
         }
-        match idle(st.sub.changed(), &mut st.heartbeat, st.deadline).await {
+        // An idle stream keeps no queue: its allocation outlives the
+        // frames, and streams mostly wait.
+        st.pending = VecDeque::new();
+        match idle(st.sub.changed(), &mut st.heartbeat).await {
             Idle::Woken => continue,
             Idle::Heartbeat => return Some(Bytes::from_static(HEARTBEAT)),
             Idle::End => return None,
@@ -241,23 +244,31 @@ pub(crate) enum Idle {
     End,
 }
 
-/// When an idle stream sends its comment line: [`StreamSettings::heartbeat`]
-/// after the last chunk it sent. One timer per stream, set again only when
-/// it fires (a stream that sends often finds it not yet due and sets it
-/// for later), not at every chunk: setting a timer takes the timer wheel's
-/// lock, and a job's events reach every subscriber.
+/// When an idle stream sends its comment line, [`StreamSettings::heartbeat`]
+/// after the last chunk it sent, and when it ends at its max duration. One
+/// timer per stream for both, set again only when it fires (a stream that
+/// sends often finds it not yet due and sets it for later), not at every
+/// chunk: setting a timer takes the timer wheel's lock, and a job's events
+/// reach every subscriber. Streams mostly wait, so what they keep for it
+/// counts: one boxed timer, not a second one for the deadline inside every
+/// wait.
 pub(crate) struct Heartbeat {
     every: Duration,
     last_sent: Instant,
+    deadline: Option<Instant>,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Heartbeat {
-    pub(crate) fn new(every: Duration) -> Heartbeat {
+    pub(crate) fn new(settings: &StreamSettings) -> Heartbeat {
+        let now = Instant::now();
+        let deadline = settings.max_duration.map(|d| now + d);
+        let first = next_tick(now + settings.heartbeat, deadline);
         Heartbeat {
-            every,
-            last_sent: Instant::now(),
-            timer: Box::pin(tokio::time::sleep(every)),
+            every: settings.heartbeat,
+            last_sent: now,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(first)),
         }
     }
 
@@ -266,41 +277,45 @@ impl Heartbeat {
         self.last_sent = Instant::now();
     }
 
-    /// Waits until nothing has been sent for a heartbeat interval.
-    async fn due(&mut self) {
+    /// Whether the max duration is over.
+    pub(crate) fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Waits until nothing has been sent for a heartbeat interval
+    /// ([`Idle::Heartbeat`]) or the max duration is over ([`Idle::End`]).
+    async fn due(&mut self) -> Idle {
         loop {
             self.timer.as_mut().await;
-            let due_at = self.last_sent + self.every;
             let now = Instant::now();
+            if self.expired() {
+                return Idle::End;
+            }
+            let due_at = self.last_sent + self.every;
             if now >= due_at {
                 self.last_sent = now;
-                self.timer.as_mut().reset(now + self.every);
-                return;
+                let next = next_tick(now + self.every, self.deadline);
+                self.timer.as_mut().reset(next);
+                return Idle::Heartbeat;
             }
-            self.timer.as_mut().reset(due_at);
+            self.timer.as_mut().reset(next_tick(due_at, self.deadline));
         }
     }
+}
+
+/// The earlier of a heartbeat at `at` and the deadline.
+fn next_tick(at: Instant, deadline: Option<Instant>) -> Instant {
+    deadline.map_or(at, |d| at.min(d))
 }
 
 /// Waits, with nothing to send, for a wake-up, the heartbeat or the
 /// deadline (a job's stream and the feed wait alike). The server's stop is
 /// not waited for here: it wakes every stream and feed through the hub
 /// (see `app`), and they check it before they look again.
-pub(crate) async fn idle(
-    wake: impl std::future::Future,
-    heartbeat: &mut Heartbeat,
-    deadline: Option<Instant>,
-) -> Idle {
-    let deadline = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
+pub(crate) async fn idle(wake: impl std::future::Future, heartbeat: &mut Heartbeat) -> Idle {
     tokio::select! {
         _ = wake => Idle::Woken,
-        _ = heartbeat.due() => Idle::Heartbeat,
-        _ = deadline => Idle::End,
+        tick = heartbeat.due() => tick,
     }
 }
 
@@ -415,19 +430,46 @@ mod tests {
     async fn the_heartbeat_is_due_an_interval_after_the_last_chunk() {
         let every = Duration::from_millis(300);
         let start = Instant::now();
-        let mut hb = Heartbeat::new(every);
+        let mut hb = Heartbeat::new(&settings(every, None));
         tokio::time::sleep(Duration::from_millis(200)).await;
         hb.sent();
         let sent = Instant::now();
-        hb.due().await;
+        assert!(matches!(hb.due().await, Idle::Heartbeat));
         assert!(
             sent.elapsed() >= every,
             "not before an interval after the chunk"
         );
         assert!(start.elapsed() >= Duration::from_millis(500));
         let first = Instant::now();
-        hb.due().await;
+        assert!(matches!(hb.due().await, Idle::Heartbeat));
         assert!(first.elapsed() >= every, "then once an interval");
+    }
+
+    fn settings(heartbeat: Duration, max: Option<Duration>) -> StreamSettings {
+        StreamSettings {
+            retry_ms: 1000,
+            heartbeat,
+            max_duration: max,
+        }
+    }
+
+    /// The same timer ends the stream at its max duration, also between
+    /// two heartbeats.
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_timer_also_ends_the_stream_at_its_max_duration() {
+        let start = Instant::now();
+        let mut hb = Heartbeat::new(&settings(
+            Duration::from_secs(15),
+            Some(Duration::from_secs(40)),
+        ));
+        assert!(!hb.expired());
+        assert!(matches!(hb.due().await, Idle::Heartbeat));
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+        assert!(matches!(hb.due().await, Idle::Heartbeat));
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert!(matches!(hb.due().await, Idle::End));
+        assert_eq!(start.elapsed(), Duration::from_secs(40));
+        assert!(hb.expired());
     }
 
     #[test]

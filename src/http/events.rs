@@ -1,7 +1,7 @@
 //! `GET /v1/jobs/{id}/events`: the job's Server-Sent Events stream, or a JSON
 //! page of its log (see `event_log`).
 
-use poem::http::{header, StatusCode};
+use poem::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use poem::web::Data;
 use poem::{Body, IntoResponse, Request, Response};
 use poem_openapi::param::{Header, Path, Query};
@@ -169,12 +169,22 @@ impl IntoResponse for EventsResponse {
 
 /// A `text/event-stream` answer: never cached, never buffered by a proxy.
 pub(super) fn sse_response(body: Body) -> Response {
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("X-Accel-Buffering", "no")
-        .body(body)
+    // hyper keeps a response's header map, emptied, for the connection's
+    // next request: one this size, not the eight-slot map a first insert
+    // makes, is what an idle stream keeps (about 300 bytes less).
+    let mut headers = HeaderMap::with_capacity(3);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    let mut resp = Response::builder().status(StatusCode::OK).body(body);
+    *resp.headers_mut() = headers;
+    resp
 }
 
 /// One of the tenant's stream slots, or 429 when they are all taken.
