@@ -8,11 +8,10 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 use crate::domain::FieldError;
 use crate::kinds::{JobContext, JobFailure, JobKind};
