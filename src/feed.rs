@@ -61,7 +61,9 @@ struct State {
     /// The cursor of the last frame in `pending`.
     pending_cursor: FeedCursor,
     read_size: ReadSize,
-    settings: StreamSettings,
+    /// Sent first, as `retry:`.
+    retry_ms: u64,
+    /// The heartbeat and the max duration.
     heartbeat: Heartbeat,
     stop: CancellationToken,
     started: bool,
@@ -109,8 +111,8 @@ pub fn feed_events(
         pending_bytes: 0,
         pending_cursor: cursor,
         read_size: ReadSize::default(),
+        retry_ms: settings.retry_ms,
         heartbeat: Heartbeat::new(&settings),
-        settings,
         stop,
         started: false,
         announce,
@@ -126,7 +128,7 @@ pub fn feed_events(
 async fn next_chunk(st: &mut State) -> Option<Bytes> {
     if !st.started {
         st.started = true;
-        let retry = st.settings.retry_ms;
+        let retry = st.retry_ms;
         return Some(Bytes::from(if st.announce {
             format!("retry: {retry}\n\nid: {}\n\n", st.cursor)
         } else {
