@@ -9,6 +9,11 @@ use crate::domain::JobId;
 use crate::store::row::corrupt;
 use crate::store::{ApplyError, NodeStore, Recovered, StoreError};
 
+/// The local jobs a stopped herald left running, from the partial index that
+/// holds only those.
+pub(crate) const RUNNING_LOCAL: &str =
+    "SELECT id FROM herald_jobs WHERE status = 'running' AND remote = 0 ORDER BY id";
+
 #[async_trait]
 impl NodeStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -18,11 +23,9 @@ impl NodeStore for SqliteStore {
 
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
         let mut out = Recovered::default();
-        let ids: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM herald_jobs WHERE status = 'running' AND remote = 0 ORDER BY id",
-        )
-        .fetch_all(&self.pools.writer)
-        .await?;
+        let ids: Vec<(String,)> = sqlx::query_as(RUNNING_LOCAL)
+            .fetch_all(&self.pools.writer)
+            .await?;
         for (id,) in ids {
             let id: JobId = id.parse().map_err(|e| corrupt("job id", e))?;
             let mut tx = self.write_tx().await?;
