@@ -33,3 +33,46 @@ impl QueueStore for SqliteStore {
         Ok((n, oldest.map(Timestamp)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{connect, migrate, SqliteStore};
+
+    /// The figures count queued local and remote jobs alike, from their two
+    /// partial indexes, and nothing that is not queued.
+    #[tokio::test]
+    async fn the_queue_figures_count_local_and_remote_queued_jobs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("q.db").display());
+        let pools = connect(&url).await.expect("open the test file");
+        migrate(&pools.writer).await.expect("migrate");
+        let store = SqliteStore::new(pools.clone());
+        assert_eq!(store.queue_stats().await.expect("stats"), (0, None));
+        for (i, status, remote) in [
+            (1, "succeeded", 0),
+            (2, "queued", 1),
+            (3, "running", 0),
+            (4, "queued", 0),
+            (5, "queued", 0),
+        ] {
+            sqlx::query(
+                "INSERT INTO herald_jobs (id, task_id, kind, status, input, attempt, \
+                   max_attempts, created_at, updated_at, last_seq, remote) \
+                 VALUES (printf('%08x-0000-7000-8000-000000000000', ?1), printf('t%d', ?1), \
+                   'demo', ?2, '{}', 1, 1, ?1 * 10, ?1 * 10, 1, ?3)",
+            )
+            .bind(i)
+            .bind(status)
+            .bind(remote)
+            .execute(&pools.writer)
+            .await
+            .expect("insert a job");
+        }
+        assert_eq!(
+            store.queue_stats().await.expect("stats"),
+            (3, Some(Timestamp(20))),
+            "two local and one remote queued job, the oldest the remote one"
+        );
+    }
+}

@@ -425,8 +425,8 @@ pub(super) async fn write_starts(
 
 /// The queue's head: the first `?1` queued jobs by `run_at`, from the
 /// partial index of queued jobs, which holds nothing else. Named, because
-/// SQLite otherwise takes (status = 'queued') from the (status, id) index
-/// and sorts everything queued.
+/// SQLite took (status = 'queued') from a (status, id) index instead, and
+/// sorted everything queued (that index is gone, the name stays the plan).
 pub(crate) const QUEUE_HEAD: &str = concat!(
     "SELECT ",
     job_columns!(),
