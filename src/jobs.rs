@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use crate::cancel::CancelRegistry;
 use crate::domain::{
-    EventKind, FieldError, JobId, JobRecord, JobStatus, LeaseOp, LeaseTerms, Submission, Timestamp,
-    Transition,
+    EventKind, FieldError, JobId, JobRecord, JobStatus, LeaseOp, LeaseTerms, StartedAtOnce,
+    Submission, Timestamp, Transition,
 };
 use crate::frame::Frame;
 use crate::hub::Hub;
@@ -161,9 +161,23 @@ impl Jobs {
         // can be published (see `Hub::prime`).
         sub.remote = self.kinds.is_remote(&sub.kind);
         let id = *sub.job_id.get_or_insert_with(JobId::default);
+        // A free slot here and nothing due ahead of it: the job is stored
+        // started and goes to the worker without a claim (see `queue.rs`).
+        let seat = (!sub.remote && self.store.starts_on_submit())
+            .then(|| self.queue.seat())
+            .flatten();
+        sub.start = seat.is_some();
         self.hub.prime(id);
-        let job = match self.store.submit(tenant, &sub).await? {
-            Submitted::Created(job) => job,
+        let (job, started) = match self.store.submit(tenant, &sub).await? {
+            Submitted::Created(job) => (job, None),
+            Submitted::Started(s) => {
+                let StartedAtOnce {
+                    queued,
+                    running,
+                    start,
+                } = *s;
+                (queued, Some((running, start)))
+            }
             Submitted::Existing(job) => return Ok(Accepted::Existing(job)),
             Submitted::Conflict(job) => return Err(SubmitError::Conflict(Box::new(job))),
         };
@@ -178,9 +192,18 @@ impl Jobs {
         // (the shared harness, `--wait-feed`), each wake-up being a store read.
         self.store.announce(job.id).await;
         crate::telemetry::applied(EventKind::Status, &job);
-        tracing::info!(job_id = %job.id, kind = %job.kind, "job submitted");
-        // The stored row is the queue entry: workers only need waking.
-        self.queued(&job).await;
+        tracing::info!(job_id = %job.id, kind = %job.kind, started = started.is_some(), "job submitted");
+        match (started, seat) {
+            // The answer is the job as accepted (queued), its stream goes on
+            // with its start.
+            (Some((running, start)), Some(seat)) => {
+                self.hub.publish(job.id, Frame::of_new(&start));
+                crate::telemetry::applied(start.kind, &running);
+                seat.hand(running);
+            }
+            // The stored row is the queue entry: workers only need waking.
+            _ => self.queued(&job).await,
+        }
         Ok(Accepted::Created(job))
     }
 

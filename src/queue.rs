@@ -17,12 +17,20 @@
 //!
 //! Claimed jobs that apalis has not taken yet when the worker stops go back
 //! to the queue (same attempt), so a stop never strands a started job.
+//!
+//! A job submitted while a slot is free skips the claim (on SQLite, where
+//! this node owns the queue): its submission takes a [`Seat`], and the store
+//! writes the job started (`queued` and `running` in one write) unless a due
+//! job waits in the queue, which keeps jobs starting in `run_at` order; the
+//! job then goes to the claimer as if claimed. It never waits in the queue's
+//! index, its status is written once instead of twice, and no claim runs
+//! for it.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,6 +54,8 @@ pub struct Queue {
     wake: QueueWaker,
     /// The backstop: how often an idle worker claims anyway.
     poll_every: Duration,
+    /// This node's worker, once it runs: where seats come from.
+    claimer: Arc<OnceLock<Arc<Claimer>>>,
 }
 
 /// Wakes the local worker, and the remote workers' claims waiting on this
@@ -90,7 +100,18 @@ impl Queue {
         Queue {
             wake: QueueWaker::default(),
             poll_every,
+            claimer: Arc::default(),
         }
+    }
+
+    /// A free slot of this node's worker for a job submitted now: the
+    /// submission stores its job started (unless due jobs wait in the queue:
+    /// those start first, through a claim) and hands it over with
+    /// [`Seat::hand`]. None on a node without a worker, or while the worker
+    /// is full or stopping.
+    pub fn seat(&self) -> Option<Seat> {
+        let claimer = self.claimer.get()?;
+        claimer.reserve().then(|| Seat(claimer.clone()))
     }
 
     /// Wakes the local worker when `at` has come.
@@ -126,7 +147,11 @@ impl Queue {
             claiming: Arc::new(Semaphore::new(1)),
             closed: AtomicBool::new(false),
             wake: self.wake.clone(),
+            seated: AtomicUsize::new(0),
+            handed: Notify::new(),
         });
+        // One worker per node; a second would claim, but give no seats.
+        let _ = self.claimer.set(claimer.clone());
         let poll_every = self.poll_every;
         let closer = claimer.clone();
         let task = tokio::spawn(async move {
@@ -270,9 +295,13 @@ struct Claimer {
     /// Held by a claim in flight: the put-back waits for it.
     claiming: Arc<Semaphore>,
     /// Set at shutdown, before running jobs are put back: no claim starts
-    /// after it (see [`Worker::close_claims`]).
+    /// after it (see [`Worker::close_claims`]), and no seat is given.
     closed: AtomicBool,
     wake: QueueWaker,
+    /// Seats given whose job has not been handed over (or given up) yet.
+    seated: AtomicUsize,
+    /// A seat handed its job over.
+    handed: Notify,
 }
 
 impl Claimer {
@@ -295,6 +324,25 @@ impl Claimer {
 
     fn take_held(&self) -> Option<JobRecord> {
         self.held.lock().expect("held jobs poisoned").pop_front()
+    }
+
+    /// Slots neither running a job, nor promised to a seat or a held job.
+    fn free(&self) -> usize {
+        let held = self.held.lock().expect("held jobs poisoned").len();
+        let taken = self.inflight.load(Ordering::SeqCst) + self.seated.load(Ordering::SeqCst);
+        self.concurrency.saturating_sub(taken + held)
+    }
+
+    /// Takes a seat (see [`Queue::seat`]). Two submissions and a claim that
+    /// look at once may promise one slot twice; the job over the limit
+    /// then waits in `held`, started, until a slot frees, as a claimed job
+    /// would: apalis never runs more than `concurrency` at once.
+    fn reserve(&self) -> bool {
+        if self.closed.load(Ordering::SeqCst) || self.free() == 0 {
+            return false;
+        }
+        self.seated.fetch_add(1, Ordering::SeqCst);
+        true
     }
 
     /// Claims up to `free` jobs into `held`. The claim runs in a task of its
@@ -342,7 +390,14 @@ impl Claimer {
     /// At the worker's stop: jobs claimed and never started go back to the
     /// queue (same attempt), for this node's next start or another node.
     async fn put_back(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         let _claims_done = self.claiming.acquire().await;
+        // A seat given before the stop hands its job over once its
+        // submission's write is answered; that job goes back too.
+        let waited = std::time::Instant::now();
+        while self.seated.load(Ordering::SeqCst) > 0 && waited.elapsed() < SEAT_WAIT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let held: Vec<JobRecord> = self
             .held
             .lock()
@@ -357,6 +412,33 @@ impl Claimer {
                     "could not put a claimed job back in the queue at shutdown");
             }
         }
+    }
+}
+
+/// How long the put-back waits for seats to hand their jobs over: a write
+/// answered later than that leaves its job `running` for start-up recovery.
+const SEAT_WAIT: Duration = Duration::from_secs(10);
+
+/// A worker slot taken by a submission (see [`Queue::seat`]); given up when
+/// dropped without [`Seat::hand`] (the job was stored queued, or not at all).
+pub struct Seat(Arc<Claimer>);
+
+impl Seat {
+    /// Hands over the job the submission stored started: apalis runs it
+    /// next, as if claimed.
+    pub fn hand(self, job: JobRecord) {
+        self.0
+            .held
+            .lock()
+            .expect("held jobs poisoned")
+            .push_back(job);
+        self.0.handed.notify_one();
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.seated.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -378,9 +460,7 @@ impl ClaimLoop {
                 c.inflight.fetch_add(1, Ordering::SeqCst);
                 return job;
             }
-            let free = c
-                .concurrency
-                .saturating_sub(c.inflight.load(Ordering::SeqCst));
+            let free = c.free();
             if free == 0 {
                 c.hungry.store(true, Ordering::SeqCst);
             } else if self.more {
@@ -411,12 +491,16 @@ impl ClaimLoop {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                _ = self.wakeups.next() => {}
-                _ = due => {}
+            let woken = tokio::select! {
+                _ = self.wakeups.next() => true,
+                _ = due => true,
+                // A seat's job is in `held`: no claim needed for it.
+                _ = c.handed.notified() => false,
+            };
+            if woken {
+                self.due = None;
+                self.more = true;
             }
-            self.due = None;
-            self.more = true;
         }
     }
 }

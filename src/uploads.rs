@@ -128,6 +128,7 @@ impl Uploads {
             max_attempts: self.default_max_attempts,
             timeout_secs: None,
             remote: false,
+            start: false,
         }
     }
 

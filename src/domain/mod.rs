@@ -18,4 +18,6 @@ pub use job::{
 };
 pub use lease::{LeaseOp, LeasePlan, LeaseRefused, LeaseTerms, LeaseWrite, Report};
 pub use status::{JobStatus, UnknownStatus};
-pub use submission::{escape_pointer, json_equal, FieldError, Submission, Submitted};
+pub use submission::{
+    escape_pointer, json_equal, FieldError, StartedAtOnce, Submission, Submitted,
+};

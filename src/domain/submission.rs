@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{fields, EventSeq, JobRecord, JobStatus, Timestamp};
+use super::{fields, EventSeq, JobRecord, JobStatus, NewEvent, Timestamp};
 
 /// One invalid field: where it is in the request body and what is wrong.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,10 +31,24 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 #[derive(Debug)]
 pub enum Submitted {
     Created(JobRecord),
+    /// Created and started at once (see [`Submission::start`]).
+    Started(Box<StartedAtOnce>),
     /// The same idempotency key with the same request: the earlier job.
     Existing(JobRecord),
     /// The same idempotency key with a different request.
     Conflict(JobRecord),
+}
+
+/// A job a submission stored started ([`Submitted::Started`]).
+#[derive(Debug)]
+pub struct StartedAtOnce {
+    /// The job as accepted: `queued`, its first event
+    /// ([`JobRecord::created_event`]) stored.
+    pub queued: JobRecord,
+    /// The job as stored: `running`, after `start`.
+    pub running: JobRecord,
+    /// Its start event (seq 2).
+    pub start: NewEvent,
 }
 
 /// A validated submission, with defaults applied.
@@ -51,6 +65,11 @@ pub struct Submission {
     /// Its kind is run by remote workers (set by the jobs service from the
     /// kind, whatever the caller says).
     pub remote: bool,
+    /// Store the job started, as a claim would (its `queued` and `running`
+    /// events in the same write), unless due jobs wait in the queue: set by
+    /// the jobs service when a worker of this node has a free slot for it.
+    /// A store may store it queued instead; its answer says which.
+    pub start: bool,
 }
 
 impl Submission {
@@ -134,6 +153,7 @@ impl Submission {
                 max_attempts,
                 timeout_secs,
                 remote: false,
+                start: false,
             }),
             _ => Err(errors),
         }

@@ -19,8 +19,16 @@ use crate::domain::{
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
     /// Inserts the job and its first event (`queued`), or finds the earlier job
-    /// with the same idempotency key.
+    /// with the same idempotency key. With [`Submission::start`], a store that
+    /// [`starts_on_submit`](Self::starts_on_submit) stores it started instead.
     async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError>;
+
+    /// Whether [`submit`](Self::submit) can store a job started: where one
+    /// node owns the queue (SQLite). On PostgreSQL every node's claim takes
+    /// jobs from the shared queue in order, so a new job waits its turn there.
+    fn starts_on_submit(&self) -> bool {
+        false
+    }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
 

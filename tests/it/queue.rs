@@ -1,5 +1,6 @@
-//! The job table is the queue: claims start each job once, in order, and a
-//! retry waits out its backoff in the queue, where a cancel ends it at once.
+//! The job table is the queue: claims start each job once, in order (a job
+//! started at its submission too), and a retry waits out its backoff in the
+//! queue, where a cancel ends it at once.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -125,7 +126,40 @@ async fn an_idle_worker_starts_a_new_job_at_once() {
     app.stop().await;
 }
 
+/// Jobs start in the order they were submitted, whether a job took a free
+/// slot at its submission (stored started) or waited in the queue: one
+/// submitted while older ones wait never passes them, even when a slot is
+/// free the moment it arrives.
+async fn jobs_start_in_the_order_they_were_submitted() {
+    let app = TestApp::spawn_with(|c| c.worker_concurrency = 1).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let id = app
+            .submit("demo", json!({"steps": 2, "step_ms": 40}))
+            .await
+            .id;
+        ids.push(id);
+        // Some arrive while the one before runs, some as it ends.
+        tokio::time::sleep(Duration::from_millis(35)).await;
+    }
+    let mut starts = Vec::new();
+    for id in &ids {
+        app.wait_status(*id, Succeeded).await;
+        let events = app.stored_events(*id).await;
+        assert_gapless(&events);
+        starts.push(status_at(&events, Running, 1));
+    }
+    let mut sorted = starts.clone();
+    sorted.sort();
+    assert_eq!(
+        starts, sorted,
+        "start times, in submission order: {starts:?}"
+    );
+    app.stop().await;
+}
+
 backend_tests!(
+    jobs_start_in_the_order_they_were_submitted,
     a_retry_waits_out_its_backoff_in_the_queue,
     cancelling_a_retry_that_waits_in_the_queue_ends_it_at_once,
     every_job_is_claimed_exactly_once,

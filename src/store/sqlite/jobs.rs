@@ -86,6 +86,10 @@ pub(crate) const CANCEL_REQUESTED_AMONG: &str = "SELECT id FROM herald_jobs \
 
 #[async_trait]
 impl JobStore for SqliteStore {
+    fn starts_on_submit(&self) -> bool {
+        true
+    }
+
     async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError> {
         let submitted = self
             .write(WriteOp::Submit {

@@ -5,7 +5,8 @@
 use sqlx::{Sqlite, Transaction};
 
 use crate::domain::{
-    CancelDecision, EventSeq, JobId, JobRecord, NewEvent, Submission, Timestamp, Transition,
+    CancelDecision, EventSeq, JobId, JobRecord, NewEvent, StartedAtOnce, Submission, Timestamp,
+    Transition,
 };
 use crate::store::row::{to_json, JobRow};
 use crate::store::{Applied, ApplyError, CancelOutcome, Claim, StoreError, Submitted};
@@ -229,8 +230,12 @@ pub(super) async fn submit_in(
             return Ok(sub.resubmitted(JobRecord::try_from(row)?));
         }
     }
-    let job = sub.new_job(tenant, Timestamp::now());
+    let now = Timestamp::now();
+    let job = sub.new_job(tenant, now);
     let first = job.created_event();
+    if sub.start && !sub.remote {
+        return submit_started(tx, job, &first, now).await;
+    }
     sqlx::query(
         "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
          timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, remote) \
@@ -256,6 +261,79 @@ pub(super) async fn submit_in(
     .execute(&mut **tx)
     .await?;
     Ok(Submitted::Created(job))
+}
+
+/// Inserts `job` started at `now` (see [`Submission::start`]) unless a due
+/// local job waits in the queue (that one starts first, by a claim): then
+/// queued, as any job. One round trip either way: the row as the claim would
+/// leave it, or as queued, and its events (`first`, `queued`; and `running`
+/// when it started). A started job never enters the partial index of queued
+/// jobs, and its status is written once.
+async fn submit_started(
+    tx: &mut Transaction<'static, Sqlite>,
+    queued: JobRecord,
+    first: &NewEvent,
+    now: Timestamp,
+) -> Result<Submitted, StoreError> {
+    let (job, start) = queued.apply(&Transition::Start, now).map_err(|refused| {
+        StoreError::Corrupt(format!("a new job {} cannot start: {refused}", queued.id))
+    })?;
+    // sqlx numbers each statement's unused `?NNN` below its highest one as
+    // the next positional values, and stops binding past the last value: the
+    // statements use low numbers where they can (the `running` event's are
+    // `?1`–`?6`), so none runs out.
+    let done = sqlx::query(
+        "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, \
+           max_attempts, timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, \
+           remote, started_at) \
+         SELECT ?1, ?11, ?12, ?13, ?2, ?14, ?15, ?16, ?17, ?18, ?7, ?4, ?3, ?7, 0, ?19 \
+         WHERE NOT EXISTS (SELECT 1 FROM herald_jobs INDEXED BY herald_jobs_ready \
+           WHERE status = 'queued' AND remote = 0 AND run_at <= ?7); \
+         INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, \
+           max_attempts, timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, \
+           remote, started_at) \
+         SELECT ?1, ?11, ?12, ?13, ?20, ?14, ?15, ?16, ?17, ?18, ?7, ?7, ?21, ?7, 0, NULL \
+         WHERE changes() = 0; \
+         INSERT INTO herald_job_events (job_id, seq, event, data, at) VALUES (?1, ?10, ?8, ?9, ?7); \
+         INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+         SELECT ?1, ?3, ?5, ?6, ?4 FROM herald_jobs WHERE id = ?1 AND status = ?2;",
+    )
+    .bind(job.id.to_string())
+    .bind(job.status.as_str())
+    .bind(start.seq.0)
+    .bind(start.at.0)
+    .bind(start.kind.as_str())
+    .bind(&start.data)
+    .bind(job.created_at.0)
+    .bind(first.kind.as_str())
+    .bind(&first.data)
+    .bind(first.seq.0)
+    .bind(job.id.task_id().to_string())
+    .bind(&job.tenant)
+    .bind(&job.kind)
+    .bind(serde_json::to_string(&job.input).expect("JSON values serialize"))
+    .bind(job.attempt)
+    .bind(job.max_attempts)
+    .bind(job.timeout_secs)
+    .bind(&job.idempotency_key)
+    .bind(job.started_at.map(|t| t.0))
+    .bind(queued.status.as_str())
+    .bind(queued.last_seq.0)
+    .execute(&mut **tx)
+    .await?;
+    // The job's row and its events: 3 rows when it started, 2 when queued.
+    match done.rows_affected() {
+        3 => Ok(Submitted::Started(Box::new(StartedAtOnce {
+            queued,
+            running: job,
+            start,
+        }))),
+        2 => Ok(Submitted::Created(queued)),
+        n => Err(StoreError::WriteFailed(format!(
+            "the submission of job {} wrote {n} rows instead of 2 or 3",
+            queued.id
+        ))),
+    }
 }
 
 pub(super) async fn cancel_in(
