@@ -9,7 +9,8 @@
 //! through one writer task (`writer.rs`, group commit), which runs the job
 //! writes of `writes.rs` and the others' next to their reads: `jobs.rs`,
 //! `feed.rs`, `uploads.rs` (and checkpoints), `nodes.rs` (readiness and
-//! start-up recovery), `queue.rs` (the claim).
+//! start-up recovery), `queue.rs` (the claim). `checkpoint.rs` keeps the WAL
+//! short, mostly off the writer's path.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use sqlx::{Sqlite, Transaction};
 
 use super::group::Group;
 use super::StoreError;
+use checkpoint::Checkpoints;
 use uploads::UnitWrite;
 use writer::{Answer, WriteOp, Writer};
 
@@ -42,6 +44,7 @@ macro_rules! job_columns {
     };
 }
 
+mod checkpoint;
 mod feed;
 mod jobs;
 mod nodes;
@@ -65,6 +68,8 @@ mod writes;
 pub struct Pools {
     pub writer: SqlitePool,
     pub reader: SqlitePool,
+    /// The WAL checkpoints' own connection (see `checkpoint.rs`).
+    pub checkpointer: SqlitePool,
 }
 
 /// Opens (creating if missing) the database file with herald's settings.
@@ -77,10 +82,16 @@ pub async fn connect(url: &str) -> Result<Pools, StoreError> {
         // backup tool) can still hold the lock for a moment.
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
+    // The writer checkpoints only when `checkpoint.rs` says so.
     let writer = SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts.clone().pragma("wal_autocheckpoint", "0"))
+        .await?;
+    let checkpointer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
         .connect_with(opts.clone())
         .await?;
     let reader = SqlitePoolOptions::new()
@@ -88,7 +99,11 @@ pub async fn connect(url: &str) -> Result<Pools, StoreError> {
         .min_connections(1)
         .connect_with(opts)
         .await?;
-    Ok(Pools { writer, reader })
+    Ok(Pools {
+        writer,
+        reader,
+        checkpointer,
+    })
 }
 
 /// Runs herald's migrations (tracked in `herald_migrations`, a name of its
@@ -109,7 +124,8 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Starts the store's writer task (so: call it inside a tokio runtime).
     pub fn new(pools: Pools) -> Self {
-        let writer = writer::start(pools.writer.clone());
+        let checkpoints = Checkpoints::start(pools.checkpointer.clone());
+        let writer = writer::start(pools.writer.clone(), checkpoints);
         SqliteStore { pools, writer }
     }
 

@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
 
+use super::checkpoint::Checkpoints;
 use super::remote::{claim_remote_in, lease_op_in};
 use super::uploads::{unit_write, UnitWrite};
 use super::writes::{apply_in, apply_known_in, cancel_in, claim_in, purge_in, submit_in};
@@ -186,9 +187,9 @@ const MAX_BATCH: usize = 256;
 /// Starts the writer task (so: call it inside a tokio runtime). One writer,
 /// since SQLite has one write lock; senders wait once `4 * MAX_BATCH` writes
 /// are queued.
-pub(super) fn start(pool: SqlitePool) -> Group<Writer> {
+pub(super) fn start(pool: SqlitePool, checkpoints: Checkpoints) -> Group<Writer> {
     Group::start(
-        Writer { pool },
+        Writer { pool, checkpoints },
         Batching {
             writers: 1,
             max_batch: MAX_BATCH,
@@ -200,6 +201,7 @@ pub(super) fn start(pool: SqlitePool) -> Group<Writer> {
 
 pub(super) struct Writer {
     pool: SqlitePool,
+    checkpoints: Checkpoints,
 }
 
 /// Group commit: takes every write that is waiting, runs them in one
@@ -219,6 +221,7 @@ impl Flush for Writer {
     /// writer on one file, what fails a transaction is the file's state (the
     /// lock held elsewhere past the busy timeout, a full disk), not one op.
     async fn flush(&self, ops: &[WriteOp]) -> Result<Vec<Answer>, StoreError> {
+        self.checkpoints.before_batch(&self.pool).await;
         let mut tx = match self.pool.begin_with("BEGIN IMMEDIATE").await {
             Ok(tx) => tx,
             Err(e) => {
@@ -252,7 +255,10 @@ impl Flush for Writer {
             });
         }
         match tx.commit().await {
-            Ok(()) => Ok(done),
+            Ok(()) => {
+                self.checkpoints.committed();
+                Ok(done)
+            }
             Err(e) => {
                 tracing::error!(error = %e, writes = done.len(), "write batch failed to commit");
                 let e = batch_failed("the commit failed", &e);
