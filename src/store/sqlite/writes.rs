@@ -175,6 +175,9 @@ async fn write_steps(
     if steps.len() == 1 {
         return write_transition(tx, job, last, if_seq).await;
     }
+    if let [(_, first), _] = steps {
+        return write_two_steps(tx, job, first, last, if_seq).await;
+    }
     let events: Vec<(i64, &str, &str, i64)> = steps
         .iter()
         .map(|(_, ev)| (ev.seq.0, ev.kind.as_str(), ev.data.as_str(), ev.at.0))
@@ -201,6 +204,46 @@ async fn write_steps(
     if done.rows_affected() != expected {
         return Err(sqlx::Error::Protocol(format!(
             "transitions of job {} wrote {} rows instead of {expected}",
+            job.id,
+            done.rows_affected()
+        )));
+    }
+    Ok(true)
+}
+
+/// [`write_steps`] for two steps (a last progress report and the outcome,
+/// the most common write of all), with the first event's values bound as they
+/// are: no JSON array to build and take apart.
+async fn write_two_steps(
+    tx: &mut Transaction<'static, Sqlite>,
+    job: &JobRecord,
+    first: &NewEvent,
+    last: &NewEvent,
+    if_seq: Option<EventSeq>,
+) -> Result<bool, sqlx::Error> {
+    let done = bind_transition(
+        sqlx::query(concat!(
+            update_job!(),
+            "; INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+             SELECT ?1, ?16, ?17, ?18, ?19 WHERE changes() = 1 \
+             UNION ALL SELECT ?1, ?9, ?11, ?12, ?10 WHERE changes() = 1;"
+        )),
+        job,
+        last,
+        if_seq,
+    )
+    .bind(first.seq.0)
+    .bind(first.kind.as_str())
+    .bind(&first.data)
+    .bind(first.at.0)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 && if_seq.is_some() {
+        return Ok(false);
+    }
+    if done.rows_affected() != 3 {
+        return Err(sqlx::Error::Protocol(format!(
+            "transitions of job {} wrote {} rows instead of 3",
             job.id,
             done.rows_affected()
         )));
