@@ -80,14 +80,25 @@ pub(super) async fn write_transition(
     )
     .execute(&mut **tx)
     .await?;
-    if done.rows_affected() == 0 && if_seq.is_some() {
+    written(job, done.rows_affected(), 2, if_seq)
+}
+
+/// Whether a job's write of its row and `expected - 1` events went in:
+/// `Ok(false)` when nothing was written because the job had moved on from
+/// `if_seq`; an error when some other count of rows was.
+fn written(
+    job: &JobRecord,
+    rows: u64,
+    expected: u64,
+    if_seq: Option<EventSeq>,
+) -> Result<bool, sqlx::Error> {
+    if rows == 0 && if_seq.is_some() {
         return Ok(false);
     }
-    if done.rows_affected() != 2 {
+    if rows != expected {
         return Err(sqlx::Error::Protocol(format!(
-            "transition of job {} wrote {} rows instead of 2",
-            job.id,
-            done.rows_affected()
+            "the write of job {} and its events wrote {rows} rows instead of {expected}",
+            job.id
         )));
     }
     Ok(true)
@@ -197,18 +208,7 @@ async fn write_steps(
     .bind(serde_json::to_string(&events).expect("events serialize"))
     .execute(&mut **tx)
     .await?;
-    if done.rows_affected() == 0 && if_seq.is_some() {
-        return Ok(false);
-    }
-    let expected = 1 + steps.len() as u64;
-    if done.rows_affected() != expected {
-        return Err(sqlx::Error::Protocol(format!(
-            "transitions of job {} wrote {} rows instead of {expected}",
-            job.id,
-            done.rows_affected()
-        )));
-    }
-    Ok(true)
+    written(job, done.rows_affected(), 1 + steps.len() as u64, if_seq)
 }
 
 /// [`write_steps`] for two steps (a last progress report and the outcome,
@@ -238,17 +238,7 @@ async fn write_two_steps(
     .bind(first.at.0)
     .execute(&mut **tx)
     .await?;
-    if done.rows_affected() == 0 && if_seq.is_some() {
-        return Ok(false);
-    }
-    if done.rows_affected() != 3 {
-        return Err(sqlx::Error::Protocol(format!(
-            "transitions of job {} wrote {} rows instead of 3",
-            job.id,
-            done.rows_affected()
-        )));
-    }
-    Ok(true)
+    written(job, done.rows_affected(), 3, if_seq)
 }
 
 /// The tenant's job with idempotency key `?2`, if any (its unique index).
