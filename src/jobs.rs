@@ -161,8 +161,9 @@ impl Jobs {
         // can be published (see `Hub::prime`).
         sub.remote = self.kinds.is_remote(&sub.kind);
         let id = *sub.job_id.get_or_insert_with(JobId::default);
-        // A free slot here and nothing due ahead of it: the job is stored
-        // started and goes to the worker without a claim (see `queue.rs`).
+        // A free slot here: the store writes the job started unless a due
+        // job waits ahead of it, and it goes to the worker without a claim
+        // (see `crate::queue`).
         let seat = (!sub.remote && self.store.starts_on_submit())
             .then(|| self.queue.seat())
             .flatten();

@@ -40,9 +40,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{JobRecord, Timestamp, Transition};
+use crate::jobs::Jobs;
 
 mod wakeups;
-use crate::jobs::Jobs;
 use wakeups::Wakeups;
 
 /// What apalis hands the handler: a job the claim started here.
@@ -292,7 +292,8 @@ struct Claimer {
     /// A claim filled every free slot, so more jobs may be waiting: the next
     /// job to finish wakes the claimer.
     hungry: AtomicBool,
-    /// Claimed (started) jobs not yet handed to apalis.
+    /// Started jobs not yet handed to apalis: claimed, or handed over by a
+    /// seat.
     held: Mutex<VecDeque<JobRecord>>,
     /// Held by a claim in flight: the put-back waits for it.
     claiming: Arc<Semaphore>,

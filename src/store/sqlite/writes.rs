@@ -536,8 +536,9 @@ pub(super) async fn write_starts(
 
 /// The queue's head: the first `?1` queued jobs by `run_at`, from the
 /// partial index of queued jobs, which holds nothing else. Named, because
-/// SQLite took (status = 'queued') from a (status, id) index instead, and
-/// sorted everything queued (that index is gone, the name stays the plan).
+/// SQLite once took (status = 'queued') from a (status, id) index instead
+/// and sorted everything queued; the name holds the plan whatever other
+/// indexes there are.
 pub(crate) const QUEUE_HEAD: &str = concat!(
     "SELECT ",
     job_columns!(),
