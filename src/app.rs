@@ -49,14 +49,14 @@ pub struct Application {
     jobs_root: CancellationToken,
     node_id: String,
     /// PostgreSQL: the options of the node's LISTEN connection.
-    listen: Option<PgConnectOptions>,
+    listen: Option<(PgConnectOptions, String)>,
 }
 
 /// What a database URL opens.
 struct Backend {
     store: Arc<dyn Store>,
     queue: Queue,
-    listen: Option<PgConnectOptions>,
+    listen: Option<(PgConnectOptions, String)>,
 }
 
 /// The URL with its password replaced, for messages and logs.
@@ -134,7 +134,7 @@ impl Application {
                 role: config.role.as_str(),
                 lease: Duration::from_secs(config.worker_lease_secs.max(1)),
             };
-            let listen = Some(pools.listen.clone());
+            let listen = Some((pools.listen.clone(), pools.origin.clone()));
             Backend {
                 store: Arc::new(PgStore::new(pools, node)),
                 queue,
@@ -333,11 +333,12 @@ impl Application {
         // arrive during the shutdown grace).
         let background_stop = CancellationToken::new();
         let runs_jobs = config.role.runs_jobs();
-        if let Some(opts) = listen {
+        if let Some((opts, origin)) = listen {
             let wakers = Wakers {
                 hub: state.hub.clone(),
                 cancels: state.cancels.clone(),
                 queue: Some(queue.waker()),
+                origin,
             };
             tokio::spawn(crate::notify::listen(opts, wakers, background_stop.clone()));
         }

@@ -116,6 +116,11 @@ impl Hub {
         self.feed.subscribe()
     }
 
+    /// Wakes the feeds only.
+    pub fn notify_feeds(&self) {
+        self.bump_feed();
+    }
+
     fn bump_feed(&self) {
         self.feed.send_modify(|v| *v = v.wrapping_add(1));
     }

@@ -1,12 +1,21 @@
 //! Cross-node wake-ups on PostgreSQL: one dedicated LISTEN connection per node.
 //!
 //! Three channels, each carrying an id or nothing, never a payload:
-//! - `herald_events` (job id): another node appended an event; wake this
-//!   node's subscribers of that job, and they read the store;
+//! - `herald_events` (job id, then the sender's origin mark): another node
+//!   appended an event; wake this node's subscribers of that job, and they
+//!   read the store;
 //! - `herald_cancel` (job id): a cancel was requested; fire the job's token if
 //!   it runs here;
-//! - `herald_queue` (nothing): a job became queued on another node; wake
-//!   this node's queue worker so it claims now rather than on its interval.
+//! - `herald_queue` (the sender's origin mark): a job became queued on
+//!   another node; wake this node's queue worker so it claims now rather
+//!   than on its interval.
+//!
+//! A node hears its own notifications too. It woke its own streams, feeds
+//! and worker when it committed (`Jobs`), so for its own event it wakes only
+//! the feeds again: a feed read may have been held back by a transaction in
+//! flight at the time (see the PostgreSQL feed's horizon), and the echo
+//! comes after that transaction. Its job streams read nothing for it (they
+//! would have read the store once more per event for nothing).
 //!
 //! Notifications sent while the connection is down are lost. So after every
 //! (re)connect, once LISTEN is in place again, the node wakes every local
@@ -43,6 +52,8 @@ pub struct Wakers {
     /// The queue's wake-up: the local worker (on nodes that run jobs) and
     /// remote workers' long polls (on nodes that serve the API).
     pub queue: Option<QueueWaker>,
+    /// This node's origin mark (see the store's `Pools::origin`).
+    pub origin: String,
 }
 
 impl Wakers {
@@ -126,10 +137,17 @@ pub async fn listen(opts: PgConnectOptions, wakers: Wakers, stop: CancellationTo
 
 fn dispatch(wakers: &Wakers, channel: &str, payload: &str) {
     match channel {
-        EVENTS_CHANNEL => match payload.parse::<JobId>() {
-            Ok(id) => wakers.hub.notify(id),
-            Err(_) => tracing::warn!(channel, payload, "notification without a job id ignored"),
-        },
+        EVENTS_CHANNEL => {
+            // A node of an older version sends the bare id.
+            let (id, origin) = payload.split_once(' ').unwrap_or((payload, ""));
+            match id.parse::<JobId>() {
+                Ok(_) if origin == wakers.origin => wakers.hub.notify_feeds(),
+                Ok(id) => wakers.hub.notify(id),
+                Err(_) => {
+                    tracing::warn!(channel, payload, "notification without a job id ignored")
+                }
+            }
+        }
         CANCEL_CHANNEL => match payload.parse::<JobId>() {
             Ok(id) => {
                 if wakers.cancels.cancel(id) {
@@ -138,6 +156,7 @@ fn dispatch(wakers: &Wakers, channel: &str, payload: &str) {
             }
             Err(_) => tracing::warn!(channel, payload, "notification without a job id ignored"),
         },
+        QUEUE_CHANNEL if payload == wakers.origin => {}
         QUEUE_CHANNEL => {
             if let Some(q) = &wakers.queue {
                 q.wake();
@@ -173,6 +192,58 @@ pub async fn sweep_cancels(
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cancel check failed; will try again"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wakers() -> Wakers {
+        Wakers {
+            hub: Hub::new(),
+            cancels: CancelRegistry::new(CancellationToken::new()),
+            queue: None,
+            origin: "00000000000000aa".into(),
+        }
+    }
+
+    #[test]
+    fn a_node_wakes_only_its_feeds_for_its_own_events() {
+        let w = wakers();
+        let id = JobId(uuid::Uuid::from_u128(7));
+        let mut stream = w.hub.subscribe(id);
+        let mut feed = w.hub.subscribe_feed();
+        let stream_at = stream.version();
+        feed.borrow_and_update();
+
+        dispatch(&w, EVENTS_CHANNEL, &format!("{id} 00000000000000aa"));
+        assert_eq!(
+            stream.version(),
+            stream_at,
+            "its own event woke a job stream"
+        );
+        assert!(
+            feed.has_changed().unwrap(),
+            "its own event did not wake the feeds"
+        );
+        feed.borrow_and_update();
+
+        // Another node's event, and one from a node of an older version
+        // (the bare id), wake both.
+        for payload in [format!("{id} 00000000000000bb"), id.to_string()] {
+            dispatch(&w, EVENTS_CHANNEL, &payload);
+            assert_ne!(
+                stream.version(),
+                stream_at,
+                "{payload:?} did not wake the stream"
+            );
+            assert!(
+                feed.has_changed().unwrap(),
+                "{payload:?} did not wake the feeds"
+            );
+            feed.borrow_and_update();
         }
     }
 }

@@ -88,6 +88,9 @@ pub struct Pools {
     pub writes: PgPool,
     /// Options for the node's dedicated LISTEN connection.
     pub listen: PgConnectOptions,
+    /// This process's mark on the notifications it sends: its own listener
+    /// knows them by it and skips what it has already woken locally.
+    pub origin: String,
 }
 
 pub async fn connect(url: &str, pool_size: u32, node: &str) -> Result<Pools, StoreError> {
@@ -124,6 +127,7 @@ pub async fn connect(url: &str, pool_size: u32, node: &str) -> Result<Pools, Sto
         main,
         writes,
         listen: opts.application_name(&format!("herald-listener {node}")),
+        origin: format!("{:016x}", rand::random::<u64>()),
     })
 }
 
@@ -156,7 +160,7 @@ const WRITERS: usize = 2;
 impl PgStore {
     /// Starts the store's notifier task (so: call it inside a tokio runtime).
     pub fn new(pools: Pools, node: NodeIdentity) -> Self {
-        let notifier = Notifier::start(pools.main.clone());
+        let notifier = Notifier::start(pools.main.clone(), pools.origin.clone());
         let batching = Batching {
             writers: WRITERS,
             ..Batching::default()

@@ -1,6 +1,8 @@
 //! The notifier: `herald_events` notifications for committed events, and
 //! `herald_queue` ones for newly queued jobs, sent outside the events'
-//! transactions (`mod.rs` says why).
+//! transactions (`mod.rs` says why). Each carries the sending process's
+//! origin mark (`herald_events`: `<job id> <origin>`; `herald_queue`:
+//! `<origin>`), so that its own listener skips what it already woke locally.
 
 use std::time::Duration;
 
@@ -24,9 +26,9 @@ const NOTIFY_BATCH: usize = 512;
 const NOTIFY_LINGER: Duration = Duration::from_millis(1);
 
 impl Notifier {
-    pub(super) fn start(pool: PgPool) -> Notifier {
+    pub(super) fn start(pool: PgPool, origin: String) -> Notifier {
         Notifier(Group::start(
-            Notify { pool },
+            Notify { pool, origin },
             Batching {
                 max_batch: NOTIFY_BATCH,
                 // A moment more to gather: sending as soon as one id was
@@ -57,6 +59,7 @@ pub(super) enum Notice {
 
 struct Notify {
     pool: PgPool,
+    origin: String,
 }
 
 #[async_trait]
@@ -74,8 +77,8 @@ impl Flush for Notify {
         let (channels, payloads): (Vec<&str>, Vec<String>) = batch
             .iter()
             .map(|n| match n {
-                Notice::Event(id) => (EVENTS_CHANNEL, id.to_string()),
-                Notice::Queued => (QUEUE_CHANNEL, String::new()),
+                Notice::Event(id) => (EVENTS_CHANNEL, format!("{id} {}", self.origin)),
+                Notice::Queued => (QUEUE_CHANNEL, self.origin.clone()),
             })
             .unzip();
         let sent =
