@@ -111,8 +111,14 @@ impl JobStore for PgStore {
         row.map(JobRecord::try_from).transpose()
     }
 
+    /// Not a prepared statement: planned for its values at every run. A
+    /// generic plan, which PostgreSQL may settle on for a prepared statement
+    /// after five runs, cannot know whether the tenant (or status, or kind)
+    /// is rare: it walked the primary key backwards and filtered by tenant,
+    /// which for a small tenant reads everyone's history.
     async fn list(&self, q: &ListQuery) -> Result<Vec<JobRecord>, StoreError> {
         let mut query = sqlx::query_as(list_sql(q))
+            .persistent(false)
             .bind(&q.tenant)
             .bind(q.before.map_or(Uuid::max(), |id| id.0))
             .bind(q.limit);
