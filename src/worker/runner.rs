@@ -89,7 +89,12 @@ impl Runner {
             }
         }
         // The reports still queued and the outcome: one write.
-        let known = current.lock().expect("job record poisoned").clone();
+        // The handler's context has gone with the attempt, as a rule: take
+        // the record rather than copy it.
+        let known = match Arc::try_unwrap(current) {
+            Ok(only) => only.into_inner().expect("job record poisoned"),
+            Err(shared) => shared.lock().expect("job record poisoned").clone(),
+        };
         let mut last: Vec<Transition> = unwritten.transitions().cloned().collect();
         last.push(next.clone());
         let written = match self.jobs.record_all(&known, &last).await {
