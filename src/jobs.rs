@@ -184,14 +184,14 @@ impl Jobs {
         };
         metrics::counter!("herald_jobs_submitted_total", "kind" => job.kind.clone()).increment(1);
         self.created.insert(job.id, tenant);
-        self.hub
-            .publish_created(job.id, Frame::of_new(&job.created_event()));
+        let created = job.created_event();
+        self.hub.publish_created(job.id, Frame::of_new(&created));
         // Other nodes hear of the new job; this node's feeds see its `queued`
         // event with their next wake-up (its start follows as soon as a
         // worker is free). Waking every local feed for each submission as
         // well cost 5–8% of the jobs a feed-watched herald runs a second
         // (the shared harness, `--wait-feed`), each wake-up being a store read.
-        self.store.announce(job.id).await;
+        self.store.announce_event(job.id, &created).await;
         crate::telemetry::applied(EventKind::Status, &job);
         tracing::info!(job_id = %job.id, kind = %job.kind, started = started.is_some(), "job submitted");
         match (started, seat) {
@@ -199,6 +199,7 @@ impl Jobs {
             // with its start.
             (Some((running, start)), Some(seat)) => {
                 self.hub.publish(job.id, Frame::of_new(&start));
+                self.store.announce_event(job.id, &start).await;
                 crate::telemetry::applied(start.kind, &running);
                 seat.hand(running);
             }
@@ -358,12 +359,13 @@ impl Jobs {
     /// change is counted.
     async fn changed(&self, event: EventKind, job: &JobRecord) {
         self.hub.notify(job.id);
+        self.store.announce(job.id).await;
         self.after_notify(event, job).await;
     }
 
-    /// What follows a change once this node's streams are woken.
+    /// What follows a change once this node's streams are woken and other
+    /// nodes told.
     async fn after_notify(&self, event: EventKind, job: &JobRecord) {
-        self.store.announce(job.id).await;
         crate::telemetry::applied(event, job);
         if job.status == JobStatus::Queued {
             self.queued(job).await;
@@ -375,6 +377,9 @@ impl Jobs {
     async fn published(&self, applied: &Applied) {
         self.hub
             .publish(applied.job.id, Frame::of_new(&applied.event));
+        self.store
+            .announce_event(applied.job.id, &applied.event)
+            .await;
         self.after_notify(applied.event.kind, &applied.job).await;
     }
 

@@ -1,14 +1,18 @@
 //! Cross-node wake-ups on PostgreSQL: one dedicated LISTEN connection per node.
 //!
-//! Three channels, each carrying an id or nothing, never a payload:
-//! - `herald_events` (job id, then the sender's origin mark): another node
-//!   appended an event; wake this node's subscribers of that job, and they
-//!   read the store;
+//! Three channels, each carrying ids and marks, and at most one event:
+//! - `herald_events` (job id, then the sender's origin mark, then maybe the
+//!   event): another node appended an event; publish it to this node's
+//!   subscribers of that job, or wake them and they read the store;
 //! - `herald_cancel` (job id): a cancel was requested; fire the job's token if
 //!   it runs here;
 //! - `herald_queue` (the sender's origin mark): a job became queued on
 //!   another node; wake this node's queue worker so it claims now rather
 //!   than on its interval.
+//!
+//! An event notification may carry the event (see the PostgreSQL notifier):
+//! then it is published to the job's streams here as a local one is, and
+//! caught-up streams send it without reading the store.
 //!
 //! A node hears its own notifications too. It woke its own streams, feeds
 //! and worker when it committed (`Jobs`), so for its own event it wakes only
@@ -35,7 +39,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelRegistry;
-use crate::domain::JobId;
+use crate::domain::{EventKind, EventSeq, JobId, NewEvent, Timestamp};
+use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::queue::QueueWaker;
 use crate::store::postgres::{CANCEL_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL};
@@ -138,11 +143,18 @@ pub async fn listen(opts: PgConnectOptions, wakers: Wakers, stop: CancellationTo
 fn dispatch(wakers: &Wakers, channel: &str, payload: &str) {
     match channel {
         EVENTS_CHANNEL => {
-            // A node of an older version sends the bare id.
-            let (id, origin) = payload.split_once(' ').unwrap_or((payload, ""));
+            // `<id> <origin>`, then maybe ` <seq> <kind> <at>\n<data>`; a
+            // node of an older version sends the bare id.
+            let (head, data) = payload.split_once('\n').unwrap_or((payload, ""));
+            let mut fields = head.split(' ');
+            let id = fields.next().unwrap_or_default();
+            let origin = fields.next().unwrap_or_default();
             match id.parse::<JobId>() {
                 Ok(_) if origin == wakers.origin => wakers.hub.notify_feeds(),
-                Ok(id) => wakers.hub.notify(id),
+                Ok(id) => match carried(fields, data) {
+                    Some(frame) => wakers.hub.publish(id, frame),
+                    None => wakers.hub.notify(id),
+                },
                 Err(_) => {
                     tracing::warn!(channel, payload, "notification without a job id ignored")
                 }
@@ -164,6 +176,20 @@ fn dispatch(wakers: &Wakers, channel: &str, payload: &str) {
         }
         _ => {}
     }
+}
+
+/// The event a notice carries (`<seq> <kind> <at>`, and its data), framed;
+/// none when it carries none, or one this node cannot read.
+fn carried<'a>(mut fields: impl Iterator<Item = &'a str>, data: &str) -> Option<Frame> {
+    let seq = fields.next()?.parse().ok()?;
+    let kind = EventKind::parse(fields.next()?)?;
+    let at = fields.next()?.parse().ok()?;
+    Some(Frame::of_new(&NewEvent {
+        seq: EventSeq(seq),
+        kind,
+        data: data.to_owned(),
+        at: Timestamp(at),
+    }))
 }
 
 /// Every `every`, fires the token of each job running here whose cancel
@@ -245,5 +271,40 @@ mod tests {
             );
             feed.borrow_and_update();
         }
+    }
+
+    /// Another node's event, carried in its notice, joins the job's slot of
+    /// recent frames here, so its caught-up streams send it without a read.
+    #[test]
+    fn a_carried_event_of_another_node_joins_the_jobs_recent_frames() {
+        let w = wakers();
+        let id = JobId(uuid::Uuid::from_u128(8));
+        w.hub.prime(id);
+        let mut stream = w.hub.subscribe(id);
+        let queued = r#"{"at":"2026-11-30T10:00:00.000000Z","attempt":1,"status":"queued"}"#;
+        w.hub.publish_created(
+            id,
+            Frame::of_new(&NewEvent {
+                seq: EventSeq(1),
+                kind: EventKind::Status,
+                data: queued.into(),
+                at: Timestamp(1),
+            }),
+        );
+        let running = r#"{"at":"2026-11-30T10:00:00.000002Z","attempt":1,"status":"running"}"#;
+        dispatch(
+            &w,
+            EVENTS_CHANNEL,
+            &format!("{id} 00000000000000bb 2 status 2\n{running}"),
+        );
+        let version = stream.version();
+        let recent = stream.recent().try_lock().expect("the slot is free");
+        assert_eq!(recent.checked, Some(version), "the slot is up to date");
+        let last = recent.frames.back().expect("a frame");
+        assert_eq!(last.seq, EventSeq(2));
+        assert_eq!(
+            std::str::from_utf8(&last.bytes).unwrap(),
+            format!("id: 2\nevent: status\ndata: {running}\n\n")
+        );
     }
 }

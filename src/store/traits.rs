@@ -10,7 +10,7 @@ use super::{
     Leased, ListQuery, Recovered, RemoteClaim, StoreError, StoredEvent, Submitted,
 };
 use crate::domain::{
-    EventSeq, JobId, JobRecord, LeaseOp, LeaseTerms, Submission, Timestamp, Transition,
+    EventSeq, JobId, JobRecord, LeaseOp, LeaseTerms, NewEvent, Submission, Timestamp, Transition,
 };
 
 /// Jobs and their events: every change to a job and the event that records
@@ -162,6 +162,13 @@ pub trait NodeStore: Send + Sync + 'static {
     /// streams and feeds look again (the jobs service calls it after each
     /// write). One process on SQLite: there is nobody to tell.
     async fn announce(&self, _id: JobId) {}
+
+    /// [`announce`](Self::announce) of one committed event, `ev`: a store
+    /// that can carries it to the other nodes, whose caught-up streams of
+    /// the job then send it without reading the store.
+    async fn announce_event(&self, id: JobId, _ev: &NewEvent) {
+        self.announce(id).await
+    }
 
     /// Tells the other nodes' workers that a job became queued (submitted,
     /// retried or put back), so they claim now rather than at their next

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::transitions::{apply_in, lock_job};
 use super::PgStore;
-use crate::domain::JobId;
+use crate::domain::{JobId, NewEvent};
 use crate::store::{ApplyError, NodeStore, Recovered, StoreError};
 
 impl PgStore {
@@ -48,6 +48,10 @@ impl NodeStore for PgStore {
     /// transactions (see the module doc of `store::postgres`).
     async fn announce(&self, id: JobId) {
         self.notifier.committed(id).await;
+    }
+
+    async fn announce_event(&self, id: JobId, ev: &NewEvent) {
+        self.notifier.committed_event(id, ev).await;
     }
 
     async fn announce_queued(&self) {

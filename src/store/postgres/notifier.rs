@@ -3,6 +3,10 @@
 //! transactions (`mod.rs` says why). Each carries the sending process's
 //! origin mark (`herald_events`: `<job id> <origin>`; `herald_queue`:
 //! `<origin>`), so that its own listener skips what it already woke locally.
+//! An event notice may carry the event itself, when it fits in a
+//! notification: `<job id> <origin> <seq> <kind> <at>` and a newline, then
+//! its data. Other nodes' caught-up streams of the job send it without
+//! reading the store (see `Hub::publish`); anything else reads as before.
 
 use std::time::Duration;
 
@@ -10,7 +14,7 @@ use async_trait::async_trait;
 use sqlx::postgres::PgPool;
 
 use super::{EVENTS_CHANNEL, QUEUE_CHANNEL};
-use crate::domain::JobId;
+use crate::domain::{JobId, NewEvent};
 use crate::store::group::{Batching, Flush, Group};
 
 /// Sends `herald_events` notifications for committed events, batched: all
@@ -44,16 +48,34 @@ impl Notifier {
         let _ = self.0.send(Notice::Event(id)).await;
     }
 
+    /// The job's committed event `ev`, carried in the notification when it
+    /// fits, else as [`Notifier::committed`].
+    pub(super) async fn committed_event(&self, id: JobId, ev: &NewEvent) {
+        let notice = if ev.data.len() <= CARRIED_DATA {
+            Notice::Carried(id, ev.seq.0, ev.kind.as_str(), ev.at.0, ev.data.clone())
+        } else {
+            Notice::Event(id)
+        };
+        let _ = self.0.send(notice).await;
+    }
+
     /// A job became queued: other nodes' workers may claim it.
     pub(super) async fn queued(&self) {
         let _ = self.0.send(Notice::Queued).await;
     }
 }
 
-/// One thing to tell the other nodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// The most event data a notification carries: PostgreSQL's payloads stop
+/// at 8000 bytes, and the rest of the line takes about 100.
+const CARRIED_DATA: usize = 7_800;
+
+/// One thing to tell the other nodes. Sorted, a batch's events of one job
+/// go out in their order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Notice {
     Event(JobId),
+    /// An event with its seq, kind, time and data.
+    Carried(JobId, i64, &'static str, i64, String),
     Queued,
 }
 
@@ -74,10 +96,15 @@ impl Flush for Notify {
         let mut batch = ops.to_vec();
         batch.sort();
         batch.dedup();
+
         let (channels, payloads): (Vec<&str>, Vec<String>) = batch
             .iter()
             .map(|n| match n {
                 Notice::Event(id) => (EVENTS_CHANNEL, format!("{id} {}", self.origin)),
+                Notice::Carried(id, seq, kind, at, data) => (
+                    EVENTS_CHANNEL,
+                    format!("{id} {} {seq} {kind} {at}\n{data}", self.origin),
+                ),
                 Notice::Queued => (QUEUE_CHANNEL, self.origin.clone()),
             })
             .unzip();
