@@ -96,7 +96,6 @@ impl Flush for Notify {
         let mut batch = ops.to_vec();
         batch.sort();
         batch.dedup();
-
         let (channels, payloads): (Vec<&str>, Vec<String>) = batch
             .iter()
             .map(|n| match n {
