@@ -30,7 +30,8 @@ impl Frame {
         Frame::new(ev.seq, ev.kind, &ev.data, ev.at)
     }
 
-    fn new(seq: EventSeq, kind: EventKind, data: &str, at: Timestamp) -> Frame {
+    /// An event from its parts (one carried in another node's notice, say).
+    pub fn new(seq: EventSeq, kind: EventKind, data: &str, at: Timestamp) -> Frame {
         let mut buf = BytesMut::with_capacity(data.len() + 48);
         buf.put_slice(b"id: ");
         buf.put_slice(seq.0.to_string().as_bytes());

@@ -39,7 +39,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::cancel::CancelRegistry;
-use crate::domain::{EventKind, EventSeq, JobId, NewEvent, Timestamp};
+use crate::domain::{EventKind, EventSeq, JobId, Timestamp};
 use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::queue::QueueWaker;
@@ -184,12 +184,7 @@ fn carried<'a>(mut fields: impl Iterator<Item = &'a str>, data: &str) -> Option<
     let seq = fields.next()?.parse().ok()?;
     let kind = EventKind::parse(fields.next()?)?;
     let at = fields.next()?.parse().ok()?;
-    Some(Frame::of_new(&NewEvent {
-        seq: EventSeq(seq),
-        kind,
-        data: data.to_owned(),
-        at: Timestamp(at),
-    }))
+    Some(Frame::new(EventSeq(seq), kind, data, Timestamp(at)))
 }
 
 /// Every `every`, fires the token of each job running here whose cancel
@@ -225,6 +220,7 @@ pub async fn sweep_cancels(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::NewEvent;
 
     fn wakers() -> Wakers {
         Wakers {
