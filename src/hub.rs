@@ -118,10 +118,6 @@ impl Hub {
 
     /// Wakes the feeds only.
     pub fn notify_feeds(&self) {
-        self.bump_feed();
-    }
-
-    fn bump_feed(&self) {
         self.feed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
@@ -194,7 +190,7 @@ impl Hub {
 
     /// Wakes every local subscriber of `id`, and the feeds.
     pub fn notify(&self, id: JobId) {
-        self.bump_feed();
+        self.notify_feeds();
         if let Some(s) = self.signal(id) {
             s.wake();
         }
@@ -217,7 +213,7 @@ impl Hub {
     /// or frames were published out of order) this is a plain wake-up and the
     /// next subscriber reads the store, as after [`Hub::notify`].
     pub fn publish(&self, id: JobId, frame: Frame) {
-        self.bump_feed();
+        self.notify_feeds();
         self.deliver(id, frame);
     }
 
@@ -261,7 +257,7 @@ impl Hub {
 
     /// Wakes every subscriber of every job (after a lost cross-node listener, say).
     pub fn notify_all(&self) {
-        self.bump_feed();
+        self.notify_feeds();
         let signals: Vec<_> = self
             .jobs
             .lock()
