@@ -34,8 +34,35 @@ type FeedRow = (i64, bool, String, i64, String, Option<String>, i64);
 #[async_trait]
 impl FeedStore for SqliteStore {
     /// One writer commits events in id order, and a reader sees whole
-    /// commits, so the event id alone is a lossless cursor here.
+    /// commits, so the event id alone is a lossless cursor here. A feed that
+    /// has caught up reads the writer's tail (see `tail`), one behind it the
+    /// file.
     async fn feed_after(
+        &self,
+        filter: &FeedFilter,
+        after: FeedCursor,
+        limit: i64,
+    ) -> Result<FeedRead, StoreError> {
+        if let Some(read) = self.tail.read(filter, after, limit) {
+            return Ok(read);
+        }
+        self.feed_from_file(filter, after, limit).await
+    }
+
+    async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
+        if let Some(head) = self.tail.head() {
+            return Ok(head);
+        }
+        let id: i64 = sqlx::query_scalar(FEED_HEAD)
+            .fetch_one(&self.pools.reader)
+            .await?;
+        Ok(FeedCursor { tx: 0, id })
+    }
+}
+
+impl SqliteStore {
+    /// [`FeedStore::feed_after`] from the file.
+    pub(crate) async fn feed_from_file(
         &self,
         filter: &FeedFilter,
         after: FeedCursor,
@@ -70,12 +97,5 @@ impl FeedStore for SqliteStore {
                 ))
             });
         FeedRead::from_examined(after, limit, examined)
-    }
-
-    async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
-        let id: i64 = sqlx::query_scalar(FEED_HEAD)
-            .fetch_one(&self.pools.reader)
-            .await?;
-        Ok(FeedCursor { tx: 0, id })
     }
 }

@@ -13,6 +13,7 @@
 //! short, mostly off the writer's path.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -52,6 +53,7 @@ mod nodes;
 mod plans;
 mod queue;
 mod remote;
+mod tail;
 mod uploads;
 mod writer;
 mod writes;
@@ -124,14 +126,21 @@ pub async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
 pub struct SqliteStore {
     pools: Pools,
     writer: Group<Writer>,
+    /// The events the writer committed last, for caught-up feeds.
+    tail: Arc<tail::Tail>,
 }
 
 impl SqliteStore {
     /// Starts the store's writer task (so: call it inside a tokio runtime).
     pub fn new(pools: Pools) -> Self {
         let checkpoints = Checkpoints::start(pools.checkpointer.clone());
-        let writer = writer::start(pools.writer.clone(), checkpoints);
-        SqliteStore { pools, writer }
+        let tail = Arc::new(tail::Tail::default());
+        let writer = writer::start(pools.writer.clone(), checkpoints, tail.clone());
+        SqliteStore {
+            pools,
+            writer,
+            tail,
+        }
     }
 
     /// Runs `op` on the writer and answers once its batch has committed.

@@ -1,18 +1,22 @@
 //! Group commit on SQLite's one write connection: every write of the store
 //! goes through the writer (a [`Group`] with one writer task).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
 
 use super::checkpoint::Checkpoints;
 use super::remote::{claim_remote_in, lease_op_in};
+use super::tail::{Keep, Tail, TailEvent, TAIL_EVENTS};
 use super::uploads::{unit_write, UnitWrite};
 use super::writes::{apply_in, apply_known_in, cancel_in, claim_in, purge_in, submit_in};
 use crate::domain::{JobId, JobRecord, LeaseOp, LeaseTerms, Submission, Timestamp, Transition};
 use crate::store::group::{Batching, Flush, Group};
+use crate::store::row::corrupt;
 use crate::store::{
     Applied, ApplyError, CancelOutcome, Claim, LeaseError, Leased, RemoteClaim, StoreError,
-    Submitted,
+    StoredEvent, Submitted,
 };
 
 /// A write for the writer task.
@@ -175,6 +179,68 @@ impl Answer {
     }
 }
 
+/// The events a batch appended after `keep`'s id, in id order, with their
+/// jobs' tenant and kind, for the feed's tail; or, with the id to start the
+/// tail over from, none (when it starts, after the retention sweep, or when
+/// the batch appended more than the tail keeps).
+async fn read_back(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    keep: Keep,
+    swept: bool,
+) -> Result<(Vec<TailEvent>, Option<i64>), StoreError> {
+    let Keep::After(last) = keep else {
+        return Ok((Vec::new(), Some(newest(tx).await?)));
+    };
+    if swept {
+        return Ok((Vec::new(), Some(newest(tx).await?)));
+    }
+    let rows: Vec<TailRow> = sqlx::query_as(TAIL_AFTER)
+        .bind(last)
+        .bind(TAIL_EVENTS as i64 + 1)
+        .fetch_all(&mut **tx)
+        .await?;
+    if rows.len() > TAIL_EVENTS {
+        return Ok((Vec::new(), Some(newest(tx).await?)));
+    }
+    let events = rows
+        .into_iter()
+        .map(|(id, job_id, seq, event, data, at, tenant, kind)| {
+            Ok(TailEvent {
+                id,
+                job_id: job_id.parse().map_err(|e| corrupt("job id", e))?,
+                job: tenant.zip(kind),
+                event: StoredEvent::try_from((seq, event, data, at))?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok((events, None))
+}
+
+/// The newest event's id, as the batch leaves it.
+async fn newest(tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(super::feed::FEED_HEAD)
+        .fetch_one(&mut **tx)
+        .await
+}
+
+/// The events after `?1` (at most `?2`), each with its job's tenant and kind:
+/// a range of the rowid and a lookup by id each, of pages the batch wrote.
+pub(super) const TAIL_AFTER: &str = "SELECT e.id, e.job_id, e.seq, e.event, e.data, e.at, \
+       j.tenant, j.kind \
+     FROM herald_job_events e LEFT JOIN herald_jobs j ON j.id = e.job_id \
+     WHERE e.id > ?1 ORDER BY e.id LIMIT ?2";
+
+type TailRow = (
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+);
+
 /// The writer answers each op after its own kind (`Answer::failed` and
 /// `write` keep to that); this says so if it ever did not.
 fn mismatch() -> StoreError {
@@ -187,9 +253,13 @@ const MAX_BATCH: usize = 256;
 /// Starts the writer task (so: call it inside a tokio runtime). One writer,
 /// since SQLite has one write lock; senders wait once `4 * MAX_BATCH` writes
 /// are queued.
-pub(super) fn start(pool: SqlitePool, checkpoints: Checkpoints) -> Group<Writer> {
+pub(super) fn start(pool: SqlitePool, checkpoints: Checkpoints, tail: Arc<Tail>) -> Group<Writer> {
     Group::start(
-        Writer { pool, checkpoints },
+        Writer {
+            pool,
+            checkpoints,
+            tail,
+        },
         Batching {
             writers: 1,
             max_batch: MAX_BATCH,
@@ -202,6 +272,8 @@ pub(super) fn start(pool: SqlitePool, checkpoints: Checkpoints) -> Group<Writer>
 pub(super) struct Writer {
     pool: SqlitePool,
     checkpoints: Checkpoints,
+    /// The feed's tail: what each batch appended, read back while feeds read.
+    tail: Arc<Tail>,
 }
 
 /// Group commit: takes every write that is waiting, runs them in one
@@ -230,6 +302,7 @@ impl Flush for Writer {
                 return Ok(ops.iter().map(|op| Answer::failed(op, &e)).collect());
             }
         };
+        let keep = self.tail.keep();
         let mut done = Vec::with_capacity(ops.len());
         for op in ops {
             done.push(match op {
@@ -254,9 +327,22 @@ impl Flush for Writer {
                 WriteOp::Unit(write) => Answer::Done(unit_write(&mut tx, write).await),
             });
         }
+        let swept = ops.iter().any(|op| matches!(op, WriteOp::Purge { .. }));
+        let back = match keep {
+            Keep::Off => None,
+            _ => Some(read_back(&mut tx, keep, swept).await),
+        };
         match tx.commit().await {
             Ok(()) => {
                 self.checkpoints.committed();
+                match back {
+                    Some(Ok((events, start_over))) => self.tail.committed(keep, events, start_over),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "could not read back a batch's events for the feeds; they read the file");
+                        self.tail.let_go();
+                    }
+                    None => {}
+                }
                 Ok(done)
             }
             Err(e) => {
