@@ -19,7 +19,8 @@
 //! [`KEPT_FOR`]), so without a feed the writer does no extra work.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::domain::JobId;
@@ -52,8 +53,6 @@ struct Inner {
     events: VecDeque<TailEvent>,
     /// The bytes of the events' data.
     bytes: usize,
-    /// The last feed read.
-    read_at: Option<Instant>,
 }
 
 impl Inner {
@@ -79,21 +78,46 @@ pub(super) enum Keep {
     After(i64),
 }
 
-#[derive(Debug, Default)]
+/// Feeds read it at once (a read lock each); only the writer changes it.
+#[derive(Debug)]
 pub(crate) struct Tail {
-    inner: Mutex<Inner>,
+    inner: RwLock<Inner>,
+    /// When it was made, and the last feed read: milliseconds after that
+    /// (0: none yet).
+    made: Instant,
+    read_at: AtomicU64,
+}
+
+impl Default for Tail {
+    fn default() -> Self {
+        Tail {
+            inner: RwLock::default(),
+            made: Instant::now(),
+            read_at: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Tail {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn peek(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a feed has read within [`KEPT_FOR`].
+    fn read_lately(&self) -> bool {
+        let at = self.read_at.load(Ordering::Relaxed);
+        at > 0 && self.made.elapsed().as_millis() as u64 <= at + KEPT_FOR.as_millis() as u64
     }
 
     /// What the writer does in its next batch. A tail no feed has read for
     /// [`KEPT_FOR`] is let go.
     pub(super) fn keep(&self) -> Keep {
         let mut t = self.lock();
-        if t.read_at.is_none_or(|at| at.elapsed() > KEPT_FOR) {
+        if !self.read_lately() {
             if t.base.is_some() {
                 t.start_over(None);
             }
@@ -151,8 +175,9 @@ impl Tail {
         after: FeedCursor,
         limit: i64,
     ) -> Option<FeedRead> {
-        let mut t = self.lock();
-        t.read_at = Some(Instant::now());
+        let now = (self.made.elapsed().as_millis() as u64).max(1);
+        self.read_at.store(now, Ordering::Relaxed);
+        let t = self.peek();
         let base = t.base?;
         if after.id < base {
             return None;
@@ -173,7 +198,7 @@ impl Tail {
 
     /// The newest event's id, when the tail knows it.
     pub(super) fn head(&self) -> Option<FeedCursor> {
-        let t = self.lock();
+        let t = self.peek();
         t.base?;
         t.last().map(|id| FeedCursor { tx: 0, id })
     }
