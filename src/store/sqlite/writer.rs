@@ -188,12 +188,10 @@ async fn read_back(
     keep: Keep,
     swept: bool,
 ) -> Result<(Vec<TailEvent>, Option<i64>), StoreError> {
-    let Keep::After(last) = keep else {
-        return Ok((Vec::new(), Some(newest(tx).await?)));
+    let last = match keep {
+        Keep::After(last) if !swept => last,
+        _ => return Ok((Vec::new(), Some(newest(tx).await?))),
     };
-    if swept {
-        return Ok((Vec::new(), Some(newest(tx).await?)));
-    }
     let rows: Vec<TailRow> = sqlx::query_as(TAIL_AFTER)
         .bind(last)
         .bind(TAIL_EVENTS as i64 + 1)
