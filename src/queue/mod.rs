@@ -30,7 +30,6 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apalis::prelude::*;
@@ -42,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{JobRecord, Timestamp, Transition};
 use crate::jobs::Jobs;
 
+mod backend;
 mod wakeups;
+use backend::ClaimBackend;
 use wakeups::Wakeups;
 
 /// What apalis hands the handler: a job the claim started here.
@@ -228,58 +229,6 @@ async fn run_worker(
         .build(handle_task)
         .run_until(signal)
         .await
-}
-
-/// The apalis backend over the job table: its tasks are the claimer's jobs.
-/// Jobs enter the queue through [`Jobs::submit`], never through apalis, so
-/// it is not a sink.
-struct ClaimBackend {
-    claims: BoxStream<'static, Task<Claimed>>,
-}
-
-impl Backend for ClaimBackend {
-    type Task = Task<Claimed>;
-    type Error = std::convert::Infallible;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
-        self.claims.poll_next_unpin(cx).map(|task| task.map(Ok))
-    }
-
-    fn poll_close(
-        &mut self,
-        _: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl apalis_core::backend::BackendConfig for ClaimBackend {
-    type Args = Claimed;
-    type Id = RandomId;
-    type Kind = apalis_core::backend::finalize::Ephemeral;
-    type Config = ();
-    type Layer = tower_layer::Identity;
-
-    fn config(&self) -> &() {
-        &()
-    }
-
-    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
-        tower_layer::Identity::new()
-    }
 }
 
 /// The claim loop's state, shared by the worker's runs, its jobs (which
