@@ -7,14 +7,8 @@ fn keys_auth() -> Auth {
             Secret("acme:acme-key-0123456789".to_owned()),
             Secret("globex:globex-key-0123456789".to_owned()),
         ],
-        api_keys_file: None,
-        jwt_secret: None,
-        jwt_public_key_file: None,
-        jwt_issuer: None,
-        jwt_audience: None,
-        jwt_tenant_claim: "sub",
         stream_token_secret: Some("stream-secret-0123456789"),
-        stream_token_ttl: Duration::from_secs(60),
+        ..properties::settings()
     })
     .unwrap()
 }
