@@ -299,6 +299,12 @@ impl Subscription {
         let _ = self.rx.changed().await;
     }
 
+    /// Whether a wake-up arrived since the last [`Self::version`] (without
+    /// marking it seen).
+    pub fn woken(&self) -> bool {
+        self.rx.has_changed().unwrap_or(true)
+    }
+
     /// The current wake-up version, marking it seen.
     pub fn version(&mut self) -> u64 {
         *self.rx.borrow_and_update()

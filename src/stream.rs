@@ -147,6 +147,10 @@ struct State {
     stop: CancellationToken,
     started: bool,
     done: bool,
+    /// The last look at the job's slot queued everything in it, and the slot
+    /// was up to date at the wake-up version then seen: until the next
+    /// wake-up there is nothing new to look for.
+    caught_up: bool,
     /// Released with the stream: the open-stream count and the tenant's slot.
     _guards: (StreamGuard, StreamSlot),
 }
@@ -178,6 +182,7 @@ pub fn job_events(
         stop,
         started: false,
         done: false,
+        caught_up: false,
         _guards: guards,
     };
     futures::stream::unfold(state, |mut st| async move {
@@ -210,7 +215,11 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
         if !st.pending.is_empty() {
             return Some(take_pending(st));
         }
-        match fill(st).await {
+        // The chunk just sent held all there was: wait for the next wake-up
+        // rather than look at the slot again for nothing (its lock and the
+        // look cost as much as the send, once per event per stream).
+        let look = !st.caught_up || st.sub.woken();
+        match if look { fill(st).await } else { Ok(false) } {
             Ok(true) => continue,
             Ok(false) => {}
             Err(e) => {
@@ -224,7 +233,11 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
         // frames, and streams mostly wait.
         st.pending = VecDeque::new();
         match idle(st.sub.changed(), &mut st.heartbeat).await {
-            Idle::Woken => continue,
+            Idle::Woken => {
+                // `changed` marked the wake-up seen.
+                st.caught_up = false;
+                continue;
+            }
             Idle::Heartbeat => return Some(Bytes::from_static(HEARTBEAT)),
             Idle::End => return None,
         }
@@ -368,6 +381,7 @@ fn queue(pending: &mut VecDeque<Frame>, bytes: &mut usize, frame: Frame) -> bool
 ///
 /// [`Recent`]: crate::hub::Recent
 async fn fill(st: &mut State) -> Result<bool, crate::store::StoreError> {
+    st.caught_up = false;
     let version = st.sub.version();
     let mut recent = st.sub.recent().lock().await;
     let behind = |r: &crate::hub::Recent, last: EventSeq| {
@@ -389,11 +403,14 @@ async fn fill(st: &mut State) -> Result<bool, crate::store::StoreError> {
         let skip = recent
             .first_seq()
             .map_or(0, |first| (st.last.0 + 1 - first.0).max(0) as usize);
+        let mut all = true;
         for f in recent.frames.iter().skip(skip) {
             if !queue(&mut st.pending, &mut st.pending_bytes, f.clone()) {
+                all = false;
                 break;
             }
         }
+        st.caught_up = all && recent.checked == Some(version);
         return Ok(st.pending.len() > before);
     }
     drop(recent);

@@ -89,8 +89,14 @@ impl FromStr for EventSeq {
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// Read from the system clock directly: chrono's `Utc::now` works out
+    /// the calendar date too, and this runs for every event sent on every
+    /// stream (its delivery lag).
     pub fn now() -> Self {
-        Timestamp(Utc::now().timestamp_micros())
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
     }
 
     /// This moment plus `d` (saturating).
