@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use poem::EndpointExt;
 use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -413,7 +412,7 @@ impl Application {
                 state.serving_stop.cancel();
             }
         };
-        let app = crate::http::routes(state.clone()).map_to_response().boxed();
+        let app = crate::http::routes(state.clone());
         let stop_serving = state.serving_stop.clone();
         tokio::spawn(signal);
         crate::http::server::serve(listener, app, stop_serving, config.header_timeout()).await;

@@ -2,10 +2,7 @@
 //! takes. poem's 405 does not say them, so they are read from the OpenAPI
 //! document (every route it describes), plus the few routes beside it.
 
-use std::sync::Arc;
-
-use poem::http::{header, HeaderValue, StatusCode};
-use poem::{Endpoint, IntoResponse, Request, Response};
+use poem::http::HeaderValue;
 use serde_json::Value;
 
 /// Path templates (`/v1/jobs/{id}`) with the methods each takes.
@@ -45,7 +42,7 @@ impl AllowTable {
     }
 
     /// The `Allow` value for a request path, if a route matches it.
-    fn allowed(&self, path: &str) -> Option<&HeaderValue> {
+    pub(super) fn allowed(&self, path: &str) -> Option<&HeaderValue> {
         let path = segments(path);
         self.routes.iter().find_map(|(template, allow)| {
             let matches = template.len() == path.len()
@@ -60,22 +57,6 @@ impl AllowTable {
 
 fn segments(path: &str) -> Vec<String> {
     path.split('/').map(str::to_owned).collect()
-}
-
-/// Adds `Allow` to a 405 answer.
-pub(super) async fn allow_header<E: Endpoint>(
-    ep: Arc<E>,
-    table: Arc<AllowTable>,
-    req: Request,
-) -> poem::Result<Response> {
-    let path = req.uri().path().to_owned();
-    let mut resp = ep.call(req).await?.into_response();
-    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
-        if let Some(allow) = table.allowed(&path) {
-            resp.headers_mut().insert(header::ALLOW, allow.clone());
-        }
-    }
-    Ok(resp)
 }
 
 /// The methods the routes outside the document take.

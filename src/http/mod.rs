@@ -26,6 +26,7 @@ mod allow;
 mod authenticate;
 mod body;
 mod dashboard;
+mod edge;
 pub mod error;
 mod event_log;
 mod event_page;
@@ -46,12 +47,11 @@ mod worker;
 pub use state::AppState;
 
 use poem::http::Method;
-use poem::{Endpoint, EndpointExt, Route};
+use poem::{EndpointExt, Route};
 use poem_openapi::{OpenApiService, Tags};
 
-use access_log::access_log;
+use access_log::AccessLog;
 use authenticate::authenticate;
-use error::render_any_error;
 use metrics::metrics_endpoint;
 
 #[derive(Tags)]
@@ -102,7 +102,7 @@ pub fn openapi_json(kinds: &crate::Kinds) -> String {
     openapi::complete(&openapi_service().spec(), &kinds.schemas())
 }
 
-pub fn routes(state: AppState) -> impl Endpoint {
+pub fn routes(state: AppState) -> poem::endpoint::BoxEndpoint<'static, poem::Response> {
     let api = openapi_service();
     let generated = api.spec();
     let spec = openapi::complete(&generated, &state.jobs.kinds().schemas());
@@ -111,7 +111,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
     let docs = poem::get(poem::endpoint::make_sync(move |_| {
         poem::web::Html(docs_html.clone())
     }));
-    let limit = body::BodyLimit(state.config.max_body_bytes);
+    let limit = state.config.max_body_bytes;
     let cors = (!state.config.cors_origins.is_empty()).then(|| {
         poem::middleware::Cors::new()
             .allow_origins(state.config.cors_origins.iter().map(String::as_str))
@@ -150,11 +150,16 @@ pub fn routes(state: AppState) -> impl Endpoint {
             OpenApiService::new(health::HealthApi, "herald", env!("CARGO_PKG_VERSION")),
         )
     };
-    route
-        .data(state)
-        .data(limit)
-        .catch_all_error(render_any_error)
-        .around(move |ep, req| allow::allow_header(ep, allow.clone(), req))
-        .with_if(cors.is_some(), cors.unwrap_or_default())
-        .around(access_log)
+    let edge = edge::Edge {
+        inner: route,
+        state,
+        limit,
+        allow,
+    };
+    // CORS answers preflights and marks every answer, errors included; a
+    // server without it has no layer for it.
+    match cors {
+        Some(cors) => AccessLog(edge.with(cors)).boxed(),
+        None => AccessLog(edge).boxed(),
+    }
 }
