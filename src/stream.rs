@@ -270,6 +270,9 @@ pub(crate) struct Heartbeat {
     last_sent: Instant,
     deadline: Option<Instant>,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The waker the timer holds: it was polled with it since it was last
+    /// set, and has not fired.
+    armed: Option<std::task::Waker>,
 }
 
 impl Heartbeat {
@@ -282,6 +285,7 @@ impl Heartbeat {
             last_sent: now,
             deadline,
             timer: Box::pin(tokio::time::sleep_until(first)),
+            armed: None,
         }
     }
 
@@ -299,7 +303,7 @@ impl Heartbeat {
     /// ([`Idle::Heartbeat`]) or the max duration is over ([`Idle::End`]).
     async fn due(&mut self) -> Idle {
         loop {
-            self.timer.as_mut().await;
+            std::future::poll_fn(|cx| self.poll_timer(cx)).await;
             let now = Instant::now();
             if self.expired() {
                 return Idle::End;
@@ -308,11 +312,32 @@ impl Heartbeat {
             if now >= due_at {
                 self.last_sent = now;
                 let next = next_tick(now + self.every, self.deadline);
-                self.timer.as_mut().reset(next);
+                self.set(next);
                 return Idle::Heartbeat;
             }
-            self.timer.as_mut().reset(next_tick(due_at, self.deadline));
+            self.set(next_tick(due_at, self.deadline));
         }
+    }
+}
+
+impl Heartbeat {
+    fn set(&mut self, at: Instant) {
+        self.timer.as_mut().reset(at);
+        self.armed = None;
+    }
+
+    /// Polls the timer, unless it already holds this task's waker and has
+    /// not fired: a stream waits on it once per event it sends, and polling
+    /// it again would only hand it the same waker again.
+    fn poll_timer(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::future::Future;
+        if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) && !self.timer.is_elapsed()
+        {
+            return std::task::Poll::Pending;
+        }
+        let polled = self.timer.as_mut().poll(cx);
+        self.armed = polled.is_pending().then(|| cx.waker().clone());
+        polled
     }
 }
 
