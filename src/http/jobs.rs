@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::models::{JobDto, JobListDto, JobStatusDto, StreamTokenDto, SubmitJobDto};
+use super::models::{JobDto, JobListDto, JobStatusDto, JsonAnswer, StreamTokenDto, SubmitJobDto};
 use super::params::{list_cursor, next_list_cursor, ListCursorParam};
 use super::ApiTags;
 use super::AppState;
@@ -24,29 +24,29 @@ pub struct JobsApi;
 pub enum SubmitResponse {
     /// Accepted: the job is queued.
     #[oai(status = 202)]
-    Accepted(Json<JobDto>, #[oai(header = "Location")] String),
+    Accepted(JsonAnswer<JobDto>, #[oai(header = "Location")] String),
     /// The same idempotency key was used before with the same request: that job.
     #[oai(status = 200)]
-    Existing(Json<JobDto>, #[oai(header = "Location")] String),
+    Existing(JsonAnswer<JobDto>, #[oai(header = "Location")] String),
 }
 
 #[derive(ApiResponse)]
 pub enum JobResponse {
     #[oai(status = 200)]
-    Ok(Json<JobDto>),
+    Ok(JsonAnswer<JobDto>),
 }
 
 #[derive(ApiResponse)]
 pub enum CancelResponse {
     /// Cancelled (it was queued) or asked to stop (it is running).
     #[oai(status = 202)]
-    Accepted(Json<JobDto>),
+    Accepted(JsonAnswer<JobDto>),
 }
 
 #[derive(ApiResponse)]
 pub enum ListResponse {
     #[oai(status = 200)]
-    Ok(Json<JobListDto>),
+    Ok(JsonAnswer<JobListDto>),
 }
 
 fn location(id: JobId) -> String {
@@ -115,10 +115,10 @@ impl JobsApi {
         )?;
         Ok(match state.jobs.submit(&tenant.0, sub).await? {
             Accepted::Created(job) => {
-                SubmitResponse::Accepted(Json(job_dto(state, tenant, &job)), location(job.id))
+                SubmitResponse::Accepted(JsonAnswer(job_dto(state, tenant, &job)), location(job.id))
             }
             Accepted::Existing(job) => {
-                SubmitResponse::Existing(Json(job_dto(state, tenant, &job)), location(job.id))
+                SubmitResponse::Existing(JsonAnswer(job_dto(state, tenant, &job)), location(job.id))
             }
         })
     }
@@ -164,7 +164,7 @@ impl JobsApi {
         } else {
             None
         };
-        Ok(ListResponse::Ok(Json(JobListDto {
+        Ok(ListResponse::Ok(JsonAnswer(JobListDto {
             items: jobs.iter().map(|j| job_dto(state.0, tenant.0, j)).collect(),
             next_cursor,
         })))
@@ -180,7 +180,9 @@ impl JobsApi {
         id: Path<Uuid>,
     ) -> Result<JobResponse, ApiError> {
         let job = owned_job(state.0, tenant.0, JobId(id.0)).await?;
-        Ok(JobResponse::Ok(Json(job_dto(state.0, tenant.0, &job))))
+        Ok(JobResponse::Ok(JsonAnswer(job_dto(
+            state.0, tenant.0, &job,
+        ))))
     }
 
     /// Mint a stream token
@@ -223,7 +225,7 @@ impl JobsApi {
         match state.jobs.cancel(id, "cancelled by request").await? {
             CancelOutcome::NotFound => Err(ApiError::not_found_job(id)),
             CancelOutcome::CancelledNow(job) | CancelOutcome::Requested(job) => Ok(
-                CancelResponse::Accepted(Json(job_dto(state.0, tenant.0, &job))),
+                CancelResponse::Accepted(JsonAnswer(job_dto(state.0, tenant.0, &job))),
             ),
             CancelOutcome::Terminal(job) => Err(ApiError::Conflict {
                 code: "job_terminal",
