@@ -318,9 +318,7 @@ impl Heartbeat {
             self.set(next_tick(due_at, self.deadline));
         }
     }
-}
 
-impl Heartbeat {
     fn set(&mut self, at: Instant) {
         self.timer.as_mut().reset(at);
         self.armed = None;
