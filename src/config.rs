@@ -128,6 +128,15 @@ pub struct Config {
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Connections the kernel holds for herald before it accepts them (the
+    /// listen backlog; Linux caps it at `net.core.somaxconn`). A burst of
+    /// streams opening at once (thousands of clients reconnecting after a
+    /// restart) overflows a short one, and each connection dropped waits
+    /// for its SYN to be sent again: a second or more.
+    #[arg(long, env = "HERALD_LISTEN_BACKLOG", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub listen_backlog: u32,
+
     /// Database URL: `sqlite://PATH` (created if missing), or
     /// `postgres://USER@HOST:PORT/DB` for several nodes on one database.
     #[arg(
