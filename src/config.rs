@@ -164,8 +164,8 @@ pub struct Config {
     pub worker_lease_secs: u64,
 
     /// PostgreSQL: the most connections this node opens for herald's own
-    /// queries (the batched writes and reads, the queue's pusher and worker
-    /// and the listener take 14 more).
+    /// queries (the batched writes, reads and submissions and the queue's
+    /// claim take 7 more, and the listener one).
     #[arg(long, env = "HERALD_DATABASE_POOL", default_value_t = 16)]
     pub database_pool: u32,
 

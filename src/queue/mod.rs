@@ -18,11 +18,11 @@
 //! Claimed jobs that apalis has not taken yet when the worker stops go back
 //! to the queue (same attempt), so a stop never strands a started job.
 //!
-//! A job submitted while a slot is free skips the claim (on SQLite, where
-//! this node owns the queue): its submission takes a [`Seat`], and the store
-//! writes the job started (`queued` and `running` in one write) unless a due
-//! job waits in the queue, which keeps jobs starting in `run_at` order; the
-//! job then goes to the claimer as if claimed. It never waits in the queue's
+//! A job submitted while a slot is free skips the claim: its submission
+//! takes a [`Seat`], and the store writes the job started (`queued` and
+//! `running` in one write) unless a due job waits in the queue, which keeps
+//! jobs starting in `run_at` order; the job then goes to the claimer as if
+//! claimed. It never waits in the queue's
 //! index, its status is written once instead of twice, and no claim runs
 //! for it.
 

@@ -23,9 +23,10 @@ pub trait JobStore: Send + Sync + 'static {
     /// [`starts_on_submit`](Self::starts_on_submit) stores it started instead.
     async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError>;
 
-    /// Whether [`submit`](Self::submit) can store a job started: where one
-    /// node owns the queue (SQLite). On PostgreSQL every node's claim takes
-    /// jobs from the shared queue in order, so a new job waits its turn there.
+    /// Whether [`submit`](Self::submit) can store a job started. Both
+    /// databases can: a job starts at its submission only while no due job
+    /// waits in the queue, so jobs still start in `run_at` order (on
+    /// PostgreSQL, as nearly as nodes claiming at once allow).
     fn starts_on_submit(&self) -> bool {
         false
     }

@@ -205,9 +205,21 @@ pub(super) struct NewJob {
     event: &'static str,
     data: String,
     remote: bool,
+    /// Set when the job is to be stored started (see [`NewJob::started`]).
+    start: Option<StartCols>,
+}
+
+/// A job stored started: its `running` columns and its start event.
+struct StartCols {
+    started_at: i64,
+    seq: i64,
+    at: i64,
+    event: &'static str,
+    data: String,
 }
 
 impl NewJob {
+    /// `job` stored queued, with `first` (its `queued` event).
     pub(super) fn new(job: &JobRecord, first: NewEvent) -> Self {
         NewJob {
             id: job.id.0,
@@ -225,18 +237,71 @@ impl NewJob {
             event: first.kind.as_str(),
             data: first.data,
             remote: job.remote,
+            start: None,
         }
     }
+
+    /// `queued` stored started, as `running` after `start` (see
+    /// [`Submission::start`](crate::domain::Submission::start)), on this
+    /// node, unless a due local job waits in the queue when the batch is
+    /// written: then queued, as [`NewJob::new`] would.
+    pub(super) fn started(
+        queued: &JobRecord,
+        first: NewEvent,
+        running: &JobRecord,
+        start: NewEvent,
+    ) -> Self {
+        let mut job = NewJob::new(queued, first);
+        job.start = Some(StartCols {
+            started_at: running.started_at.map_or(start.at.0, |t| t.0),
+            seq: start.seq.0,
+            at: start.at.0,
+            event: start.kind.as_str(),
+            data: start.data,
+        });
+        job
+    }
+}
+
+/// Whether a due local job waits in the queue at `$1`: a new job then waits
+/// behind it instead of starting at its submission (the claim starts jobs
+/// in `run_at` order). The queue's head from the partial index of queued
+/// jobs, one entry read: an `EXISTS` would lose the `ORDER BY`, and the
+/// planner may then walk the table for the first queued row it meets.
+macro_rules! due_job_waits {
+    ($at:literal) => {
+        concat!(
+            "SELECT coalesce((SELECT run_at FROM herald_jobs WHERE status = 'queued' \
+               AND NOT remote ORDER BY run_at LIMIT 1) <= ",
+            $at,
+            ", false)"
+        )
+    };
+}
+
+/// [`due_job_waits!`] as a statement of its own, for its plan test.
+#[cfg(test)]
+pub(crate) const DUE_JOB_WAITS: &str = due_job_waits!("$1");
+
+/// How a submission batch stored a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Inserted {
+    /// Its idempotency key is taken: nothing was written.
+    No,
+    Queued,
+    Started,
 }
 
 pub(super) struct Submits {
     pub pool: PgPool,
+    /// This node: recorded as the one running a job stored started.
+    pub node: String,
 }
 
 #[async_trait]
 impl Flush for Submits {
     type Op = NewJob;
-    type Out = bool;
+    type Out = Inserted;
     type Error = sqlx::Error;
 
     /// Two submissions with one idempotency key go in different batches, so
@@ -247,81 +312,135 @@ impl Flush for Submits {
             .map(|k| format!("{}\n{k}", op.tenant))
     }
 
-    async fn flush(&self, ops: &[NewJob]) -> Result<Vec<bool>, sqlx::Error> {
-        let mut id = Vec::with_capacity(ops.len());
-        let mut task_id = Vec::with_capacity(ops.len());
-        let mut tenant = Vec::with_capacity(ops.len());
-        let mut kind = Vec::with_capacity(ops.len());
-        let mut status = Vec::with_capacity(ops.len());
-        let mut input = Vec::with_capacity(ops.len());
-        let mut attempt = Vec::with_capacity(ops.len());
-        let mut max_attempts = Vec::with_capacity(ops.len());
-        let mut timeout_secs = Vec::with_capacity(ops.len());
-        let mut key = Vec::with_capacity(ops.len());
-        let mut created_at = Vec::with_capacity(ops.len());
-        let mut seq = Vec::with_capacity(ops.len());
-        let mut event = Vec::with_capacity(ops.len());
-        let mut data = Vec::with_capacity(ops.len());
-        let mut remote = Vec::with_capacity(ops.len());
+    /// One statement for the batch: the jobs, their first events, and the
+    /// start events of those stored started. Whether a due job waits is
+    /// read once for the batch, at its newest submission's time.
+    async fn flush(&self, ops: &[NewJob]) -> Result<Vec<Inserted>, sqlx::Error> {
+        let mut a = NewJobArrays::default();
         for op in ops {
-            id.push(op.id);
-            task_id.push(op.task_id.as_str());
-            tenant.push(op.tenant.as_str());
-            kind.push(op.kind.as_str());
-            status.push(op.status);
-            input.push(op.input.as_str());
-            attempt.push(op.attempt);
-            max_attempts.push(op.max_attempts);
-            timeout_secs.push(op.timeout_secs);
-            key.push(op.idempotency_key.as_deref());
-            created_at.push(op.created_at);
-            seq.push(op.seq);
-            event.push(op.event);
-            data.push(op.data.as_str());
-            remote.push(op.remote);
+            a.push(op);
         }
+        let now = ops.iter().map(|op| op.created_at).max().unwrap_or(0);
         // A taken idempotency key inserts nothing for that job (the caller
         // then answers with the earlier job).
-        let inserted: HashSet<Uuid> = sqlx::query_scalar(
+        let inserted: HashMap<Uuid, bool> = sqlx::query_as(concat!(
             "WITH v AS ( \
                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
                  $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::int8[], \
-                 $12::int8[], $13::text[], $14::text[], $15::bool[]) \
+                 $12::int8[], $13::text[], $14::text[], $15::bool[], $16::int8[], $17::int8[], \
+                 $18::int8[], $19::text[], $20::text[]) \
                AS v(id, task_id, tenant, kind, status, input, attempt, max_attempts, timeout_secs, \
-                 idempotency_key, created_at, seq, event, data, remote)), \
+                 idempotency_key, created_at, seq, event, data, remote, started_at, start_seq, \
+                 start_at, start_event, start_data)), \
+             w AS (",
+            due_job_waits!("$22"),
+            " AS waits), \
+             s AS (SELECT v.*, v.start_seq IS NOT NULL AND NOT w.waits AS go FROM v, w), \
              j AS ( \
-               INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
-                 timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, remote) \
-               SELECT id, task_id, tenant, kind, status, input, attempt, max_attempts, timeout_secs, \
-                 idempotency_key, created_at, created_at, seq, created_at, remote FROM v \
+               INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, \
+                 max_attempts, timeout_secs, idempotency_key, created_at, updated_at, last_seq, \
+                 run_at, remote, started_at, node_id) \
+               SELECT id, task_id, tenant, kind, CASE WHEN go THEN 'running' ELSE status END, \
+                 input, attempt, max_attempts, timeout_secs, idempotency_key, created_at, \
+                 CASE WHEN go THEN start_at ELSE created_at END, \
+                 CASE WHEN go THEN start_seq ELSE seq END, \
+                 CASE WHEN go THEN start_at ELSE created_at END, remote, \
+                 CASE WHEN go THEN started_at END, CASE WHEN go THEN $21::text END FROM s \
                ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
-               RETURNING id), \
+               RETURNING id, status), \
              e AS ( \
                INSERT INTO herald_job_events (job_id, seq, event, data, at) \
-               SELECT v.id, v.seq, v.event, v.data, v.created_at FROM v JOIN j ON j.id = v.id \
-               RETURNING job_id) \
-             SELECT job_id FROM e",
-        )
-        .bind(&id)
-        .bind(&task_id)
-        .bind(&tenant)
-        .bind(&kind)
-        .bind(&status)
-        .bind(&input)
-        .bind(&attempt)
-        .bind(&max_attempts)
-        .bind(&timeout_secs)
-        .bind(&key)
-        .bind(&created_at)
-        .bind(&seq)
-        .bind(&event)
-        .bind(&data)
-        .bind(&remote)
+               SELECT s.id, s.seq, s.event, s.data, s.created_at FROM s JOIN j ON j.id = s.id \
+               UNION ALL \
+               SELECT s.id, s.start_seq, s.start_event, s.start_data, s.start_at \
+                 FROM s JOIN j ON j.id = s.id WHERE s.go) \
+             SELECT id, status = 'running' FROM j"
+        ))
+        .bind(&a.id)
+        .bind(&a.task_id)
+        .bind(&a.tenant)
+        .bind(&a.kind)
+        .bind(&a.status)
+        .bind(&a.input)
+        .bind(&a.attempt)
+        .bind(&a.max_attempts)
+        .bind(&a.timeout_secs)
+        .bind(&a.key)
+        .bind(&a.created_at)
+        .bind(&a.seq)
+        .bind(&a.event)
+        .bind(&a.data)
+        .bind(&a.remote)
+        .bind(&a.started_at)
+        .bind(&a.start_seq)
+        .bind(&a.start_at)
+        .bind(&a.start_event)
+        .bind(&a.start_data)
+        .bind(&self.node)
+        .bind(now)
         .fetch_all(&self.pool)
         .await?
         .into_iter()
         .collect();
-        Ok(ops.iter().map(|op| inserted.contains(&op.id)).collect())
+        Ok(ops
+            .iter()
+            .map(|op| match inserted.get(&op.id) {
+                None => Inserted::No,
+                Some(false) => Inserted::Queued,
+                Some(true) => Inserted::Started,
+            })
+            .collect())
+    }
+}
+
+/// A submission batch as the arrays its statement takes.
+#[derive(Default)]
+struct NewJobArrays<'a> {
+    id: Vec<Uuid>,
+    task_id: Vec<&'a str>,
+    tenant: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    status: Vec<&'static str>,
+    input: Vec<&'a str>,
+    attempt: Vec<i64>,
+    max_attempts: Vec<i64>,
+    timeout_secs: Vec<Option<i64>>,
+    key: Vec<Option<&'a str>>,
+    created_at: Vec<i64>,
+    seq: Vec<i64>,
+    event: Vec<&'static str>,
+    data: Vec<&'a str>,
+    remote: Vec<bool>,
+    started_at: Vec<Option<i64>>,
+    start_seq: Vec<Option<i64>>,
+    start_at: Vec<Option<i64>>,
+    start_event: Vec<Option<&'static str>>,
+    start_data: Vec<Option<&'a str>>,
+}
+
+impl<'a> NewJobArrays<'a> {
+    fn push(&mut self, op: &'a NewJob) {
+        self.id.push(op.id);
+        self.task_id.push(&op.task_id);
+        self.tenant.push(&op.tenant);
+        self.kind.push(&op.kind);
+        self.status.push(op.status);
+        self.input.push(&op.input);
+        self.attempt.push(op.attempt);
+        self.max_attempts.push(op.max_attempts);
+        self.timeout_secs.push(op.timeout_secs);
+        self.key.push(op.idempotency_key.as_deref());
+        self.created_at.push(op.created_at);
+        self.seq.push(op.seq);
+        self.event.push(op.event);
+        self.data.push(&op.data);
+        self.remote.push(op.remote);
+        let start = op.start.as_ref();
+        self.started_at.push(start.map(|s| s.started_at));
+        self.start_seq.push(start.map(|s| s.seq));
+        self.start_at.push(start.map(|s| s.at));
+        self.start_event.push(start.map(|s| s.event));
+        self.start_data.push(start.map(|s| s.data.as_str()));
     }
 }
 

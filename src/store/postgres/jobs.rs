@@ -3,11 +3,11 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::batch::NewJob;
+use super::batch::{Inserted, NewJob};
 use super::transitions::{lock_job, write_transition};
 use super::PgStore;
 use crate::domain::{
-    CancelDecision, EventSeq, JobId, JobRecord, Submission, Timestamp, Transition,
+    CancelDecision, EventSeq, JobId, JobRecord, StartedAtOnce, Submission, Timestamp, Transition,
 };
 use crate::store::row::{EventRow, JobRow};
 use crate::store::{
@@ -85,15 +85,47 @@ pub(crate) const CANCEL_REQUESTED_AMONG: &str = "SELECT id FROM herald_jobs \
 
 #[async_trait]
 impl JobStore for PgStore {
+    /// A node with a worker stores a job started when the worker has a
+    /// free slot for it, as SQLite does, unless a due job waits in the
+    /// shared queue (see [`due_job_waits!`](super::batch)): the job skips
+    /// the claim (its transaction, and the row's second write), and other
+    /// nodes never see it queued.
+    fn starts_on_submit(&self) -> bool {
+        true
+    }
+
     async fn submit(&self, tenant: &str, sub: &Submission) -> Result<Submitted, StoreError> {
-        let job = sub.new_job(tenant, Timestamp::now());
+        let now = Timestamp::now();
+        let job = sub.new_job(tenant, now);
         let first = job.created_event();
-        // The job and its first event (group-committed with other new jobs),
-        // or nothing at all when the idempotency key is taken (then the
-        // earlier job answers).
-        let inserted = self.submits.run(NewJob::new(&job, first)).await?;
-        if inserted {
-            return Ok(Submitted::Created(job));
+        // The job and its first event (and, started, its start), group-
+        // committed with other new jobs, or nothing at all when the
+        // idempotency key is taken (then the earlier job answers).
+        let (new, started) = if sub.start && !sub.remote {
+            let (running, start) = job.apply(&Transition::Start, now).map_err(|refused| {
+                StoreError::Corrupt(format!("a new job {} cannot start: {refused}", job.id))
+            })?;
+            let new = NewJob::started(&job, first, &running, start.clone());
+            (new, Some((running, start)))
+        } else {
+            (NewJob::new(&job, first), None)
+        };
+        match (self.submits.run(new).await?, started) {
+            (Inserted::Started, Some((running, start))) => {
+                return Ok(Submitted::Started(Box::new(StartedAtOnce {
+                    queued: job,
+                    running,
+                    start,
+                })));
+            }
+            (Inserted::Started, None) => {
+                return Err(StoreError::WriteFailed(format!(
+                    "job {} was stored started without being asked to",
+                    job.id
+                )));
+            }
+            (Inserted::Queued, _) => return Ok(Submitted::Created(job)),
+            (Inserted::No, _) => {}
         }
         let key = sub.idempotency_key.as_deref().ok_or_else(|| {
             StoreError::WriteFailed("the job insert wrote nothing without a conflict".to_owned())
@@ -243,5 +275,100 @@ impl JobStore for PgStore {
             .await?;
         tx.commit().await?;
         Ok(ids.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::plans::TestDatabase;
+    use super::super::{connect, migrate, NodeIdentity, PgStore};
+    use crate::domain::{EventSeq, JobStatus, Submission, Submitted};
+    use crate::store::{JobStore, QueueStore};
+
+    fn demo(start: bool) -> Submission {
+        let body = serde_json::json!({"kind": "demo", "input": {"steps": 1}});
+        let mut sub = Submission::parse(&body, 3).expect("a valid submission");
+        sub.start = start;
+        sub
+    }
+
+    /// As on SQLite: a submission asked to start its job stores it
+    /// `running` on this node, with its `queued` and `running` events, while
+    /// no due job waits; once one does, it stores its job queued behind it.
+    /// An idempotent resubmission answers the earlier job either way.
+    #[tokio::test]
+    async fn a_submission_starts_its_job_only_while_no_due_job_waits() {
+        let Some(db) = TestDatabase::create().await else {
+            return;
+        };
+        let pools = connect(&db.url, 4, "node-a").await.expect("connect");
+        migrate(&pools.main).await.expect("migrate");
+        let node = NodeIdentity {
+            id: "node-a".to_owned(),
+            role: "all",
+            lease: Duration::from_secs(30),
+        };
+        let store = PgStore::new(pools.clone(), node);
+        let mut keyed = demo(true);
+        keyed.idempotency_key = Some("once".to_owned());
+        let started = match store.submit("", &keyed).await.expect("submit") {
+            Submitted::Started(s) => {
+                assert_eq!(s.queued.status, JobStatus::Queued, "the job as accepted");
+                assert_eq!(s.running.status, JobStatus::Running);
+                assert_eq!(
+                    (s.start.seq, s.running.last_seq),
+                    (EventSeq(2), EventSeq(2))
+                );
+                s.running
+            }
+            other => panic!("expected the job started at once, got {other:?}"),
+        };
+        let stored = store.get(started.id).await.expect("get").expect("the job");
+        assert_eq!(stored, started, "the row is the job as answered");
+        let node_id: Option<String> =
+            sqlx::query_scalar("SELECT node_id FROM herald_jobs WHERE id = $1")
+                .bind(started.id.0)
+                .fetch_one(&pools.main)
+                .await
+                .expect("the job's node");
+        assert_eq!(
+            node_id.as_deref(),
+            Some("node-a"),
+            "recovery finds it by node"
+        );
+        let events = store
+            .events_after(started.id, EventSeq(0), 10)
+            .await
+            .expect("events");
+        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        assert_eq!(data.len(), 2, "queued and running: {data:?}");
+        assert!(data[0].contains(r#""status":"queued""#), "{data:?}");
+        assert!(data[1].contains(r#""status":"running""#), "{data:?}");
+        assert_eq!(store.queue_stats().await.expect("stats").0, 0);
+        match store.submit("", &keyed).await.expect("resubmit") {
+            Submitted::Existing(job) => assert_eq!(job, started, "the earlier job"),
+            other => panic!("expected the earlier job, got {other:?}"),
+        }
+
+        // A job queued the usual way waits: the next one may not pass it.
+        let waiting = match store.submit("", &demo(false)).await.expect("submit") {
+            Submitted::Created(job) => job,
+            other => panic!("expected a queued job, got {other:?}"),
+        };
+        match store.submit("", &demo(true)).await.expect("submit") {
+            Submitted::Created(job) => {
+                assert_eq!(job.status, JobStatus::Queued);
+                let stored = store.get(job.id).await.expect("get").expect("the job");
+                assert_eq!(stored.status, JobStatus::Queued);
+                assert_eq!(stored.last_seq, EventSeq(1), "its `queued` event only");
+            }
+            other => panic!(
+                "expected the job queued behind {}, got {other:?}",
+                waiting.id
+            ),
+        }
+        assert_eq!(store.queue_stats().await.expect("stats").0, 2);
     }
 }

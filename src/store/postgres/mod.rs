@@ -111,11 +111,13 @@ pub async fn connect(url: &str, pool_size: u32, node: &str) -> Result<Pools, Sto
     // database those are tiny, and it chose sequential scans and hash joins
     // that it kept as the tables grew (4 ms per batch instead of 0.5).
     // Re-planning every run cost as much as running. On these connections,
-    // which run only those statements, the batched reads of jobs by id and
-    // the queue's claim, the planner may use only index lookups.
+    // which run only those statements, the batched reads of jobs by id,
+    // the submissions (whose check for a due job waiting must not become a
+    // walk of the table as it grows) and the queue's claim, the planner may
+    // use only index lookups.
     let writes = PgPoolOptions::new()
         .test_before_acquire(false)
-        .max_connections(2 * WRITERS as u32 + 1)
+        .max_connections(3 * WRITERS as u32 + 1)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts.clone().options([
             ("enable_seqscan", "off"),
@@ -174,7 +176,8 @@ impl PgStore {
         );
         let submits = Group::start(
             Submits {
-                pool: pools.main.clone(),
+                pool: pools.writes.clone(),
+                node: node.id.clone(),
             },
             batching,
         );

@@ -23,7 +23,7 @@ use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Connection, Postgres, Row};
 use uuid::Uuid;
 
-use super::batch::JOBS_BY_IDS;
+use super::batch::{DUE_JOB_WAITS, JOBS_BY_IDS};
 use super::feed::{FEED_AFTER, FEED_HEAD};
 use super::jobs::{list_sql, CANCEL_REQUESTED_AMONG, EVENTS_AFTER, ITEMS, JOB_BY_IDEMPOTENCY_KEY};
 use super::queue::QUEUE_HEAD;
@@ -37,25 +37,27 @@ const JOBS: i64 = 20_000;
 /// A fresh database on the server of `HERALD_TEST_POSTGRES_URL`, dropped
 /// when this goes (apalis fixes its schema's name, so each test needs a
 /// database of its own).
-struct TestDatabase {
+pub(super) struct TestDatabase {
     admin: String,
     name: String,
-    pool: PgPool,
+    /// The test database's URL.
+    pub(super) url: String,
+    pub(super) pool: PgPool,
 }
 
 impl TestDatabase {
-    async fn create() -> Option<TestDatabase> {
+    pub(super) async fn create() -> Option<TestDatabase> {
         let Some(admin) = std::env::var("HERALD_TEST_POSTGRES_URL")
             .ok()
             .filter(|s| !s.is_empty())
         else {
             eprintln!(
-                "skipped: the PostgreSQL plan test needs HERALD_TEST_POSTGRES_URL \
+                "skipped: the PostgreSQL store tests need HERALD_TEST_POSTGRES_URL \
                  (e.g. postgres://postgres@127.0.0.1:5432/postgres)"
             );
             return None;
         };
-        let name = format!("herald_plans_{}", Uuid::now_v7().simple());
+        let name = format!("herald_store_{}", Uuid::now_v7().simple());
         let mut conn = PgConnection::connect(&admin)
             .await
             .expect("connect to HERALD_TEST_POSTGRES_URL");
@@ -68,7 +70,12 @@ impl TestDatabase {
         let pool = PgPool::connect(url.as_str())
             .await
             .expect("connect to the test database");
-        Some(TestDatabase { admin, name, pool })
+        Some(TestDatabase {
+            admin,
+            name,
+            url: url.to_string(),
+            pool,
+        })
     }
 }
 
@@ -416,6 +423,14 @@ fn expectations() -> Vec<Expect> {
             what: "the queue's claim",
             sql: QUEUE_HEAD,
             bind: |q| q.bind(50_i64),
+            indexes: &[&["herald_jobs_ready"]],
+            may_sort_one_job: false,
+            prepared: true,
+        },
+        Expect {
+            what: "a submission's look for a due job waiting",
+            sql: DUE_JOB_WAITS,
+            bind: |q| q.bind(i64::MAX),
             indexes: &[&["herald_jobs_ready"]],
             may_sort_one_job: false,
             prepared: true,
