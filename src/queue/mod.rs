@@ -110,8 +110,8 @@ impl Queue {
     /// A free slot of this node's worker for a job submitted now: the
     /// submission stores its job started (unless due jobs wait in the queue:
     /// those start first, through a claim) and hands it over with
-    /// [`Seat::hand`]. None on a node without a worker, or while the worker
-    /// is full or stopping.
+    /// [`Seat::hand`]. None on a node without a worker, while the worker
+    /// is full or stopping, or while its last claim left due jobs waiting.
     pub fn seat(&self) -> Option<Seat> {
         let claimer = self.claimer.get()?;
         claimer.reserve().then(|| Seat(claimer.clone()))
@@ -146,6 +146,7 @@ impl Queue {
             concurrency: concurrency.max(1),
             inflight: AtomicUsize::new(0),
             hungry: AtomicBool::new(false),
+            backlog: AtomicBool::new(false),
             held: Mutex::new(VecDeque::new()),
             claiming: Arc::new(Semaphore::new(1)),
             closed: AtomicBool::new(false),
@@ -241,6 +242,11 @@ struct Claimer {
     /// A claim filled every free slot, so more jobs may be waiting: the next
     /// job to finish wakes the claimer.
     hungry: AtomicBool,
+    /// The last claim left due jobs in the queue. No seat is given then: a
+    /// job submitted now would be stored queued behind them anyway (see
+    /// [`Queue::seat`]), and the slot it held meanwhile would sit idle
+    /// instead of going to the next claim.
+    backlog: AtomicBool,
     /// Started jobs not yet handed to apalis: claimed, or handed over by a
     /// seat.
     held: Mutex<VecDeque<JobRecord>>,
@@ -290,7 +296,10 @@ impl Claimer {
     /// then waits in `held`, started, until a slot frees, as a claimed job
     /// would: apalis never runs more than `concurrency` at once.
     fn reserve(&self) -> bool {
-        if self.closed.load(Ordering::SeqCst) || self.free() == 0 {
+        if self.closed.load(Ordering::SeqCst)
+            || self.backlog.load(Ordering::SeqCst)
+            || self.free() == 0
+        {
             return false;
         }
         self.seated.fetch_add(1, Ordering::SeqCst);
@@ -314,6 +323,7 @@ impl Claimer {
         let claimed = tokio::spawn(async move {
             let _permit = permit;
             let claim = me.jobs.claim(free).await.map_err(|e| e.to_string())?;
+            me.backlog.store(claim.more, Ordering::SeqCst);
             let n = claim.started.len();
             me.held
                 .lock()

@@ -274,32 +274,56 @@ pub struct Claim {
     /// When the earliest queued job that is not due yet becomes due (a
     /// retry waiting out its backoff), if the claim saw one.
     pub next_due: Option<Timestamp>,
+    /// A due job still waits: the claim started as many as it was asked
+    /// for, and the queue's head had one more.
+    pub more: bool,
 }
 
 /// A claim's started jobs, each with the `last_seq` it had before.
 type Starts = Vec<(EventSeq, Applied)>;
 
+/// What [`Claim::plan`] makes of the queue's head.
+struct Plan {
+    starts: Starts,
+    next_due: Option<Timestamp>,
+    more: bool,
+}
+
 impl Claim {
-    /// The claim of the queue's head (`head`, in `run_at` order) at `now`,
-    /// before it is written: each due job started, paired with the
-    /// `last_seq` it had (for a write conditional on it), up to the first
-    /// job that is not due, which says when the next one will be.
-    fn plan(
-        head: Vec<row::JobRow>,
-        now: Timestamp,
-    ) -> Result<(Starts, Option<Timestamp>), StoreError> {
-        let mut starts = Vec::with_capacity(head.len());
+    /// The claim of up to `limit` jobs from the queue's head (`head`, in
+    /// `run_at` order, read with one row more than `limit` so that the
+    /// claim knows whether more wait) at `now`, before it is written: each
+    /// due job started, paired with the `last_seq` it had (for a write
+    /// conditional on it), up to the first job that is not due, which says
+    /// when the next one will be.
+    fn plan(head: Vec<row::JobRow>, now: Timestamp, limit: usize) -> Result<Plan, StoreError> {
+        let mut starts = Vec::with_capacity(head.len().min(limit));
         for row in head {
             let job = JobRecord::try_from(row)?;
             if job.run_at > now {
-                return Ok((starts, Some(job.run_at)));
+                return Ok(Plan {
+                    starts,
+                    next_due: Some(job.run_at),
+                    more: false,
+                });
+            }
+            if starts.len() == limit {
+                return Ok(Plan {
+                    starts,
+                    next_due: None,
+                    more: true,
+                });
             }
             let (next, event) = job.apply(&Transition::Start, now).map_err(|refused| {
                 StoreError::Corrupt(format!("queued job {} cannot start: {refused}", job.id))
             })?;
             starts.push((job.last_seq, Applied { job: next, event }));
         }
-        Ok((starts, None))
+        Ok(Plan {
+            starts,
+            next_due: None,
+            more: false,
+        })
     }
 }
 

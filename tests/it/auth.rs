@@ -349,7 +349,13 @@ async fn each_limit_answers_with_its_status_and_retry_after() {
         }
     }
     assert_eq!(&statuses[..3], [202, 202, 202]);
-    assert_eq!(statuses[3], 429);
+    // The bucket refills a token every third of a second: on a loaded
+    // machine (PostgreSQL commits each submission) one may come back
+    // before the fourth, never before the fifth as well.
+    assert!(
+        statuses[3..].contains(&429),
+        "a burst past 3 is refused: {statuses:?}"
+    );
     assert!(retry_after.unwrap().parse::<u64>().unwrap() >= 1);
     // Another tenant has its own bucket.
     let resp = globex

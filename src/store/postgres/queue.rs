@@ -26,18 +26,22 @@ impl QueueStore for PgStore {
     /// statement, commit. Four round trips for the whole batch.
     async fn claim(&self, limit: usize) -> Result<Claim, StoreError> {
         let mut tx = self.pools.writes.begin().await?;
+        // One row more than it may start: whether more wait (that row stays
+        // locked, and skipped by other claims, until the commit).
         let rows: Vec<JobRow> = sqlx::query_as(QUEUE_HEAD)
-            .bind(limit as i64)
+            .bind(limit as i64 + 1)
             .fetch_all(&mut *tx)
             .await?;
-        let (starts, next_due) = Claim::plan(rows, Timestamp::now())?;
-        let writes: Vec<TransitionRow> = starts
+        let plan = Claim::plan(rows, Timestamp::now(), limit)?;
+        let writes: Vec<TransitionRow> = plan
+            .starts
             .iter()
             .map(|(if_seq, a)| TransitionRow::new(&a.job, a.event.clone(), *if_seq))
             .collect();
         let claim = Claim {
-            started: starts.into_iter().map(|(_, a)| a).collect(),
-            next_due,
+            started: plan.starts.into_iter().map(|(_, a)| a).collect(),
+            next_due: plan.next_due,
+            more: plan.more,
         };
         if claim.started.is_empty() {
             tx.rollback().await?;

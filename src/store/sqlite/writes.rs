@@ -424,7 +424,7 @@ pub(super) async fn purge_in(
 }
 
 /// The queue's claim, inside the writer's transaction: the first `limit`
-/// queued jobs by `run_at` (from the partial index of queued jobs, so the
+/// queued jobs by `run_at` (and one more, to know whether more wait) (from the partial index of queued jobs, so the
 /// cost does not grow with history); those that are due start, and the
 /// first one that is not says when the next one will be. Two round trips to
 /// the connection's thread however many jobs start: the read, and one write
@@ -434,16 +434,20 @@ pub(super) async fn claim_in(
     limit: usize,
 ) -> Result<Claim, StoreError> {
     let rows: Vec<JobRow> = sqlx::query_as(QUEUE_HEAD)
-        .bind(limit as i64)
+        .bind(limit as i64 + 1)
         .fetch_all(&mut **tx)
         .await?;
-    let (starts, next_due) = Claim::plan(rows, Timestamp::now())?;
-    let mut started: Vec<Applied> = starts.into_iter().map(|(_, applied)| applied).collect();
+    let plan = Claim::plan(rows, Timestamp::now(), limit)?;
+    let mut started: Vec<Applied> = plan.starts.into_iter().map(|(_, a)| a).collect();
     if !started.is_empty() {
         let written = write_starts(tx, &started).await?;
         started.retain(|a| written.contains(&a.job.id.to_string()));
     }
-    Ok(Claim { started, next_due })
+    Ok(Claim {
+        started,
+        next_due: plan.next_due,
+        more: plan.more,
+    })
 }
 
 /// The claim's update of the jobs it starts, from `?1`, a JSON array of
