@@ -22,9 +22,9 @@
 //! takes a [`Seat`], and the store writes the job started (`queued` and
 //! `running` in one write) unless a due job waits in the queue, which keeps
 //! jobs starting in `run_at` order; the job then goes to the claimer as if
-//! claimed. It never waits in the queue's
-//! index, its status is written once instead of twice, and no claim runs
-//! for it.
+//! claimed. It never waits in the queue's index, its status is written once
+//! instead of twice, and no claim runs for it. No seat is given while the
+//! last claim left due jobs waiting: the job would only queue behind them.
 
 use std::collections::VecDeque;
 use std::pin::Pin;

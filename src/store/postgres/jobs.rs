@@ -87,7 +87,7 @@ pub(crate) const CANCEL_REQUESTED_AMONG: &str = "SELECT id FROM herald_jobs \
 impl JobStore for PgStore {
     /// A node with a worker stores a job started when the worker has a
     /// free slot for it, as SQLite does, unless a due job waits in the
-    /// shared queue (see [`due_job_waits!`](super::batch)): the job skips
+    /// shared queue (`due_job_waits!` in `batch.rs`): the job skips
     /// the claim (its transaction, and the row's second write), and other
     /// nodes never see it queued.
     fn starts_on_submit(&self) -> bool {

@@ -107,6 +107,30 @@ mod tests {
         assert_eq!(store.queue_stats().await.expect("stats").0, 2);
     }
 
+    /// A claim starts at most what it is asked for, oldest first, and says
+    /// whether a due job is left (the worker gives no seat while one is).
+    #[tokio::test]
+    async fn a_claim_says_whether_due_jobs_are_left() {
+        let (_dir, store) = store().await;
+        let mut queued = Vec::new();
+        for _ in 0..3 {
+            match store.submit("", &demo(false)).await.expect("submit") {
+                Submitted::Created(job) => queued.push(job.id),
+                other => panic!("expected a queued job, got {other:?}"),
+            }
+        }
+        let first = store.claim(2).await.expect("claim");
+        let ids: Vec<_> = first.started.iter().map(|a| a.job.id).collect();
+        assert_eq!(ids, queued[..2], "the two oldest");
+        assert!(first.more, "a third waits");
+        let second = store.claim(2).await.expect("claim");
+        let ids: Vec<_> = second.started.iter().map(|a| a.job.id).collect();
+        assert_eq!(ids, queued[2..]);
+        assert!(!second.more, "the queue is empty");
+        assert_eq!(second.next_due, None);
+        assert_eq!(store.queue_stats().await.expect("stats").0, 0);
+    }
+
     /// The figures count queued local and remote jobs alike, from their two
     /// partial indexes, and nothing that is not queued.
     #[tokio::test]
