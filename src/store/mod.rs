@@ -12,6 +12,8 @@
 //! idempotency, recovery and cancel decisions) lives in `domain`; the
 //! backends keep the SQL and the row mapping.
 
+#[cfg(test)]
+mod conformance;
 pub(crate) mod group;
 pub mod postgres;
 mod remote;

@@ -284,25 +284,12 @@ mod tests {
 
     use super::super::plans::TestDatabase;
     use super::super::{connect, migrate, NodeIdentity, PgStore};
-    use crate::domain::{EventSeq, JobStatus, Submission, Submitted};
-    use crate::store::{JobStore, QueueStore};
+    use crate::store::conformance;
 
-    fn demo(start: bool) -> Submission {
-        let body = serde_json::json!({"kind": "demo", "input": {"steps": 1}});
-        let mut sub = Submission::parse(&body, 3).expect("a valid submission");
-        sub.start = start;
-        sub
-    }
-
-    /// As on SQLite: a submission asked to start its job stores it
-    /// `running` on this node, with its `queued` and `running` events, while
-    /// no due job waits; once one does, it stores its job queued behind it.
-    /// An idempotent resubmission answers the earlier job either way.
-    #[tokio::test]
-    async fn a_submission_starts_its_job_only_while_no_due_job_waits() {
-        let Some(db) = TestDatabase::create().await else {
-            return;
-        };
+    /// A store on a fresh database, as node `node-a`; None (skipped) without
+    /// `HERALD_TEST_POSTGRES_URL`.
+    async fn store() -> Option<(TestDatabase, PgStore)> {
+        let db = TestDatabase::create().await?;
         let pools = connect(&db.url, 4, "node-a").await.expect("connect");
         migrate(&pools.main).await.expect("migrate");
         let node = NodeIdentity {
@@ -310,65 +297,31 @@ mod tests {
             role: "all",
             lease: Duration::from_secs(30),
         };
-        let store = PgStore::new(pools.clone(), node);
-        let mut keyed = demo(true);
-        keyed.idempotency_key = Some("once".to_owned());
-        let started = match store.submit("", &keyed).await.expect("submit") {
-            Submitted::Started(s) => {
-                assert_eq!(s.queued.status, JobStatus::Queued, "the job as accepted");
-                assert_eq!(s.running.status, JobStatus::Running);
-                assert_eq!(
-                    (s.start.seq, s.running.last_seq),
-                    (EventSeq(2), EventSeq(2))
-                );
-                s.running
-            }
-            other => panic!("expected the job started at once, got {other:?}"),
+        Some((db, PgStore::new(pools, node)))
+    }
+
+    /// As on SQLite; and the job started at its submission is recorded as
+    /// this node's, which is how recovery finds it if the node dies.
+    #[tokio::test]
+    async fn a_submission_starts_its_job_only_while_no_due_job_waits() {
+        let Some((_db, store)) = store().await else {
+            return;
         };
-        let stored = store.get(started.id).await.expect("get").expect("the job");
-        assert_eq!(stored, started, "the row is the job as answered");
+        let started = conformance::submission_starts_only_while_no_due_job_waits(&store).await;
         let node_id: Option<String> =
             sqlx::query_scalar("SELECT node_id FROM herald_jobs WHERE id = $1")
                 .bind(started.id.0)
-                .fetch_one(&pools.main)
+                .fetch_one(&store.pools().main)
                 .await
                 .expect("the job's node");
-        assert_eq!(
-            node_id.as_deref(),
-            Some("node-a"),
-            "recovery finds it by node"
-        );
-        let events = store
-            .events_after(started.id, EventSeq(0), 10)
-            .await
-            .expect("events");
-        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-        assert_eq!(data.len(), 2, "queued and running: {data:?}");
-        assert!(data[0].contains(r#""status":"queued""#), "{data:?}");
-        assert!(data[1].contains(r#""status":"running""#), "{data:?}");
-        assert_eq!(store.queue_stats().await.expect("stats").0, 0);
-        match store.submit("", &keyed).await.expect("resubmit") {
-            Submitted::Existing(job) => assert_eq!(job, started, "the earlier job"),
-            other => panic!("expected the earlier job, got {other:?}"),
-        }
+        assert_eq!(node_id.as_deref(), Some("node-a"));
+    }
 
-        // A job queued the usual way waits: the next one may not pass it.
-        let waiting = match store.submit("", &demo(false)).await.expect("submit") {
-            Submitted::Created(job) => job,
-            other => panic!("expected a queued job, got {other:?}"),
+    #[tokio::test]
+    async fn a_claim_says_whether_due_jobs_are_left() {
+        let Some((_db, store)) = store().await else {
+            return;
         };
-        match store.submit("", &demo(true)).await.expect("submit") {
-            Submitted::Created(job) => {
-                assert_eq!(job.status, JobStatus::Queued);
-                let stored = store.get(job.id).await.expect("get").expect("the job");
-                assert_eq!(stored.status, JobStatus::Queued);
-                assert_eq!(stored.last_seq, EventSeq(1), "its `queued` event only");
-            }
-            other => panic!(
-                "expected the job queued behind {}, got {other:?}",
-                waiting.id
-            ),
-        }
-        assert_eq!(store.queue_stats().await.expect("stats").0, 2);
+        conformance::a_claim_says_whether_due_jobs_are_left(&store).await;
     }
 }

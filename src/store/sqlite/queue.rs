@@ -37,9 +37,8 @@ impl QueueStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EventSeq, JobStatus, Submission, Submitted};
+    use crate::store::conformance;
     use crate::store::sqlite::{connect, migrate, SqliteStore};
-    use crate::store::JobStore;
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -49,86 +48,16 @@ mod tests {
         (dir, SqliteStore::new(pools))
     }
 
-    fn demo(start: bool) -> Submission {
-        let body = serde_json::json!({"kind": "demo", "input": {"steps": 1}});
-        let mut sub = Submission::parse(&body, 3).expect("a valid submission");
-        sub.start = start;
-        sub
-    }
-
-    /// A submission asked to start its job stores it `running`, with its
-    /// `queued` and `running` events, while no due job waits; once one
-    /// does, it stores its job queued behind it, as any submission.
     #[tokio::test]
     async fn a_submission_starts_its_job_only_while_no_due_job_waits() {
         let (_dir, store) = store().await;
-        let started = match store.submit("", &demo(true)).await.expect("submit") {
-            Submitted::Started(s) => {
-                assert_eq!(s.queued.status, JobStatus::Queued, "the job as accepted");
-                assert_eq!(s.running.status, JobStatus::Running);
-                assert_eq!(s.running.id, s.queued.id);
-                assert_eq!(
-                    (s.start.seq, s.running.last_seq),
-                    (EventSeq(2), EventSeq(2))
-                );
-                s.running
-            }
-            other => panic!("expected the job started at once, got {other:?}"),
-        };
-        let stored = store.get(started.id).await.expect("get").expect("the job");
-        assert_eq!(stored, started, "the row is the job as answered");
-        let events = store
-            .events_after(started.id, EventSeq(0), 10)
-            .await
-            .expect("events");
-        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-        assert_eq!(data.len(), 2, "queued and running: {data:?}");
-        assert!(data[0].contains(r#""status":"queued""#), "{data:?}");
-        assert!(data[1].contains(r#""status":"running""#), "{data:?}");
-        assert_eq!(store.queue_stats().await.expect("stats").0, 0);
-
-        // A job queued the usual way waits: the next one may not pass it.
-        let waiting = match store.submit("", &demo(false)).await.expect("submit") {
-            Submitted::Created(job) => job,
-            other => panic!("expected a queued job, got {other:?}"),
-        };
-        match store.submit("", &demo(true)).await.expect("submit") {
-            Submitted::Created(job) => {
-                assert_eq!(job.status, JobStatus::Queued);
-                let stored = store.get(job.id).await.expect("get").expect("the job");
-                assert_eq!(stored.status, JobStatus::Queued);
-                assert_eq!(stored.last_seq, EventSeq(1), "its `queued` event only");
-            }
-            other => panic!(
-                "expected the job queued behind {}, got {other:?}",
-                waiting.id
-            ),
-        }
-        assert_eq!(store.queue_stats().await.expect("stats").0, 2);
+        conformance::submission_starts_only_while_no_due_job_waits(&store).await;
     }
 
-    /// A claim starts at most what it is asked for, oldest first, and says
-    /// whether a due job is left (the worker gives no seat while one is).
     #[tokio::test]
     async fn a_claim_says_whether_due_jobs_are_left() {
         let (_dir, store) = store().await;
-        let mut queued = Vec::new();
-        for _ in 0..3 {
-            match store.submit("", &demo(false)).await.expect("submit") {
-                Submitted::Created(job) => queued.push(job.id),
-                other => panic!("expected a queued job, got {other:?}"),
-            }
-        }
-        let first = store.claim(2).await.expect("claim");
-        let ids: Vec<_> = first.started.iter().map(|a| a.job.id).collect();
-        assert_eq!(ids, queued[..2], "the two oldest");
-        assert!(first.more, "a third waits");
-        let second = store.claim(2).await.expect("claim");
-        let ids: Vec<_> = second.started.iter().map(|a| a.job.id).collect();
-        assert_eq!(ids, queued[2..]);
-        assert!(!second.more, "the queue is empty");
-        assert_eq!(second.next_due, None);
-        assert_eq!(store.queue_stats().await.expect("stats").0, 0);
+        conformance::a_claim_says_whether_due_jobs_are_left(&store).await;
     }
 
     /// The figures count queued local and remote jobs alike, from their two
