@@ -291,6 +291,17 @@ struct Plan {
     more: bool,
 }
 
+impl Plan {
+    /// The claim, once its starts are written.
+    fn claim(self) -> Claim {
+        Claim {
+            started: self.starts.into_iter().map(|(_, a)| a).collect(),
+            next_due: self.next_due,
+            more: self.more,
+        }
+    }
+}
+
 impl Claim {
     /// The claim of up to `limit` jobs from the queue's head (`head`, in
     /// `run_at` order, read with one row more than `limit` so that the

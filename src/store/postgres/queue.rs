@@ -38,11 +38,7 @@ impl QueueStore for PgStore {
             .iter()
             .map(|(if_seq, a)| TransitionRow::new(&a.job, a.event.clone(), *if_seq))
             .collect();
-        let claim = Claim {
-            started: plan.starts.into_iter().map(|(_, a)| a).collect(),
-            next_due: plan.next_due,
-            more: plan.more,
-        };
+        let claim = plan.claim();
         if claim.started.is_empty() {
             tx.rollback().await?;
             return Ok(claim);

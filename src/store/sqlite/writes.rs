@@ -424,11 +424,11 @@ pub(super) async fn purge_in(
 }
 
 /// The queue's claim, inside the writer's transaction: the first `limit`
-/// queued jobs by `run_at` (and one more, to know whether more wait) (from the partial index of queued jobs, so the
-/// cost does not grow with history); those that are due start, and the
-/// first one that is not says when the next one will be. Two round trips to
-/// the connection's thread however many jobs start: the read, and one write
-/// of them all.
+/// queued jobs by `run_at`, and one more to know whether more wait (from the
+/// partial index of queued jobs, so the cost does not grow with history);
+/// those that are due start, and the first one that is not says when the
+/// next one will be. Two round trips to the connection's thread however many
+/// jobs start: the read, and one write of them all.
 pub(super) async fn claim_in(
     tx: &mut Transaction<'static, Sqlite>,
     limit: usize,
@@ -437,17 +437,14 @@ pub(super) async fn claim_in(
         .bind(limit as i64 + 1)
         .fetch_all(&mut **tx)
         .await?;
-    let plan = Claim::plan(rows, Timestamp::now(), limit)?;
-    let mut started: Vec<Applied> = plan.starts.into_iter().map(|(_, a)| a).collect();
-    if !started.is_empty() {
-        let written = write_starts(tx, &started).await?;
-        started.retain(|a| written.contains(&a.job.id.to_string()));
+    let mut claim = Claim::plan(rows, Timestamp::now(), limit)?.claim();
+    if !claim.started.is_empty() {
+        let written = write_starts(tx, &claim.started).await?;
+        claim
+            .started
+            .retain(|a| written.contains(&a.job.id.to_string()));
     }
-    Ok(Claim {
-        started,
-        next_due: plan.next_due,
-        more: plan.more,
-    })
+    Ok(claim)
 }
 
 /// The claim's update of the jobs it starts, from `?1`, a JSON array of
