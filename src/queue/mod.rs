@@ -18,6 +18,11 @@
 //! Claimed jobs that apalis has not taken yet when the worker stops go back
 //! to the queue (same attempt), so a stop never strands a started job.
 //!
+//! A slot holds a running handler, not a write: once the handler is done,
+//! its slot goes to the next job while the outcome is written (see
+//! [`Slot::finishing`]). The concurrency bounds the handlers running at
+//! once, and, separately, the outcomes being written.
+//!
 //! A job submitted while a slot is free skips the claim: its submission
 //! takes a [`Seat`], and the store writes the job started (`queued` and
 //! `running` in one write) unless a due job waits in the queue, which keeps
@@ -35,7 +40,7 @@ use std::time::Duration;
 use apalis::prelude::*;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{JobRecord, Timestamp, Transition};
@@ -149,6 +154,7 @@ impl Queue {
             backlog: AtomicBool::new(false),
             held: Mutex::new(VecDeque::new()),
             claiming: Arc::new(Semaphore::new(1)),
+            finishing: Arc::new(Semaphore::new(concurrency.max(1))),
             closed: AtomicBool::new(false),
             wake: self.wake.clone(),
             seated: AtomicUsize::new(0),
@@ -252,6 +258,9 @@ struct Claimer {
     held: Mutex<VecDeque<JobRecord>>,
     /// Held by a claim in flight: the put-back waits for it.
     claiming: Arc<Semaphore>,
+    /// One permit per outcome being written after its slot was freed (see
+    /// [`Slot::finishing`]): at most `concurrency` at once.
+    finishing: Arc<Semaphore>,
     /// Set at shutdown, before running jobs are put back: no claim starts
     /// after it (see [`Worker::close_claims`]), and no seat is given.
     closed: AtomicBool,
@@ -475,18 +484,47 @@ struct Runs {
     claimer: Arc<Claimer>,
 }
 
-/// A claimed job's worker slot: freed when its run ends, however it ends.
-struct Slot(Arc<Claimer>);
+/// A claimed job's worker slot. It is freed when the handler is done
+/// ([`Slot::finishing`]), or when it is dropped, however the run ends.
+pub struct Slot {
+    claimer: Arc<Claimer>,
+    /// Tells apalis's handler (`handle_task`) that the slot is free.
+    freed: Option<oneshot::Sender<()>>,
+}
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.finished();
+impl Slot {
+    /// The job's handler is done and its outcome is about to be written:
+    /// the slot goes to the next job now, not once the write has committed
+    /// (a group commit's wait, several ms under load, during which the slot
+    /// ran nothing). Waits while `concurrency` outcomes are being written
+    /// already, so the writes in flight stay bounded; hold what this returns
+    /// until the outcome is written.
+    pub async fn finishing(self) -> Finishing {
+        let permit = self.claimer.finishing.clone().acquire_owned().await.ok();
+        drop(self);
+        Finishing { _permit: permit }
     }
 }
 
-/// Runs a claimed job to its outcome (see `worker::runner`).
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.claimer.finished();
+        if let Some(freed) = self.freed.take() {
+            let _ = freed.send(());
+        }
+    }
+}
+
+/// An outcome being written after its job's slot was freed (see
+/// [`Slot::finishing`]).
+pub struct Finishing {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Runs a claimed job to its outcome (see `worker::runner`), and frees its
+/// slot once the handler is done.
 pub trait RunJob: Send + Sync + 'static {
-    fn run(self: Arc<Self>, job: JobRecord) -> futures::future::BoxFuture<'static, ()>;
+    fn run(self: Arc<Self>, job: JobRecord, slot: Slot) -> futures::future::BoxFuture<'static, ()>;
 }
 
 async fn handle_task(job: Claimed, runs: Data<Runs>) -> Result<(), BoxDynError> {
@@ -496,15 +534,21 @@ async fn handle_task(job: Claimed, runs: Data<Runs>) -> Result<(), BoxDynError> 
     // the worker and may drop them when the worker stops, and a runner
     // dropped between deciding an outcome and writing it would leave the
     // job `running` after a clean shutdown. The application waits for
-    // running jobs itself (the cancel registry counts them).
-    let slot = Slot(claimer);
-    let ran = tokio::spawn(async move {
-        let _slot = slot;
-        runner.run(*job.0).await;
-    })
-    .await;
-    ran.map_err(|e| {
-        tracing::error!(job_id = %id, error = %e, "job run ended abnormally");
-        Box::new(e) as BoxDynError
-    })
+    // running jobs itself (the cancel registry counts them), outcomes being
+    // written included. apalis's slot is free when ours is: the task goes
+    // on writing the outcome.
+    let (freed, slot_free) = oneshot::channel();
+    let slot = Slot {
+        claimer,
+        freed: Some(freed),
+    };
+    tokio::spawn(async move {
+        let run = std::panic::AssertUnwindSafe(runner.run(*job.0, slot));
+        if futures::FutureExt::catch_unwind(run).await.is_err() {
+            tracing::error!(job_id = %id, "job run ended abnormally (a panic outside its handler)");
+        }
+    });
+    // Sent by the slot's drop, which a panic runs too.
+    let _ = slot_free.await;
+    Ok(())
 }

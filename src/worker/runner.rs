@@ -45,8 +45,12 @@ enum Attempt {
 }
 
 impl crate::queue::RunJob for Runner {
-    fn run(self: Arc<Self>, job: JobRecord) -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(async move { Runner::run(&self, job).await })
+    fn run(
+        self: Arc<Self>,
+        job: JobRecord,
+        slot: crate::queue::Slot,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move { Runner::run(&self, job, slot).await })
     }
 }
 
@@ -54,8 +58,9 @@ impl Runner {
     /// Runs the attempt the queue's claim started (`job` is `running` on
     /// this node) and records its outcome: success, failure, cancel, a retry
     /// (back in the queue until its backoff has passed, for any node to
-    /// claim), or back to the queue at shutdown.
-    pub async fn run(&self, job: JobRecord) {
+    /// claim), or back to the queue at shutdown. `slot` goes to the next
+    /// job once the handler is done, before the outcome is written.
+    pub async fn run(&self, job: JobRecord, slot: crate::queue::Slot) {
         let id = job.id;
         let Some(running) = self.cancels.register(id, job.attempt) else {
             tracing::warn!(job_id = %id, attempt = job.attempt,
@@ -65,6 +70,7 @@ impl Runner {
         let started = std::time::Instant::now();
         let current = Arc::new(Mutex::new(job.clone()));
         let (outcome, unwritten) = self.attempt(&job, &current, &running).await;
+        let _finishing = slot.finishing().await;
         let span = tracing::info_span!("job_outcome", job_id = %id, kind = %job.kind, attempt = job.attempt);
         metrics::histogram!("herald_job_run_seconds", "kind" => job.kind.clone())
             .record(started.elapsed().as_secs_f64());

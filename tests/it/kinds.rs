@@ -17,9 +17,17 @@ use serde_json::{json, Value};
 
 use crate::common::TestApp;
 
-/// What the `steps` handlers did, per job, over all attempts.
+/// What the `steps` handlers did, per job, over all attempts, and how many
+/// ran at once.
 #[derive(Clone, Default)]
-pub struct StepLog(Arc<Mutex<HashMap<JobId, Runs>>>);
+pub struct StepLog(Arc<Mutex<HashMap<JobId, Runs>>>, Arc<Mutex<AtOnce>>);
+
+/// Handlers running now, over all jobs, and the most that ever ran at once.
+#[derive(Debug, Clone, Copy, Default)]
+struct AtOnce {
+    now: u64,
+    peak: u64,
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Runs {
@@ -48,6 +56,17 @@ impl StepLog {
     pub fn is_running(&self, id: JobId) -> bool {
         self.with(id, |r| r.running > 0)
     }
+
+    /// The most handlers, of any jobs, that ever ran at once.
+    pub fn peak_at_once(&self) -> u64 {
+        self.1.lock().unwrap().peak
+    }
+
+    fn at_once(&self, change: i64) {
+        let mut a = self.1.lock().unwrap();
+        a.now = a.now.checked_add_signed(change).expect("handler count");
+        a.peak = a.peak.max(a.now);
+    }
 }
 
 /// Counts a handler as running from its start until it returns or its future
@@ -63,6 +82,7 @@ impl Running {
             r.started += 1;
             r.running += 1;
         });
+        log.at_once(1);
         Running {
             log: log.clone(),
             id,
@@ -73,6 +93,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.log.with(self.id, |r| r.running -= 1);
+        self.log.at_once(-1);
     }
 }
 

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::common::Status::{self, Cancelled, Failed, Queued, Running, Succeeded};
 use crate::common::{assert_gapless, statuses, Event, Job, TestApp};
+use crate::kinds::spawn_with_steps;
 
 /// The `at` of the first `status` event announcing `status` at `attempt`.
 fn status_at(events: &[Event], status: Status, attempt: i64) -> DateTime<chrono::Utc> {
@@ -158,7 +159,32 @@ async fn jobs_start_in_the_order_they_were_submitted() {
     app.stop().await;
 }
 
+/// A worker runs at most its concurrency of handlers at once, and reaches
+/// it: a slot goes to the next job once a handler is done, while its outcome
+/// is written, and never twice.
+async fn the_worker_runs_as_many_handlers_at_once_as_its_concurrency() {
+    let (app, log) = spawn_with_steps(|c| {
+        c.worker_concurrency = 3;
+        c.submit_rate_per_sec = 10_000;
+    })
+    .await;
+    let submits = (0..40).map(|_| app.submit("steps", json!({"steps": 2, "step_ms": 15})));
+    let ids: Vec<_> = futures::future::join_all(submits)
+        .await
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    for &id in &ids {
+        app.wait_status(id, Succeeded).await;
+        assert_eq!(log.attempts(id), 1, "job {id}");
+        assert_gapless(&app.stored_events(id).await);
+    }
+    assert_eq!(log.peak_at_once(), 3, "the most handlers that ran at once");
+    app.stop().await;
+}
+
 backend_tests!(
+    the_worker_runs_as_many_handlers_at_once_as_its_concurrency,
     jobs_start_in_the_order_they_were_submitted,
     a_retry_waits_out_its_backoff_in_the_queue,
     cancelling_a_retry_that_waits_in_the_queue_ends_it_at_once,
