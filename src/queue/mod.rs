@@ -158,6 +158,7 @@ impl Queue {
             closed: AtomicBool::new(false),
             wake: self.wake.clone(),
             seated: AtomicUsize::new(0),
+            claiming_slots: AtomicUsize::new(0),
             handed: Notify::new(),
         });
         // One worker per node; a second would claim, but give no seats.
@@ -267,6 +268,11 @@ struct Claimer {
     wake: QueueWaker,
     /// Seats given whose job has not been handed over (or given up) yet.
     seated: AtomicUsize,
+    /// The free slots the claim in flight may fill: no seat is given for
+    /// them meanwhile. (A submission seated while the claim was on its way
+    /// could store its job started beside the older job the claim starts,
+    /// and their `running` events could then disagree with their order.)
+    claiming_slots: AtomicUsize,
     /// A seat handed its job over.
     handed: Notify,
 }
@@ -293,11 +299,14 @@ impl Claimer {
         self.held.lock().expect("held jobs poisoned").pop_front()
     }
 
-    /// Slots neither running a job, nor promised to a seat or a held job.
+    /// Slots neither running a job, nor promised to a seat, a held job or
+    /// the claim in flight.
     fn free(&self) -> usize {
-        let held = self.held.lock().expect("held jobs poisoned").len();
-        let taken = self.inflight.load(Ordering::SeqCst) + self.seated.load(Ordering::SeqCst);
-        self.concurrency.saturating_sub(taken + held)
+        let held = self.held.lock().expect("held jobs poisoned");
+        let taken = self.inflight.load(Ordering::SeqCst)
+            + self.seated.load(Ordering::SeqCst)
+            + self.claiming_slots.load(Ordering::SeqCst);
+        self.concurrency.saturating_sub(taken + held.len())
     }
 
     /// Takes a seat (see [`Queue::seat`]). Two submissions and a claim that
@@ -329,15 +338,26 @@ impl Claimer {
             return Ok((0, None));
         }
         let me = self.clone();
+        self.claiming_slots.store(free, Ordering::SeqCst);
         let claimed = tokio::spawn(async move {
             let _permit = permit;
-            let claim = me.jobs.claim(free).await.map_err(|e| e.to_string())?;
+            let claim = me.jobs.claim(free).await;
+            let claim = match claim {
+                Ok(claim) => claim,
+                Err(e) => {
+                    me.claiming_slots.store(0, Ordering::SeqCst);
+                    return Err(e.to_string());
+                }
+            };
             me.backlog.store(claim.more, Ordering::SeqCst);
             let n = claim.started.len();
-            me.held
-                .lock()
-                .expect("held jobs poisoned")
-                .extend(claim.started.into_iter().map(|a| a.job));
+            {
+                let mut held = me.held.lock().expect("held jobs poisoned");
+                held.extend(claim.started.into_iter().map(|a| a.job));
+                // Under the lock `free` reads `held` with: the slots pass
+                // from the claim to its jobs at once.
+                me.claiming_slots.store(0, Ordering::SeqCst);
+            }
             Ok::<_, String>((n, claim.next_due))
         });
         claimed.await.map_err(|e| e.to_string())?
