@@ -8,15 +8,15 @@ use sqlx::sqlite::SqlitePool;
 
 use super::checkpoint::Checkpoints;
 use super::remote::{claim_remote_in, lease_op_in};
-use super::tail::{Keep, Tail, TailEvent, TAIL_EVENTS};
+use super::tail::{Keep, Tail, TailEvent};
 use super::uploads::{unit_write, UnitWrite};
-use super::writes::{apply_in, apply_known_in, cancel_in, claim_in, purge_in, submit_in};
+use super::writes::direct::{self, atomically, Direct};
+use super::writes::{cancel_in, purge_in};
 use crate::domain::{JobId, JobRecord, LeaseOp, LeaseTerms, Submission, Timestamp, Transition};
 use crate::store::group::{Batching, Flush, Group};
-use crate::store::row::corrupt;
 use crate::store::{
     Applied, ApplyError, CancelOutcome, Claim, LeaseError, Leased, RemoteClaim, StoreError,
-    StoredEvent, Submitted,
+    Submitted,
 };
 
 /// A write for the writer task.
@@ -56,6 +56,20 @@ pub(super) enum WriteOp {
     },
     /// Upload chunks and checkpoints: writes that answer nothing but success.
     Unit(UnitWrite),
+}
+
+impl WriteOp {
+    /// One of the job path's writes, which a batch runs on the connection's
+    /// handle directly when it holds nothing else (see `writes/direct.rs`).
+    fn is_direct(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::Submit { .. }
+                | WriteOp::Apply { .. }
+                | WriteOp::ApplyKnown { .. }
+                | WriteOp::Claim { .. }
+        )
+    }
 }
 
 /// The outcome of one op, sent once its batch has committed.
@@ -179,65 +193,12 @@ impl Answer {
     }
 }
 
-/// The events a batch appended after `keep`'s id, in id order, with their
-/// jobs' tenant and kind, for the feed's tail; or, with the id to start the
-/// tail over from, none (when it starts, after the retention sweep, or when
-/// the batch appended more than the tail keeps).
-async fn read_back(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    keep: Keep,
-    swept: bool,
-) -> Result<(Vec<TailEvent>, Option<i64>), StoreError> {
-    let last = match keep {
-        Keep::After(last) if !swept => last,
-        _ => return Ok((Vec::new(), Some(newest(tx).await?))),
-    };
-    let rows: Vec<TailRow> = sqlx::query_as(TAIL_AFTER)
-        .bind(last)
-        .bind(TAIL_EVENTS as i64 + 1)
-        .fetch_all(&mut **tx)
-        .await?;
-    if rows.len() > TAIL_EVENTS {
-        return Ok((Vec::new(), Some(newest(tx).await?)));
-    }
-    let events = rows
-        .into_iter()
-        .map(|(id, job_id, seq, event, data, at, tenant, kind)| {
-            Ok(TailEvent {
-                id,
-                job_id: job_id.parse().map_err(|e| corrupt("job id", e))?,
-                job: tenant.zip(kind),
-                event: StoredEvent::try_from((seq, event, data, at))?,
-            })
-        })
-        .collect::<Result<_, StoreError>>()?;
-    Ok((events, None))
-}
-
-/// The newest event's id, as the batch leaves it.
-async fn newest(tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(super::feed::FEED_HEAD)
-        .fetch_one(&mut **tx)
-        .await
-}
-
 /// The events after `?1` (at most `?2`), each with its job's tenant and kind:
 /// a range of the rowid and a lookup by id each, of pages the batch wrote.
 pub(super) const TAIL_AFTER: &str = "SELECT e.id, e.job_id, e.seq, e.event, e.data, e.at, \
        j.tenant, j.kind \
      FROM herald_job_events e LEFT JOIN herald_jobs j ON j.id = e.job_id \
      WHERE e.id > ?1 ORDER BY e.id LIMIT ?2";
-
-type TailRow = (
-    i64,
-    String,
-    i64,
-    String,
-    String,
-    i64,
-    Option<String>,
-    Option<String>,
-);
 
 /// The writer answers each op after its own kind (`Answer::failed` and
 /// `write` keep to that); this says so if it ever did not.
@@ -257,6 +218,7 @@ pub(super) fn start(pool: SqlitePool, checkpoints: Checkpoints, tail: Arc<Tail>)
             pool,
             checkpoints,
             tail,
+            direct: std::sync::Mutex::default(),
         },
         Batching {
             writers: 1,
@@ -272,6 +234,70 @@ pub(super) struct Writer {
     checkpoints: Checkpoints,
     /// The feed's tail: what each batch appended, read back while feeds read.
     tail: Arc<Tail>,
+    /// The job path's batches run here, on the connection's handle.
+    direct: std::sync::Mutex<Direct>,
+}
+
+/// What a batch appended for the feeds' tail, or where the tail starts over.
+type ReadBack = Result<(Vec<TailEvent>, Option<i64>), StoreError>;
+
+impl Writer {
+    /// Runs `ops` (all of them [`WriteOp::is_direct`]) in `tx` on the
+    /// connection's handle, taken from sqlx's thread for the while; and,
+    /// with `back`, reads back what the batch appended for the tail.
+    async fn run_direct(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        ops: &[WriteOp],
+        back: Option<(Keep, bool)>,
+    ) -> Result<(Vec<Answer>, Option<ReadBack>), sqlx::Error> {
+        let mut handle = tx.lock_handle().await?;
+        let mut direct = self.direct.lock().expect("direct connection poisoned");
+        let conn = direct.over(handle.as_raw_handle());
+        let done = ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Submit { tenant, sub } => {
+                    Answer::Submitted(atomically(conn, |c| direct::submit(c, tenant, sub)))
+                }
+                WriteOp::Apply { id, t } => {
+                    Answer::Applied(atomically(conn, |c| direct::apply(c, *id, t)))
+                }
+                WriteOp::ApplyKnown { known, ts } => {
+                    Answer::AppliedAll(atomically(conn, |c| direct::apply_known(c, known, ts)))
+                }
+                WriteOp::Claim { limit } => {
+                    Answer::Claimed(atomically(conn, |c| direct::claim(c, *limit)))
+                }
+                other => Answer::failed(other, &|| {
+                    StoreError::WriteFailed("this write does not run on the handle".to_owned())
+                }),
+            })
+            .collect();
+        let back = back.map(|(keep, swept)| direct::read_back(conn, keep, swept));
+        Ok((done, back))
+    }
+
+    /// Runs `op`, one of the rarer writes, in `tx` through sqlx (a round trip
+    /// to its connection's thread per statement).
+    async fn run_sqlx(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        op: &WriteOp,
+    ) -> Answer {
+        match op {
+            WriteOp::Cancel { id, reason } => Answer::Cancel(cancel_in(tx, *id, reason).await),
+            WriteOp::Purge { before, limit } => Answer::Purged(purge_in(tx, *before, *limit).await),
+            WriteOp::ClaimRemote(c) => Answer::ClaimedRemote(claim_remote_in(tx, c).await),
+            WriteOp::Lease { id, op, terms } => {
+                Answer::Leased(lease_op_in(tx, *id, op, terms).await)
+            }
+            WriteOp::Unit(write) => Answer::Done(unit_write(tx, write).await),
+            direct => Answer::failed(direct, &|| {
+                StoreError::WriteFailed("this write runs on the handle only".to_owned())
+            }),
+        }
+    }
 }
 
 /// Group commit: takes every write that is waiting, runs them in one
@@ -301,35 +327,45 @@ impl Flush for Writer {
             }
         };
         let keep = self.tail.keep();
-        let mut done = Vec::with_capacity(ops.len());
-        for op in ops {
-            done.push(match op {
-                WriteOp::Submit { tenant, sub } => {
-                    Answer::Submitted(submit_in(&mut tx, tenant, sub).await)
-                }
-                WriteOp::Apply { id, t } => Answer::Applied(apply_in(&mut tx, *id, t).await),
-                WriteOp::ApplyKnown { known, ts } => {
-                    Answer::AppliedAll(apply_known_in(&mut tx, known, ts).await)
-                }
-                WriteOp::Cancel { id, reason } => {
-                    Answer::Cancel(cancel_in(&mut tx, *id, reason).await)
-                }
-                WriteOp::Claim { limit } => Answer::Claimed(claim_in(&mut tx, *limit).await),
-                WriteOp::Purge { before, limit } => {
-                    Answer::Purged(purge_in(&mut tx, *before, *limit).await)
-                }
-                WriteOp::ClaimRemote(c) => Answer::ClaimedRemote(claim_remote_in(&mut tx, c).await),
-                WriteOp::Lease { id, op, terms } => {
-                    Answer::Leased(lease_op_in(&mut tx, *id, op, terms).await)
-                }
-                WriteOp::Unit(write) => Answer::Done(unit_write(&mut tx, write).await),
-            });
-        }
         let swept = ops.iter().any(|op| matches!(op, WriteOp::Purge { .. }));
         let back = match keep {
             Keep::Off => None,
-            _ => Some(read_back(&mut tx, keep, swept).await),
+            keep => Some((keep, swept)),
         };
+        // The job path's writes run on the handle, a run of them at a time;
+        // the others through sqlx, in turn. The read-back goes with the last
+        // run (or alone, after a batch that ends with one of the others).
+        let mut done = Vec::with_capacity(ops.len());
+        let mut read = None;
+        let mut rest = ops;
+        while !rest.is_empty() || (back.is_some() && read.is_none()) {
+            let n = rest.iter().take_while(|op| op.is_direct()).count();
+            if n == 0 && !rest.is_empty() {
+                done.push(self.run_sqlx(&mut tx, &rest[0]).await);
+                rest = &rest[1..];
+                continue;
+            }
+            let last = n == rest.len();
+            match self
+                .run_direct(&mut tx, &rest[..n], back.filter(|_| last))
+                .await
+            {
+                Ok((answers, b)) => {
+                    done.extend(answers);
+                    if last {
+                        read = Some(b);
+                    }
+                }
+                Err(e) => {
+                    // The transaction is rolled back: nothing of the batch stays.
+                    tracing::error!(error = %e, "could not take the write connection's handle");
+                    let e = batch_failed("could not take the connection's handle", &e);
+                    return Ok(ops.iter().map(|op| Answer::failed(op, &e)).collect());
+                }
+            }
+            rest = &rest[n..];
+        }
+        let back = read.flatten();
         match tx.commit().await {
             Ok(()) => {
                 self.checkpoints.committed();
@@ -349,5 +385,75 @@ impl Flush for Writer {
                 Ok(done.into_iter().map(|d| d.fail(&e)).collect())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{JobId, Submitted};
+    use crate::store::sqlite::{connect, migrate};
+    use crate::store::CancelOutcome;
+
+    /// A batch that mixes the job path's writes (on the handle) with another
+    /// (through sqlx) runs them in turn in one transaction: each sees the
+    /// ones before it, and each is answered after its kind.
+    #[tokio::test]
+    async fn a_mixed_batch_runs_its_writes_in_turn() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let pools = connect(&url).await.expect("open the test file");
+        migrate(&pools.writer).await.expect("migrate");
+        let writer = Writer {
+            pool: pools.writer.clone(),
+            checkpoints: Checkpoints::start(pools.checkpointer.clone()),
+            tail: Arc::new(Tail::default()),
+            direct: std::sync::Mutex::default(),
+        };
+        let submit = |kind: &str| {
+            let body = serde_json::json!({"kind": kind, "input": {}});
+            WriteOp::Submit {
+                tenant: "acme".to_owned(),
+                sub: Submission::parse(&body, 3).expect("a valid submission"),
+            }
+        };
+        let ops = vec![
+            submit("a"),
+            submit("b"),
+            WriteOp::Cancel {
+                id: JobId::new(),
+                reason: "none such".to_owned(),
+            },
+            submit("c"),
+            WriteOp::Claim { limit: 10 },
+        ];
+        let mut answers = writer.flush(&ops).await.expect("the batch").into_iter();
+        let mut created = Vec::new();
+        for _ in 0..2 {
+            match answers.next().expect("an answer").submitted() {
+                Ok(Submitted::Created(job)) => created.push(job.id),
+                Ok(other) => panic!("a new queued job, not {other:?}"),
+                Err(e) => panic!("submitted: {e}"),
+            }
+        }
+        let cancel = answers.next().expect("an answer").cancel().expect("cancel");
+        assert!(matches!(cancel, CancelOutcome::NotFound), "{cancel:?}");
+        match answers.next().expect("an answer").submitted() {
+            Ok(Submitted::Created(job)) => created.push(job.id),
+            other => panic!("a new queued job, not {other:?}"),
+        }
+        let claim = answers.next().expect("an answer").claimed().expect("claim");
+        let started: Vec<JobId> = claim.started.iter().map(|a| a.job.id).collect();
+        assert_eq!(started, created, "the claim starts all three, oldest first");
+        assert!(!claim.more);
+
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT status, last_seq, (SELECT count(*) FROM herald_job_events e \
+             WHERE e.job_id = j.id) FROM herald_jobs j ORDER BY run_at, id",
+        )
+        .fetch_all(&pools.reader)
+        .await
+        .expect("read back");
+        assert_eq!(rows, vec![("running".to_owned(), 2, 2); 3]);
     }
 }

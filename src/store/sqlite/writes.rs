@@ -1,15 +1,15 @@
 //! The job writes the writer task runs, each inside the batch's transaction
-//! (so each sees the writes before it): a new job, a transition, a cancel
-//! request, the retention sweep, and the queue's claim (`writes/claim.rs`).
+//! (so each sees the writes before it). The job path's writes (a new job, a
+//! runner's transitions, the queue's claim) run on the connection's handle,
+//! in `writes/direct.rs`, with the statements defined here; the rarer ones
+//! run here through sqlx: a cancel request, the retention sweep, a remote
+//! worker's claim and lease writes (with `writes/claim.rs`), recovery.
 
 use sqlx::{Sqlite, Transaction};
 
-use crate::domain::{
-    CancelDecision, EventSeq, JobId, JobRecord, NewEvent, StartedAtOnce, Submission, Timestamp,
-    Transition,
-};
+use crate::domain::{CancelDecision, EventSeq, JobId, JobRecord, NewEvent, Timestamp, Transition};
 use crate::store::row::{to_json, JobRow};
-use crate::store::{Applied, ApplyError, CancelOutcome, StoreError, Submitted};
+use crate::store::{Applied, ApplyError, CancelOutcome, StoreError};
 
 /// A transition's update of the job row, with [`bind_transition`]'s values:
 /// `?1` the id, `?2`–`?8` the state, `?9`/`?10` the event's seq and time,
@@ -24,6 +24,22 @@ macro_rules! update_job {
          WHERE id = ?1 AND (?13 IS NULL OR last_seq = ?13)"
     };
 }
+
+/// A transition's event, inserted when the update before it wrote the row.
+macro_rules! transition_event {
+    () => {
+        "INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+         SELECT ?1, ?9, ?11, ?12, ?10 WHERE changes() = 1"
+    };
+}
+
+/// One event of a job, by its values: `?1` the job, then seq, name, data, time.
+pub(super) const INSERT_EVENT: &str =
+    "INSERT INTO herald_job_events (job_id, seq, event, data, at) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// The job with id `?1`.
+pub(super) const JOB_BY_ID: &str =
+    concat!("SELECT ", job_columns!(), " FROM herald_jobs WHERE id = ?1");
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
 
@@ -69,11 +85,7 @@ pub(super) async fn write_transition(
     if_seq: Option<EventSeq>,
 ) -> Result<bool, sqlx::Error> {
     let done = bind_transition(
-        sqlx::query(concat!(
-            update_job!(),
-            "; INSERT INTO herald_job_events (job_id, seq, event, data, at) \
-             SELECT ?1, ?9, ?11, ?12, ?10 WHERE changes() = 1;"
-        )),
+        sqlx::query(concat!(update_job!(), "; ", transition_event!(), ";")),
         job,
         ev,
         if_seq,
@@ -108,14 +120,10 @@ pub(super) async fn fetch_job(
     tx: &mut Transaction<'static, Sqlite>,
     id: JobId,
 ) -> Result<Option<JobRecord>, StoreError> {
-    let row: Option<JobRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        job_columns!(),
-        " FROM herald_jobs WHERE id = ?1"
-    ))
-    .bind(id.to_string())
-    .fetch_optional(&mut **tx)
-    .await?;
+    let row: Option<JobRow> = sqlx::query_as(JOB_BY_ID)
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
     row.map(JobRecord::try_from).transpose()
 }
 
@@ -135,26 +143,6 @@ pub(super) async fn apply_in(
     })
 }
 
-/// Applies `ts` in turn to `known` without reading the job first, unless it
-/// turns out to have changed since the caller saw it: the job's last state
-/// and every step's event in one write, all or none.
-pub(super) async fn apply_known_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    known: &JobRecord,
-    ts: &[Transition],
-) -> Result<Vec<Applied>, ApplyError> {
-    let now = Timestamp::now();
-    if let Ok(steps) = known.apply_all(ts, now) {
-        if write_steps(tx, &steps, Some(known.last_seq)).await? {
-            return Ok(into_applied(steps));
-        }
-    }
-    let job = fetch_job(tx, known.id).await?.ok_or(ApplyError::NotFound)?;
-    let steps = job.apply_all(ts, now)?;
-    write_steps(tx, &steps, None).await?;
-    Ok(into_applied(steps))
-}
-
 /// Writes `steps` (see [`write_steps`]) inside a transaction that read the
 /// job they start from.
 pub(super) async fn write_steps_in(
@@ -163,13 +151,6 @@ pub(super) async fn write_steps_in(
 ) -> Result<(), sqlx::Error> {
     write_steps(tx, steps, None).await?;
     Ok(())
-}
-
-fn into_applied(steps: Vec<(JobRecord, NewEvent)>) -> Vec<Applied> {
-    steps
-        .into_iter()
-        .map(|(job, event)| Applied { job, event })
-        .collect()
 }
 
 /// Writes the last step's job state and every step's event (see
@@ -241,133 +222,70 @@ async fn write_two_steps(
     written(job, done.rows_affected(), 3, if_seq)
 }
 
+/// A new queued job's row: `?1` id, `?2` task id, `?3` tenant, `?4` kind,
+/// `?5` status, `?6` input, `?7` attempt, `?8` max attempts, `?9` timeout,
+/// `?10` idempotency key, `?11` created, `?12` its first event's seq, `?15`
+/// run_at, `?16` remote.
+macro_rules! insert_queued_job {
+    () => {
+        "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
+         timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, remote) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?15, ?16)"
+    };
+}
+
+/// Its first event: `?12` seq, `?13` name, `?14` data, at `?11`.
+macro_rules! insert_created_event {
+    () => {
+        "INSERT INTO herald_job_events (job_id, seq, event, data, at) VALUES (?1, ?12, ?13, ?14, ?11)"
+    };
+}
+
+/// A job submitted to start (`direct::submit_started`), stored started unless a
+/// due local job waits; its values are listed there.
+macro_rules! insert_started_job {
+    () => {
+        "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, \
+           max_attempts, timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, \
+           remote, started_at) \
+         SELECT ?1, ?11, ?12, ?13, ?2, ?14, ?15, ?16, ?17, ?18, ?7, ?4, ?3, ?7, 0, ?19 \
+         WHERE NOT EXISTS (SELECT 1 FROM herald_jobs INDEXED BY herald_jobs_ready \
+           WHERE status = 'queued' AND remote = 0 AND run_at <= ?7)"
+    };
+}
+
+/// The same job stored queued instead, when it did not start.
+macro_rules! insert_queued_instead {
+    () => {
+        "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, \
+           max_attempts, timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, \
+           remote, started_at) \
+         SELECT ?1, ?11, ?12, ?13, ?20, ?14, ?15, ?16, ?17, ?18, ?7, ?7, ?21, ?7, 0, NULL \
+         WHERE changes() = 0"
+    };
+}
+
+/// Its `queued` event.
+macro_rules! insert_first_event {
+    () => {
+        "INSERT INTO herald_job_events (job_id, seq, event, data, at) VALUES (?1, ?10, ?8, ?9, ?7)"
+    };
+}
+
+/// Its `running` event, when it started.
+macro_rules! insert_running_event {
+    () => {
+        "INSERT INTO herald_job_events (job_id, seq, event, data, at) \
+         SELECT ?1, ?3, ?5, ?6, ?4 FROM herald_jobs WHERE id = ?1 AND status = ?2"
+    };
+}
+
 /// The tenant's job with idempotency key `?2`, if any (its unique index).
 pub(crate) const JOB_BY_IDEMPOTENCY_KEY: &str = concat!(
     "SELECT ",
     job_columns!(),
     " FROM herald_jobs WHERE tenant = ?1 AND idempotency_key = ?2"
 );
-
-pub(super) async fn submit_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    tenant: &str,
-    sub: &Submission,
-) -> Result<Submitted, StoreError> {
-    if let Some(key) = &sub.idempotency_key {
-        let row: Option<JobRow> = sqlx::query_as(JOB_BY_IDEMPOTENCY_KEY)
-            .bind(tenant)
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await?;
-        if let Some(row) = row {
-            return Ok(sub.resubmitted(JobRecord::try_from(row)?));
-        }
-    }
-    let now = Timestamp::now();
-    let job = sub.new_job(tenant, now);
-    let first = job.created_event();
-    if sub.start && !sub.remote {
-        return submit_started(tx, job, &first, now).await;
-    }
-    sqlx::query(
-        "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, max_attempts, \
-         timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, remote) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?15, ?16); \
-         INSERT INTO herald_job_events (job_id, seq, event, data, at) VALUES (?1, ?12, ?13, ?14, ?11);",
-    )
-    .bind(job.id.to_string())
-    .bind(job.id.task_id().to_string())
-    .bind(&job.tenant)
-    .bind(&job.kind)
-    .bind(job.status.as_str())
-    .bind(serde_json::to_string(&job.input).expect("JSON values serialize"))
-    .bind(job.attempt)
-    .bind(job.max_attempts)
-    .bind(job.timeout_secs)
-    .bind(&job.idempotency_key)
-    .bind(job.created_at.0)
-    .bind(first.seq.0)
-    .bind(first.kind.as_str())
-    .bind(&first.data)
-    .bind(job.run_at.0)
-    .bind(job.remote)
-    .execute(&mut **tx)
-    .await?;
-    Ok(Submitted::Created(job))
-}
-
-/// Inserts `job` started at `now` (see [`Submission::start`]) unless a due
-/// local job waits in the queue (that one starts first, by a claim): then
-/// queued, as any job. One round trip either way: the row as the claim would
-/// leave it, or as queued, and its events (`first`, `queued`; and `running`
-/// when it started). A started job never enters the partial index of queued
-/// jobs, and its status is written once.
-async fn submit_started(
-    tx: &mut Transaction<'static, Sqlite>,
-    queued: JobRecord,
-    first: &NewEvent,
-    now: Timestamp,
-) -> Result<Submitted, StoreError> {
-    let (job, start) = queued.apply(&Transition::Start, now).map_err(|refused| {
-        StoreError::Corrupt(format!("a new job {} cannot start: {refused}", queued.id))
-    })?;
-    // sqlx numbers each statement's unused `?NNN` below its highest one as
-    // the next positional values, and stops binding past the last value: the
-    // statements use low numbers where they can (the `running` event's are
-    // `?1`–`?6`), so none runs out.
-    let done = sqlx::query(
-        "INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, \
-           max_attempts, timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, \
-           remote, started_at) \
-         SELECT ?1, ?11, ?12, ?13, ?2, ?14, ?15, ?16, ?17, ?18, ?7, ?4, ?3, ?7, 0, ?19 \
-         WHERE NOT EXISTS (SELECT 1 FROM herald_jobs INDEXED BY herald_jobs_ready \
-           WHERE status = 'queued' AND remote = 0 AND run_at <= ?7); \
-         INSERT INTO herald_jobs (id, task_id, tenant, kind, status, input, attempt, \
-           max_attempts, timeout_secs, idempotency_key, created_at, updated_at, last_seq, run_at, \
-           remote, started_at) \
-         SELECT ?1, ?11, ?12, ?13, ?20, ?14, ?15, ?16, ?17, ?18, ?7, ?7, ?21, ?7, 0, NULL \
-         WHERE changes() = 0; \
-         INSERT INTO herald_job_events (job_id, seq, event, data, at) VALUES (?1, ?10, ?8, ?9, ?7); \
-         INSERT INTO herald_job_events (job_id, seq, event, data, at) \
-         SELECT ?1, ?3, ?5, ?6, ?4 FROM herald_jobs WHERE id = ?1 AND status = ?2;",
-    )
-    .bind(job.id.to_string())
-    .bind(job.status.as_str())
-    .bind(start.seq.0)
-    .bind(start.at.0)
-    .bind(start.kind.as_str())
-    .bind(&start.data)
-    .bind(job.created_at.0)
-    .bind(first.kind.as_str())
-    .bind(&first.data)
-    .bind(first.seq.0)
-    .bind(job.id.task_id().to_string())
-    .bind(&job.tenant)
-    .bind(&job.kind)
-    .bind(serde_json::to_string(&job.input).expect("JSON values serialize"))
-    .bind(job.attempt)
-    .bind(job.max_attempts)
-    .bind(job.timeout_secs)
-    .bind(&job.idempotency_key)
-    .bind(job.started_at.map(|t| t.0))
-    .bind(queued.status.as_str())
-    .bind(queued.last_seq.0)
-    .execute(&mut **tx)
-    .await?;
-    // The job's row and its events: 3 rows when it started, 2 when queued.
-    match done.rows_affected() {
-        3 => Ok(Submitted::Started(Box::new(StartedAtOnce {
-            queued,
-            running: job,
-            start,
-        }))),
-        2 => Ok(Submitted::Created(queued)),
-        n => Err(StoreError::WriteFailed(format!(
-            "the submission of job {} wrote {n} rows instead of 2 or 3",
-            queued.id
-        ))),
-    }
-}
 
 pub(super) async fn cancel_in(
     tx: &mut Transaction<'static, Sqlite>,
@@ -424,6 +342,7 @@ pub(super) async fn purge_in(
 }
 
 mod claim;
-pub(super) use claim::{claim_in, write_starts};
+pub(super) mod direct;
+pub(super) use claim::write_starts;
 #[cfg(test)]
 pub(crate) use claim::{QUEUE_HEAD, START_JOBS};

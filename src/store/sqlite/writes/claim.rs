@@ -1,77 +1,11 @@
-//! The queue's claim: the head of the queue read, and its due jobs started
+//! Claims' statements: the queue's head (which the local claim in
+//! `direct.rs` reads), and the starts of a remote worker's claim, written
 //! inside the writer's transaction.
 
 use sqlx::{Sqlite, Transaction};
 
-use super::{bind_transition, to_json};
-use crate::domain::Timestamp;
-use crate::store::row::JobRow;
-use crate::store::{Applied, Claim, StoreError};
-
-/// The queue's claim, inside the writer's transaction: the first `limit`
-/// queued jobs by `run_at`, and one more to know whether more wait (from the
-/// partial index of queued jobs, so the cost does not grow with history);
-/// those that are due start, and the first one that is not says when the
-/// next one will be. Two round trips to the connection's thread however many
-/// jobs start: the read, and one write of them all.
-pub(in crate::store::sqlite) async fn claim_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    limit: usize,
-) -> Result<Claim, StoreError> {
-    let rows: Vec<JobRow> = sqlx::query_as(QUEUE_HEAD)
-        .bind(limit as i64 + 1)
-        .fetch_all(&mut **tx)
-        .await?;
-    let mut claim = Claim::plan(rows, Timestamp::now(), limit)?.claim();
-    if let [one] = claim.started.as_slice() {
-        start_one(tx, one).await?;
-    } else if !claim.started.is_empty() {
-        let written = write_starts(tx, &claim.started).await?;
-        claim
-            .started
-            .retain(|a| written.contains(&a.job.id.to_string()));
-    }
-    Ok(claim)
-}
-
-/// [`write_starts`] for the commonest claim, one job (a slot freed under
-/// load): its values bound as any transition's, in the same one round trip.
-/// The JSON array's `->>` per field made SQLite's JSON functions 9% of all
-/// instructions in a callgrind run where nearly every job was claimed.
-async fn start_one(
-    tx: &mut Transaction<'static, Sqlite>,
-    Applied { job, event }: &Applied,
-) -> Result<(), StoreError> {
-    let written = bind_transition(
-        sqlx::query(concat!(
-            "SAVEPOINT claim; ",
-            update_job!(),
-            " RETURNING id; INSERT INTO herald_job_events (job_id, seq, event, data, at) \
-             SELECT ?1, ?9, ?11, ?12, ?10 WHERE changes() = 1; RELEASE claim;"
-        )),
-        job,
-        event,
-        None,
-    )
-    .fetch_all(&mut **tx)
-    .await;
-    match written {
-        Ok(ids) if ids.len() == 1 => Ok(()),
-        other => {
-            sqlx::query("ROLLBACK TO claim; RELEASE claim")
-                .execute(&mut **tx)
-                .await?;
-            Err(match other {
-                Err(e) => e.into(),
-                Ok(ids) => StoreError::WriteFailed(format!(
-                    "the claim's start of job {} updated {} rows",
-                    job.id,
-                    ids.len()
-                )),
-            })
-        }
-    }
-}
+use super::to_json;
+use crate::store::{Applied, StoreError};
 
 /// The claim's update of the jobs it starts, from `?1`, a JSON array of
 /// `[id, status, progress, result, error, attempt, started_at, finished_at,
