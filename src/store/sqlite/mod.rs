@@ -85,9 +85,14 @@ pub async fn connect(url: &str) -> Result<Pools, StoreError> {
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
     // The writer checkpoints only when `checkpoint.rs` says so.
+    // Its connection is never replaced while it works: the writer keeps
+    // statements prepared on its handle (`writes/direct.rs`), and sqlx
+    // refuses to close a handle with statements still open.
     let writer = SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
         .acquire_timeout(Duration::from_secs(30))
         .test_before_acquire(false)
         .connect_with(opts.clone().pragma("wal_autocheckpoint", "0"))

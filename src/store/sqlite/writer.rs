@@ -10,7 +10,7 @@ use super::checkpoint::Checkpoints;
 use super::remote::{claim_remote_in, lease_op_in};
 use super::tail::{Keep, Tail, TailEvent};
 use super::uploads::{unit_write, UnitWrite};
-use super::writes::direct::{self, atomically, Direct};
+use super::writes::direct::{self, Direct};
 use super::writes::{cancel_in, purge_in};
 use crate::domain::{JobId, JobRecord, LeaseOp, LeaseTerms, Submission, Timestamp, Transition};
 use crate::store::group::{Batching, Flush, Group};
@@ -215,10 +215,10 @@ const MAX_BATCH: usize = 256;
 pub(super) fn start(pool: SqlitePool, checkpoints: Checkpoints, tail: Arc<Tail>) -> Group<Writer> {
     Group::start(
         Writer {
+            direct: std::sync::Mutex::default(),
             pool,
             checkpoints,
             tail,
-            direct: std::sync::Mutex::default(),
         },
         Batching {
             writers: 1,
@@ -230,12 +230,15 @@ pub(super) fn start(pool: SqlitePool, checkpoints: Checkpoints, tail: Arc<Tail>)
 }
 
 pub(super) struct Writer {
+    /// The job path's batches run here, on the connection's handle. First,
+    /// so that it is dropped first: its statements are finalized before the
+    /// pool can close the connection (sqlx panics on a handle that still
+    /// has statements).
+    direct: std::sync::Mutex<Direct>,
     pool: SqlitePool,
     checkpoints: Checkpoints,
     /// The feed's tail: what each batch appended, read back while feeds read.
     tail: Arc<Tail>,
-    /// The job path's batches run here, on the connection's handle.
-    direct: std::sync::Mutex<Direct>,
 }
 
 /// What a batch appended for the feeds' tail, or where the tail starts over.
@@ -258,17 +261,13 @@ impl Writer {
             .iter()
             .map(|op| match op {
                 WriteOp::Submit { tenant, sub } => {
-                    Answer::Submitted(atomically(conn, |c| direct::submit(c, tenant, sub)))
+                    Answer::Submitted(direct::submit(conn, tenant, sub))
                 }
-                WriteOp::Apply { id, t } => {
-                    Answer::Applied(atomically(conn, |c| direct::apply(c, *id, t)))
-                }
+                WriteOp::Apply { id, t } => Answer::Applied(direct::apply(conn, *id, t)),
                 WriteOp::ApplyKnown { known, ts } => {
-                    Answer::AppliedAll(atomically(conn, |c| direct::apply_known(c, known, ts)))
+                    Answer::AppliedAll(direct::apply_known(conn, known, ts))
                 }
-                WriteOp::Claim { limit } => {
-                    Answer::Claimed(atomically(conn, |c| direct::claim(c, *limit)))
-                }
+                WriteOp::Claim { limit } => Answer::Claimed(direct::claim(conn, *limit)),
                 other => Answer::failed(other, &|| {
                     StoreError::WriteFailed("this write does not run on the handle".to_owned())
                 }),
@@ -405,10 +404,10 @@ mod tests {
         let pools = connect(&url).await.expect("open the test file");
         migrate(&pools.writer).await.expect("migrate");
         let writer = Writer {
+            direct: std::sync::Mutex::default(),
             pool: pools.writer.clone(),
             checkpoints: Checkpoints::start(pools.checkpointer.clone()),
             tail: Arc::new(Tail::default()),
-            direct: std::sync::Mutex::default(),
         };
         let submit = |kind: &str| {
             let body = serde_json::json!({"kind": kind, "input": {}});
@@ -455,5 +454,25 @@ mod tests {
         .await
         .expect("read back");
         assert_eq!(rows, vec![("running".to_owned(), 2, 2); 3]);
+
+        // The writer goes first, as when the store stops: the connection
+        // then closes cleanly (sqlx's thread would panic on a handle with
+        // statements still open, and nothing else would tell).
+        let unfinalized = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = unfinalized.clone();
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.to_string().contains("unfinalized statements") {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            before(info);
+        }));
+        drop(writer);
+        pools.writer.close().await;
+        let _ = std::panic::take_hook();
+        assert!(
+            !unfinalized.load(std::sync::atomic::Ordering::SeqCst),
+            "the write connection closed with statements still open"
+        );
     }
 }

@@ -61,19 +61,20 @@ impl Direct {
     }
 }
 
-/// Runs one op's statements `f` all or none: the batch commits whatever
-/// one op answers, so an op that fails half-way is rolled back to where it
-/// began.
-pub(in crate::store::sqlite) fn atomically<T, E: From<StoreError>>(
+/// Runs `f`'s statements all or none, in a savepoint: the batch commits
+/// whatever one op answers, so one that fails half-way is rolled back to
+/// where it began. Only a claim of several jobs needs it: savepoints cost
+/// (one around every op took a job from 116 to 147 µs of server CPU).
+fn atomically<T>(
     conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, E>,
-) -> Result<T, E> {
-    exec(conn, "SAVEPOINT op", &[])?;
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    exec(conn, "SAVEPOINT claim", &[])?;
     let done = f(conn);
     if done.is_err() {
-        exec(conn, "ROLLBACK TO op", &[])?;
+        exec(conn, "ROLLBACK TO claim", &[])?;
     }
-    exec(conn, "RELEASE op", &[])?;
+    exec(conn, "RELEASE claim", &[])?;
     done
 }
 
@@ -274,7 +275,7 @@ fn into_applied(steps: Vec<(JobRecord, NewEvent)>) -> Vec<Applied> {
 
 /// Applies `ts` in turn to `known` without reading the job first, unless it
 /// turns out to have changed since the caller saw it: the job's last state
-/// and every step's event in one write, all or none.
+/// and every step's event in one write.
 pub(in crate::store::sqlite) fn apply_known(
     conn: &Connection,
     known: &JobRecord,
@@ -425,13 +426,23 @@ pub(in crate::store::sqlite) fn claim(
 ) -> Result<Claim, StoreError> {
     let head = job_rows(conn, super::claim::QUEUE_HEAD, &[&(limit as i64 + 1)])?;
     let claim = Claim::plan(head, Timestamp::now(), limit)?.claim();
-    for a in &claim.started {
-        if !write(conn, &a.job, &[&a.event], None)? {
-            return Err(StoreError::WriteFailed(format!(
-                "the claim's start of job {} wrote nothing",
-                a.job.id
-            )));
+    let start = |conn: &Connection| {
+        for a in &claim.started {
+            if !write(conn, &a.job, &[&a.event], None)? {
+                return Err(StoreError::WriteFailed(format!(
+                    "the claim's start of job {} wrote nothing",
+                    a.job.id
+                )));
+            }
         }
+        Ok(())
+    };
+    // One job is one update and its event, as any transition; several go
+    // in a savepoint, so none is left started when a later one fails.
+    match claim.started.len() {
+        0 => {}
+        1 => start(conn)?,
+        _ => atomically(conn, start)?,
     }
     Ok(claim)
 }
