@@ -263,19 +263,28 @@ fn split_same_keys<F: Flush>(batch: &mut Vec<Item<F>>) -> Vec<Item<F>> {
     later
 }
 
-/// Flushes `ops`, once more if the first try met a broken connection (see
-/// [`BatchError::broken_connection`]). Safe to repeat: a transition is
-/// conditional on `last_seq`, a read is a read, and a new job's id is its
-/// primary key.
+/// Flushes `ops`, again while a try met a broken connection (see
+/// [`BatchError::broken_connection`]), up to [`BROKEN_TRIES`] tries: after
+/// the database went away for a moment, each pooled connection fails once,
+/// and a batch pool keeps all of its connections open. Safe to repeat: a
+/// transition is conditional on `last_seq`, a read is a read, and a new
+/// job's id is its primary key.
 async fn flush_retrying<F: Flush>(flush: &F, ops: &[F::Op]) -> Result<Vec<F::Out>, F::Error> {
-    match flush.flush(ops).await {
-        Err(e) if e.broken_connection() => {
-            tracing::debug!(error = %e, "a pooled connection was broken; trying a fresh one");
-            flush.flush(ops).await
+    let mut tries = 1;
+    loop {
+        match flush.flush(ops).await {
+            Err(e) if e.broken_connection() && tries < BROKEN_TRIES => {
+                tracing::debug!(error = %e, tries, "a pooled connection was broken; trying another");
+                tries += 1;
+            }
+            other => return other,
         }
-        other => other,
     }
 }
+
+/// More tries than a batch pool has connections (PostgreSQL's submissions
+/// and writes keep 7 open), so one outage costs a batch no error.
+const BROKEN_TRIES: usize = 9;
 
 /// Sends `answer` to whoever waits for `op`, or, when nobody does and it
 /// failed, tells the flush it was lost. A caller that stopped waiting no

@@ -23,13 +23,13 @@ impl BatchError for TestError {
 }
 
 /// Records every batch it is given; fails a batch that holds a negative
-/// op; fails the first flush with a broken connection when told to; and
+/// op; fails the first `breaks` flushes with a broken connection; and
 /// holds each flush until `gate` gives a permit.
 #[derive(Default)]
 struct Recorder {
     batches: StdMutex<Vec<Vec<i64>>>,
     lost: StdMutex<Vec<i64>>,
-    break_once: StdMutex<bool>,
+    breaks: StdMutex<usize>,
     gate: Option<Arc<Semaphore>>,
 }
 
@@ -59,8 +59,12 @@ impl Flush for Arc<Recorder> {
             gate.acquire().await.unwrap().forget();
         }
         self.batches.lock().unwrap().push(ops.to_vec());
-        if std::mem::take(&mut *self.break_once.lock().unwrap()) {
-            return Err(TestError("broken".into()));
+        {
+            let mut breaks = self.breaks.lock().unwrap();
+            if *breaks > 0 {
+                *breaks -= 1;
+                return Err(TestError("broken".into()));
+            }
         }
         if ops.iter().any(|op| *op < 0) {
             return Err(TestError(format!("bad op in {ops:?}")));
@@ -180,14 +184,27 @@ async fn a_failed_batch_is_written_one_by_one() {
 }
 
 #[tokio::test]
-async fn a_broken_connection_is_tried_once_more() {
+async fn a_broken_connection_is_tried_again_until_a_sound_one_answers() {
+    // A batch pool of 7 connections, all broken by an outage.
     let flush = Recorder {
-        break_once: StdMutex::new(true),
+        breaks: StdMutex::new(7),
         ..Recorder::default()
     };
     let (group, flush) = start(flush, Batching::default());
     assert_eq!(group.run(7).await.unwrap(), 70);
-    assert_eq!(batches(&flush, 2).await, vec![vec![7], vec![7]]);
+    assert_eq!(batches(&flush, 8).await, vec![vec![7]; 8]);
+}
+
+#[tokio::test]
+async fn broken_connections_are_tried_a_bounded_number_of_times() {
+    let flush = Recorder {
+        breaks: StdMutex::new(usize::MAX),
+        ..Recorder::default()
+    };
+    let (group, flush) = start(flush, Batching::default());
+    let e = group.run(7).await.unwrap_err();
+    assert!(e.broken_connection(), "{e}");
+    assert_eq!(flush.batches.lock().unwrap().len(), BROKEN_TRIES);
 }
 
 #[tokio::test]

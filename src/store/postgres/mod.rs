@@ -115,9 +115,13 @@ pub async fn connect(url: &str, pool_size: u32, node: &str) -> Result<Pools, Sto
     // the submissions (whose check for a due job waiting must not become a
     // walk of the table as it grows) and the queue's claim, the planner may
     // use only index lookups.
+    // All of them open from the start and stay open: a burst of submissions
+    // after a start or a quiet spell otherwise waited for connections to be
+    // set up (a p99 of 110 ms in the harness, against 35 ms without).
     let writes = PgPoolOptions::new()
         .test_before_acquire(false)
         .max_connections(3 * WRITERS as u32 + 1)
+        .min_connections(3 * WRITERS as u32 + 1)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts.clone().options([
             ("enable_seqscan", "off"),
