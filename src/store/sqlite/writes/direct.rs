@@ -41,11 +41,11 @@ impl Direct {
     ) -> &Connection {
         let addr = handle.as_ptr() as usize;
         if self.0.as_ref().is_none_or(|(at, _)| *at != addr) {
-            // sqlx opened the writer's connection again (the old one had
-            // gone): the old statements belong to the old handle, which sqlx
-            // has closed or will close; finalizing them could touch freed
-            // memory, so they are let go unfinalized (SQLite keeps a handle
-            // with live statements open, so nothing dangles either way).
+            // sqlx replaced the writer's connection (never on its own: see
+            // `connect`; only after the old one's thread died). The old
+            // statements belong to the old handle; finalizing them could
+            // touch freed memory, so they are let go unfinalized: a leak,
+            // once.
             if let Some(old) = self.0.take() {
                 std::mem::forget(old);
             }
@@ -84,7 +84,8 @@ fn atomically<T>(
     done
 }
 
-/// Whether `e` says the file is busy or locked (the write may succeed later).
+/// A rusqlite error as the store's: busy or locked is `Unavailable` (a
+/// retry may succeed), anything else a failed write.
 fn store_error(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
@@ -424,8 +425,8 @@ fn submit_started(
 /// more to know whether more wait (from the partial index of queued jobs,
 /// so the cost does not grow with history); those that are due start, each
 /// written with its values bound (a statement here costs no round trip, so
-/// no JSON array), all of them or none (see [`atomically`]); the first one that is
-/// not due says when the next one will be.
+/// no JSON array), all of them or none (see [`atomically`]); the first one
+/// that is not due says when the next one will be.
 pub(in crate::store::sqlite) fn claim(
     conn: &Connection,
     limit: usize,
