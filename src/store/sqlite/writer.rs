@@ -60,7 +60,8 @@ pub(super) enum WriteOp {
 
 impl WriteOp {
     /// One of the job path's writes, which a batch runs on the connection's
-    /// handle directly when it holds nothing else (see `writes/direct.rs`).
+    /// handle, a run of them at a time (see `writes/direct.rs`); the others
+    /// go through sqlx.
     fn is_direct(&self) -> bool {
         matches!(
             self,
