@@ -338,34 +338,33 @@ impl Flush for Writer {
         let mut done = Vec::with_capacity(ops.len());
         let mut read = None;
         let mut rest = ops;
-        while !rest.is_empty() || (back.is_some() && read.is_none()) {
+        loop {
             let n = rest.iter().take_while(|op| op.is_direct()).count();
-            if n == 0 && !rest.is_empty() {
-                done.push(self.run_sqlx(&mut tx, &rest[0]).await);
-                rest = &rest[1..];
-                continue;
-            }
             let last = n == rest.len();
-            match self
-                .run_direct(&mut tx, &rest[..n], back.filter(|_| last))
-                .await
-            {
-                Ok((answers, b)) => {
-                    done.extend(answers);
-                    if last {
-                        read = Some(b);
+            if n > 0 || (last && back.is_some()) {
+                match self
+                    .run_direct(&mut tx, &rest[..n], back.filter(|_| last))
+                    .await
+                {
+                    Ok((answers, b)) => {
+                        done.extend(answers);
+                        read = b;
+                    }
+                    Err(e) => {
+                        // The transaction is rolled back: nothing of the batch stays.
+                        tracing::error!(error = %e, "could not take the write connection's handle");
+                        let e = batch_failed("could not take the connection's handle", &e);
+                        return Ok(ops.iter().map(|op| Answer::failed(op, &e)).collect());
                     }
                 }
-                Err(e) => {
-                    // The transaction is rolled back: nothing of the batch stays.
-                    tracing::error!(error = %e, "could not take the write connection's handle");
-                    let e = batch_failed("could not take the connection's handle", &e);
-                    return Ok(ops.iter().map(|op| Answer::failed(op, &e)).collect());
-                }
             }
-            rest = &rest[n..];
+            let Some((op, after)) = rest[n..].split_first() else {
+                break;
+            };
+            done.push(self.run_sqlx(&mut tx, op).await);
+            rest = after;
         }
-        let back = read.flatten();
+        let back = read;
         match tx.commit().await {
             Ok(()) => {
                 self.checkpoints.committed();
