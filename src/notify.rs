@@ -1,16 +1,20 @@
 //! Cross-node wake-ups on PostgreSQL: one dedicated LISTEN connection per node.
 //!
-//! Three channels, each carrying ids and marks, and at most one event:
+//! Four channels, each carrying ids and marks, and maybe events:
+//! - `herald_event_batch` (the sender's origin mark, then the events it
+//!   committed, each as its job id and maybe the event; see
+//!   [`EventBatch`]): another node appended events; publish each to this
+//!   node's subscribers of that job, or wake them and they read the store;
 //! - `herald_events` (job id, then the sender's origin mark, then maybe the
-//!   event): another node appended an event; publish it to this node's
-//!   subscribers of that job, or wake them and they read the store;
+//!   event): the same, one event to a notification, from a node of an
+//!   earlier version;
 //! - `herald_cancel` (job id): a cancel was requested; fire the job's token if
 //!   it runs here;
 //! - `herald_queue` (the sender's origin mark): a job became queued on
 //!   another node; wake this node's queue worker so it claims now rather
 //!   than on its interval.
 //!
-//! An event notification may carry the event (see the PostgreSQL notifier):
+//! An event notice may carry the event (see the PostgreSQL notifier):
 //! then it is published to the job's streams here as a local one is, and
 //! caught-up streams send it without reading the store.
 //!
@@ -43,7 +47,9 @@ use crate::domain::{EventKind, EventSeq, JobId, Timestamp};
 use crate::frame::Frame;
 use crate::hub::Hub;
 use crate::queue::QueueWaker;
-use crate::store::postgres::{CANCEL_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL};
+use crate::store::postgres::{
+    EventBatch, CANCEL_CHANNEL, EVENTS_CHANNEL, EVENT_BATCH_CHANNEL, QUEUE_CHANNEL,
+};
 use crate::store::Store;
 
 /// How often every local stream and the worker look at the store anyway.
@@ -81,8 +87,13 @@ pub async fn listen(opts: PgConnectOptions, wakers: Wakers, stop: CancellationTo
     loop {
         let connected = async {
             let mut l = PgListener::connect_with(&pool).await?;
-            l.listen_all([EVENTS_CHANNEL, CANCEL_CHANNEL, QUEUE_CHANNEL])
-                .await?;
+            l.listen_all([
+                EVENT_BATCH_CHANNEL,
+                EVENTS_CHANNEL,
+                CANCEL_CHANNEL,
+                QUEUE_CHANNEL,
+            ])
+            .await?;
             Ok::<_, sqlx::Error>(l)
         };
         let mut listener = tokio::select! {
@@ -142,6 +153,29 @@ pub async fn listen(opts: PgConnectOptions, wakers: Wakers, stop: CancellationTo
 
 fn dispatch(wakers: &Wakers, channel: &str, payload: &str) {
     match channel {
+        EVENT_BATCH_CHANNEL => {
+            let (origin, records) = EventBatch::unpack(payload);
+            if origin == wakers.origin {
+                // Its own events: one wake-up of the feeds for them all.
+                wakers.hub.notify_feeds();
+                return;
+            }
+            for record in records {
+                match record {
+                    Ok((id, Some(ev))) => wakers.hub.publish(
+                        id,
+                        Frame::new(EventSeq(ev.seq), ev.kind, ev.data, Timestamp(ev.at)),
+                    ),
+                    Ok((id, None)) => wakers.hub.notify(id),
+                    Err(error) => {
+                        // What came before it was published; the rest is
+                        // woken for every stream, which reads the store.
+                        tracing::warn!(channel, %error, "notification record ignored; waking every stream");
+                        wakers.hub.notify_all();
+                    }
+                }
+            }
+        }
         EVENTS_CHANNEL => {
             // `<id> <origin>`, then maybe ` <seq> <kind> <at>\n<data>`; a
             // node of an older version sends the bare id.
@@ -267,6 +301,72 @@ mod tests {
             );
             feed.borrow_and_update();
         }
+    }
+
+    #[test]
+    fn a_batch_of_its_own_wakes_only_the_feeds_and_another_nodes_reaches_each_job() {
+        use crate::store::postgres::Notice;
+        let w = wakers();
+        let (a, b) = (
+            JobId(uuid::Uuid::from_u128(9)),
+            JobId(uuid::Uuid::from_u128(10)),
+        );
+        w.hub.prime(a);
+        let mut stream_a = w.hub.subscribe(a);
+        let mut stream_b = w.hub.subscribe(b);
+        // The job's first event, so that the carried second one follows it.
+        w.hub.publish_created(
+            a,
+            Frame::of_new(&NewEvent {
+                seq: EventSeq(1),
+                kind: EventKind::Status,
+                data: r#"{"at":"2026-11-30T10:00:00.000000Z","attempt":1,"status":"queued"}"#
+                    .into(),
+                at: Timestamp(1),
+            }),
+        );
+        let mut feed = w.hub.subscribe_feed();
+        feed.borrow_and_update();
+        let (at_a, at_b) = (stream_a.version(), stream_b.version());
+        let running = r#"{"at":"2026-11-30T10:00:00.000002Z","attempt":1,"status":"running"}"#;
+        let notices = [
+            Notice::Carried(a, 2, "status", 2, running.into()),
+            Notice::Event(b),
+        ];
+
+        for payload in EventBatch::pack("00000000000000aa", &notices) {
+            dispatch(&w, EVENT_BATCH_CHANNEL, &payload);
+        }
+        assert_eq!(stream_a.version(), at_a, "its own event woke a job stream");
+        assert_eq!(stream_b.version(), at_b, "its own event woke a job stream");
+        assert!(
+            feed.has_changed().unwrap(),
+            "its own events did not wake the feeds"
+        );
+        feed.borrow_and_update();
+
+        for payload in EventBatch::pack("00000000000000bb", &notices) {
+            dispatch(&w, EVENT_BATCH_CHANNEL, &payload);
+        }
+        assert_ne!(
+            stream_b.version(),
+            at_b,
+            "the uncarried event did not wake its stream"
+        );
+        assert!(
+            feed.has_changed().unwrap(),
+            "another node's events did not wake the feeds"
+        );
+        let recent = stream_a.recent().try_lock().expect("the slot is free");
+        let last = recent
+            .frames
+            .back()
+            .expect("the carried event joined the recent frames");
+        assert_eq!(last.seq, EventSeq(2));
+        assert_eq!(
+            std::str::from_utf8(&last.bytes).unwrap(),
+            format!("id: 2\nevent: status\ndata: {running}\n\n")
+        );
     }
 
     /// Another node's event, carried in its notice, joins the job's slot of

@@ -1,8 +1,9 @@
 //! The PostgreSQL store: several herald nodes on one database.
 //!
 //! Cross-node wake-ups: after an event is committed, its job id is sent on
-//! `herald_events`, with the event itself when it fits (payloads are capped
-//! at 8000 bytes), and each node's listener (`notify.rs`) hands the event to
+//! `herald_event_batch`, with the event itself when it fits (payloads are
+//! capped at 8000 bytes), many events to a notification, and each node's
+//! listener (`notify.rs`) hands the event to
 //! its local streams, or wakes them and they read the store. The notify is NOT part of the event's transaction:
 //! NOTIFY takes a database-wide lock at commit and holds it through the WAL
 //! flush, so with it inside, every event-writing commit in the cluster
@@ -40,6 +41,7 @@ use super::group::{Batching, Group};
 use super::StoreError;
 use batch::{Reads, Submits, Writes};
 use notifier::Notifier;
+pub use notifier::{EventBatch, Notice};
 
 /// The columns `JobRow` reads (the uuid id as text), as a macro so queries
 /// stay `&'static str`.
@@ -63,8 +65,12 @@ mod remote;
 mod transitions;
 mod uploads;
 
-/// The channel that carries "job X has a new event".
+/// The channel that carried "job X has a new event", one notification per
+/// event, from nodes of earlier versions: still heard, no longer sent.
 pub const EVENTS_CHANNEL: &str = "herald_events";
+/// The channel that carries the events a node committed, many to a
+/// notification (see [`EventBatch`]).
+pub const EVENT_BATCH_CHANNEL: &str = "herald_event_batch";
 /// The channel that carries "job X was asked to cancel".
 pub const CANCEL_CHANNEL: &str = "herald_cancel";
 /// The channel that carries "a job became queued" (no payload): workers on
