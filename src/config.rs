@@ -165,7 +165,7 @@ pub struct Config {
 
     /// PostgreSQL: the most connections this node opens for herald's own
     /// queries (the batched writes, reads and submissions and the queue's
-    /// claim take 7 more, and the listener one).
+    /// claim take 4 more, and the listener one).
     #[arg(long, env = "HERALD_DATABASE_POOL", default_value_t = 16)]
     pub database_pool: u32,
 
