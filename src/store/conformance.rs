@@ -99,3 +99,90 @@ where
     assert_eq!(second.next_due, None);
     assert_eq!(store.queue_stats().await.expect("stats").0, 0);
 }
+
+/// On an empty store: a runner's last reports and its outcome land
+/// together, in order, with gapless seqs; from a job as known that has
+/// moved on since, they still land, after what moved it; and on a job that
+/// has ended they are refused and write nothing.
+pub(crate) async fn last_reports_and_outcome_land_in_order<S>(store: &S)
+where
+    S: JobStore + QueueStore,
+{
+    use crate::domain::{EventKind, Progress, Transition};
+    use crate::store::ApplyError;
+    let running = |s| match s {
+        Submitted::Started(s) => s.running,
+        other => panic!("expected the job started at once, got {other:?}"),
+    };
+    let progress = |percent: f64| {
+        Transition::Progress(Progress {
+            percent: Some(percent),
+            stage: None,
+            message: None,
+            data: None,
+        })
+    };
+    let kinds = |events: &[crate::store::StoredEvent]| -> Vec<(i64, EventKind)> {
+        events.iter().map(|e| (e.seq.0, e.kind)).collect()
+    };
+
+    let job = running(store.submit("", &demo(true)).await.expect("submit"));
+    let ts = [
+        progress(50.0),
+        progress(90.0),
+        Transition::Succeed(serde_json::json!({"n": 1})),
+    ];
+    let applied = store.apply_known_all(&job, &ts).await.expect("apply all");
+    let seqs: Vec<i64> = applied.iter().map(|a| a.event.seq.0).collect();
+    assert_eq!(seqs, [3, 4, 5]);
+    let stored = store.get(job.id).await.expect("get").expect("the job");
+    assert_eq!(stored, applied[2].job, "the row is the job as answered");
+    assert_eq!(stored.status, JobStatus::Succeeded);
+    assert_eq!(stored.progress.as_ref().and_then(|p| p.percent), Some(90.0));
+    let events = store
+        .events_after(job.id, EventSeq(2), 10)
+        .await
+        .expect("events");
+    assert_eq!(
+        kinds(&events),
+        [
+            (3, EventKind::Progress),
+            (4, EventKind::Progress),
+            (5, EventKind::Result)
+        ]
+    );
+    assert!(events[1].data.contains("90"), "{:?}", events[1].data);
+
+    // Ended: nothing more is written, from the job as it was known.
+    match store.apply_known_all(&job, &ts[1..]).await {
+        Err(ApplyError::Refused(_)) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let after = store
+        .events_after(job.id, EventSeq(0), 10)
+        .await
+        .expect("events");
+    assert_eq!(
+        after.len(),
+        5,
+        "a refused write added events: {:?}",
+        kinds(&after)
+    );
+
+    // Moved on since the runner last saw it (a report of its own landed).
+    let job = running(store.submit("", &demo(true)).await.expect("submit"));
+    store
+        .apply_known(&job, &progress(10.0))
+        .await
+        .expect("progress");
+    let applied = store.apply_known_all(&job, &ts).await.expect("apply all");
+    let seqs: Vec<i64> = applied.iter().map(|a| a.event.seq.0).collect();
+    assert_eq!(seqs, [4, 5, 6], "after the report that moved it on");
+    let events = store
+        .events_after(job.id, EventSeq(0), 10)
+        .await
+        .expect("events");
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq.0).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "gapless, each once");
+    assert_eq!(events[5].kind, EventKind::Result);
+}

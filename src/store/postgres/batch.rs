@@ -13,12 +13,12 @@ use crate::domain::{EventSeq, JobId, JobRecord, NewEvent};
 use crate::store::group::Flush;
 use crate::store::row::{to_json, JobRow};
 
-/// A job's new state and its event, written only while the job's `last_seq`
-/// is still the row's `if_seq`. Answers whether it was written.
+/// A job's new state and its events, written only while the job's
+/// `last_seq` is still the row's `if_seq`. Answers whether it was written.
 pub(super) type Write = Box<TransitionRow>;
 
-/// A transition as its columns, serialized by the caller: the writer task
-/// that flushes a batch then only gathers them.
+/// A transition (or several in turn, as one) as its columns, serialized by
+/// the caller: the writer task that flushes a batch then only gathers them.
 pub(super) struct TransitionRow {
     id: Uuid,
     status: &'static str,
@@ -28,19 +28,24 @@ pub(super) struct TransitionRow {
     attempt: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
-    seq: i64,
-    at: i64,
-    event: &'static str,
-    data: String,
     if_seq: i64,
     items_count: i64,
     run_at: i64,
+    /// In seq order; the last one is the job's `last_seq` and `updated_at`.
+    events: Vec<NewEvent>,
 }
 
 impl TransitionRow {
     /// `job` as the transition left it, `ev` its event, written while the
     /// job's `last_seq` is still `if_seq`.
     pub(super) fn new(job: &JobRecord, ev: NewEvent, if_seq: EventSeq) -> Self {
+        Self::chain(job, vec![ev], if_seq)
+    }
+
+    /// `job` as transitions in turn left it, `events` theirs (at least one,
+    /// in order): one row write and all the events, or nothing.
+    pub(super) fn chain(job: &JobRecord, events: Vec<NewEvent>, if_seq: EventSeq) -> Self {
+        assert!(!events.is_empty(), "a transition writes an event");
         TransitionRow {
             id: job.id.0,
             status: job.status.as_str(),
@@ -50,14 +55,15 @@ impl TransitionRow {
             attempt: job.attempt as i64,
             started_at: job.started_at.map(|t| t.0),
             finished_at: job.finished_at.map(|t| t.0),
-            seq: ev.seq.0,
-            at: ev.at.0,
-            event: ev.kind.as_str(),
-            data: ev.data,
             if_seq: if_seq.0,
             items_count: job.items_count,
             run_at: job.run_at.0,
+            events,
         }
+    }
+
+    fn last(&self) -> &NewEvent {
+        self.events.last().expect("a transition writes an event")
     }
 }
 
@@ -86,12 +92,14 @@ impl Flush for Writes {
 
 /// Writes the transitions in one statement, each only while its job's
 /// `last_seq` is still the row's `if_seq`; returns the ids written. A row
-/// that moved on is not updated, so neither is its event inserted. Every
+/// that moved on is not updated, so neither are its events inserted. Every
 /// table is reached through `id = ANY(array)` on its primary key: the batched
 /// writes run on the `writes` pool, whose planner may use nothing but index
 /// lookups (the plan is made once, maybe on empty tables, and must stay
 /// right as they grow). A transition to `running` records `node` as the
-/// node running the attempt.
+/// node running the attempt. The events go in in the order of `rows` and,
+/// within a row, of their seqs (so the feed, which reads a transaction's
+/// events by id, has each job's in order).
 pub(super) async fn write_rows<'e, E>(
     exec: E,
     node: &str,
@@ -107,22 +115,25 @@ where
     let written = sqlx::query_scalar(
         "WITH v AS ( \
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], \
-             $12::text[], $13::int8[], $15::int8[], $16::int8[]) \
-           AS v(id, status, progress, result, error, attempt, started_at, finished_at, seq, at, \
-             event, data, if_seq, items_count, run_at)), \
+             $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
+             $12::int8[], $13::int8[]) \
+           AS v(id, status, progress, result, error, attempt, started_at, finished_at, last_seq, \
+             at, if_seq, items_count, run_at)), \
          upd AS ( \
            UPDATE herald_jobs j SET status = v.status, progress = v.progress, result = v.result, \
              error = v.error, attempt = v.attempt, started_at = v.started_at, \
-             finished_at = v.finished_at, last_seq = v.seq, updated_at = v.at, \
+             finished_at = v.finished_at, last_seq = v.last_seq, updated_at = v.at, \
              items_count = v.items_count, run_at = v.run_at, \
              node_id = CASE WHEN v.status = 'running' THEN $14 ELSE j.node_id END \
            FROM v WHERE j.id = ANY($1::uuid[]) AND j.id = v.id AND j.last_seq = v.if_seq \
-           RETURNING j.id, v.seq, v.event, v.data, v.at), \
+           RETURNING j.id), \
          ins AS ( \
            INSERT INTO herald_job_events (job_id, seq, event, data, at) \
-           SELECT id, seq, event, data, at FROM upd RETURNING job_id) \
-         SELECT job_id FROM ins",
+           SELECT e.job_id, e.seq, e.event, e.data, e.at \
+             FROM unnest($15::uuid[], $16::int8[], $17::text[], $18::text[], $19::int8[]) \
+               WITH ORDINALITY AS e(job_id, seq, event, data, at, n) \
+             JOIN upd ON upd.id = e.job_id ORDER BY e.n) \
+         SELECT id FROM upd",
     )
     .bind(&a.id)
     .bind(&a.status)
@@ -132,14 +143,17 @@ where
     .bind(&a.attempt)
     .bind(&a.started_at)
     .bind(&a.finished_at)
-    .bind(&a.seq)
+    .bind(&a.last_seq)
     .bind(&a.at)
-    .bind(&a.event)
-    .bind(&a.data)
     .bind(&a.if_seq)
-    .bind(node)
     .bind(&a.items_count)
     .bind(&a.run_at)
+    .bind(node)
+    .bind(&a.ev_job)
+    .bind(&a.ev_seq)
+    .bind(&a.ev_event)
+    .bind(&a.ev_data)
+    .bind(&a.ev_at)
     .fetch_all(exec)
     .await?
     .into_iter()
@@ -147,42 +161,52 @@ where
     Ok(written)
 }
 
+/// A batch of transitions as the arrays its statement takes: one entry per
+/// row in the first group, one per event in the `ev_` ones.
 #[derive(Default)]
-struct TransitionArrays {
+struct TransitionArrays<'a> {
     id: Vec<Uuid>,
     status: Vec<&'static str>,
-    progress: Vec<Option<String>>,
-    result: Vec<Option<String>>,
-    error: Vec<Option<String>>,
+    progress: Vec<Option<&'a str>>,
+    result: Vec<Option<&'a str>>,
+    error: Vec<Option<&'a str>>,
     attempt: Vec<i64>,
     started_at: Vec<Option<i64>>,
     finished_at: Vec<Option<i64>>,
-    seq: Vec<i64>,
+    last_seq: Vec<i64>,
     at: Vec<i64>,
-    event: Vec<&'static str>,
-    data: Vec<String>,
     if_seq: Vec<i64>,
     items_count: Vec<i64>,
     run_at: Vec<i64>,
+    ev_job: Vec<Uuid>,
+    ev_seq: Vec<i64>,
+    ev_event: Vec<&'static str>,
+    ev_data: Vec<&'a str>,
+    ev_at: Vec<i64>,
 }
 
-impl TransitionArrays {
-    fn push(&mut self, row: &TransitionRow) {
+impl<'a> TransitionArrays<'a> {
+    fn push(&mut self, row: &'a TransitionRow) {
         self.id.push(row.id);
         self.status.push(row.status);
-        self.progress.push(row.progress.clone());
-        self.result.push(row.result.clone());
-        self.error.push(row.error.clone());
+        self.progress.push(row.progress.as_deref());
+        self.result.push(row.result.as_deref());
+        self.error.push(row.error.as_deref());
         self.attempt.push(row.attempt);
         self.started_at.push(row.started_at);
         self.finished_at.push(row.finished_at);
-        self.seq.push(row.seq);
-        self.at.push(row.at);
-        self.event.push(row.event);
-        self.data.push(row.data.clone());
+        self.last_seq.push(row.last().seq.0);
+        self.at.push(row.last().at.0);
         self.if_seq.push(row.if_seq);
         self.items_count.push(row.items_count);
         self.run_at.push(row.run_at);
+        for ev in &row.events {
+            self.ev_job.push(row.id);
+            self.ev_seq.push(ev.seq.0);
+            self.ev_event.push(ev.kind.as_str());
+            self.ev_data.push(&ev.data);
+            self.ev_at.push(ev.at.0);
+        }
     }
 }
 

@@ -102,6 +102,32 @@ impl PgStore {
         self.writes.run(row).await
     }
 
+    /// `apply_known_all` in one conditional write, when every transition
+    /// applies in turn to the job as known (a runner's last reports and its
+    /// outcome): one row update and all their events, group-committed like
+    /// any transition. None, with nothing written, when one does not apply or
+    /// the job moved on: the caller then applies them one by one.
+    pub(super) async fn apply_known_at_once(
+        &self,
+        known: &JobRecord,
+        ts: &[Transition],
+    ) -> Result<Option<Vec<Applied>>, sqlx::Error> {
+        let mut applied: Vec<Applied> = Vec::with_capacity(ts.len());
+        for t in ts {
+            let from = applied.last().map_or(known, |a| &a.job);
+            let Ok((job, event)) = from.apply(t, Timestamp::now()) else {
+                return Ok(None);
+            };
+            applied.push(Applied { job, event });
+        }
+        let Some(last) = applied.last() else {
+            return Ok(Some(applied));
+        };
+        let events = applied.iter().map(|a| a.event.clone()).collect();
+        let row: Write = Box::new(TransitionRow::chain(&last.job, events, known.last_seq));
+        Ok(self.writes.run(row).await?.then_some(applied))
+    }
+
     /// `apply_known`: the conditional write, then the locked one if the job
     /// moved on.
     pub(super) async fn apply_known_then(

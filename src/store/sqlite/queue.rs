@@ -60,6 +60,12 @@ mod tests {
         conformance::a_claim_says_whether_due_jobs_are_left(&store).await;
     }
 
+    #[tokio::test]
+    async fn last_reports_and_outcome_land_in_order() {
+        let (_dir, store) = store().await;
+        conformance::last_reports_and_outcome_land_in_order(&store).await;
+    }
+
     /// The figures count queued local and remote jobs alike, from their two
     /// partial indexes, and nothing that is not queued.
     #[tokio::test]
