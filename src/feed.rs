@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::Timestamp;
 use crate::hub::Hub;
 use crate::limits::StreamSlot;
-use crate::store::{FeedCursor, FeedEvent, FeedFilter, Store};
+use crate::store::{FeedCursor, FeedEvent, FeedFilter, FeedRead, Store};
 use crate::stream::{
     fits, idle, record_lag, Heartbeat, Idle, ReadSize, StreamGuard, StreamSettings, HEARTBEAT,
 };
@@ -67,6 +67,14 @@ struct State {
     heartbeat: Heartbeat,
     stop: CancellationToken,
     started: bool,
+    /// The last read found everything there was (it was not full): read
+    /// again only after a wake-up. Before, every read that found events was
+    /// followed by one more that found none, and on PostgreSQL a feed read
+    /// has a fixed cost (the horizon, a plan to start) that doubled with it.
+    caught_up: bool,
+    /// The last read that moved kept every event it examined: the next one
+    /// examines no more than it may keep (see `FeedStore::feed_after_window`).
+    narrow: bool,
     /// Opened "from now": the first frame names that moment as a cursor.
     announce: bool,
     /// Released with the stream: the open-feed count and the tenant's slot.
@@ -115,6 +123,8 @@ pub fn feed_events(
         heartbeat: Heartbeat::new(&settings),
         stop,
         started: false,
+        caught_up: false,
+        narrow: false,
         announce,
         _guards: guards,
     };
@@ -147,21 +157,42 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
             }
             return Some(buf.freeze());
         }
-        // Marked seen before the read: a wake-up during the read reads again.
+        if st.caught_up {
+            match idle(st.wake.changed(), &mut st.heartbeat).await {
+                Idle::Woken => st.caught_up = false,
+                Idle::Heartbeat => return Some(Bytes::from_static(HEARTBEAT)),
+                Idle::End => return None,
+            }
+        }
+        // Marked seen before the read: a wake-up during the read (or after
+        // it) reads again.
         st.wake.borrow_and_update();
+        let limit = st.read_size.limit();
+        let window = if st.narrow {
+            limit
+        } else {
+            FeedRead::window(limit)
+        };
         match st
             .store
-            .feed_after(&st.filter, st.cursor, st.read_size.limit())
+            .feed_after_window(&st.filter, st.cursor, limit, window)
             .await
         {
             Ok(read) => {
-                let bytes = read.events.iter().map(|e| e.event.data.len()).sum();
-                st.read_size.learn(read.events.len(), bytes);
+                if read.next != st.cursor {
+                    st.narrow = read.events.last().map(|e| e.cursor) == Some(read.next);
+                }
+                // Sized by the frames, not the events' data: a feed frame
+                // adds its cursor, job id and seq (about 90 bytes, as much
+                // as a small event's data), and a read sized by the data
+                // filled the chunk halfway through and read the rest again.
+                let frames: Vec<Bytes> = read.events.iter().map(frame).collect();
+                st.read_size
+                    .learn(frames.len(), frames.iter().map(Bytes::len).sum());
                 // Past the events the filter left out too: a feed of a quiet
                 // job examines each other event once, not at every wake-up.
                 st.cursor = read.next;
-                for e in &read.events {
-                    let f = frame(e);
+                for (e, f) in read.events.iter().zip(frames) {
                     if !fits(st.pending.len(), st.pending_bytes, f.len()) {
                         // The chunk is full: the rest is read again, from
                         // the last event it carries.
@@ -172,9 +203,10 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
                     st.pending_cursor = e.cursor;
                     st.pending.push_back((e.event.at, f));
                 }
-                if !read.events.is_empty() || read.full {
-                    continue;
-                }
+                // A full read sends what it found and reads on at once; any
+                // other waits for a wake-up once its events are sent (a chunk
+                // that was full reads the rest again at once).
+                st.caught_up = !read.full && st.cursor == read.next;
             }
             Err(e) => {
                 // End the stream; the client resumes from its last cursor.
@@ -182,11 +214,6 @@ async fn next_chunk(st: &mut State) -> Option<Bytes> {
                 tracing::warn!(error = %e, "feed ends: store read failed");
                 return None;
             }
-        }
-        match idle(st.wake.changed(), &mut st.heartbeat).await {
-            Idle::Woken => continue,
-            Idle::Heartbeat => return Some(Bytes::from_static(HEARTBEAT)),
-            Idle::End => return None,
         }
     }
 }

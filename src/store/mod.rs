@@ -229,6 +229,17 @@ impl FeedRead {
         limit: i64,
         examined: impl IntoIterator<Item = Result<(FeedCursor, Option<FeedEvent>), StoreError>>,
     ) -> Result<FeedRead, StoreError> {
+        Self::from_window(after, limit, Self::window(limit), examined)
+    }
+
+    /// [`FeedRead::from_examined`] for a read that examined at most
+    /// `window` events (at least `limit`).
+    pub(crate) fn from_window(
+        after: FeedCursor,
+        limit: i64,
+        window: i64,
+        examined: impl IntoIterator<Item = Result<(FeedCursor, Option<FeedEvent>), StoreError>>,
+    ) -> Result<FeedRead, StoreError> {
         let mut read = FeedRead {
             next: after,
             ..FeedRead::default()
@@ -244,7 +255,7 @@ impl FeedRead {
                 return Ok(read);
             }
         }
-        read.full = n >= Self::window(limit);
+        read.full = n >= window;
         Ok(read)
     }
 }

@@ -101,6 +101,20 @@ pub trait FeedStore: Send + Sync + 'static {
         limit: i64,
     ) -> Result<FeedRead, StoreError>;
 
+    /// [`FeedStore::feed_after`] examining at most `window` events (at least
+    /// `limit`): a feed whose filter keeps what it examines asks for no more
+    /// than it will keep. By default, the store's own window.
+    async fn feed_after_window(
+        &self,
+        filter: &FeedFilter,
+        after: FeedCursor,
+        limit: i64,
+        window: i64,
+    ) -> Result<FeedRead, StoreError> {
+        let _ = window;
+        self.feed_after(filter, after, limit).await
+    }
+
     /// The feed's current end: a feed that starts "from now" starts after it.
     async fn feed_head(&self) -> Result<FeedCursor, StoreError>;
 }

@@ -101,6 +101,21 @@ impl FeedStore for PgStore {
         after: FeedCursor,
         limit: i64,
     ) -> Result<FeedRead, StoreError> {
+        self.feed_after_window(filter, after, limit, FeedRead::window(limit))
+            .await
+    }
+
+    /// A window of `limit` for a feed whose filter kept all it examined: a
+    /// window past the limit read events only to drop them at the limit and
+    /// read them again next time (half of the rows, with one busy feed).
+    async fn feed_after_window(
+        &self,
+        filter: &FeedFilter,
+        after: FeedCursor,
+        limit: i64,
+        window: i64,
+    ) -> Result<FeedRead, StoreError> {
+        let window = window.max(limit).max(1);
         let jobs: Option<Vec<Uuid>> = filter
             .jobs
             .as_ref()
@@ -111,7 +126,7 @@ impl FeedStore for PgStore {
             .bind(&filter.tenant)
             .bind(filter.kind.as_deref())
             .bind(jobs)
-            .bind(FeedRead::window(limit))
+            .bind(window)
             .fetch_all(&self.pools.main)
             .await?;
         let examined = rows
@@ -130,7 +145,7 @@ impl FeedStore for PgStore {
                     }),
                 ))
             });
-        FeedRead::from_examined(after, limit, examined)
+        FeedRead::from_window(after, limit, window, examined)
     }
 
     async fn feed_head(&self) -> Result<FeedCursor, StoreError> {
