@@ -54,13 +54,7 @@ pub trait JobStore: Send + Sync + 'static {
         known: &JobRecord,
         ts: &[Transition],
     ) -> Result<Vec<Applied>, ApplyError> {
-        let mut applied: Vec<Applied> = Vec::with_capacity(ts.len());
-        for t in ts {
-            let from = applied.last().map_or(known, |a| &a.job);
-            let step = self.apply_known(from, t).await?;
-            applied.push(step);
-        }
-        Ok(applied)
+        apply_known_in_turn(self, known, ts).await
     }
 
     /// Cancels a queued job at once, or marks a running one `cancel_requested`.
@@ -85,6 +79,21 @@ pub trait JobStore: Send + Sync + 'static {
     /// Deletes up to `limit` terminal jobs that finished before `before`, with
     /// their events and upload chunks; returns how many.
     async fn purge_finished(&self, before: Timestamp, limit: i64) -> Result<usize, StoreError>;
+}
+
+/// [`JobStore::apply_known_all`] one transition at a time, each as
+/// [`JobStore::apply_known`] from where the one before left the job.
+pub(crate) async fn apply_known_in_turn<S: JobStore + ?Sized>(
+    store: &S,
+    known: &JobRecord,
+    ts: &[Transition],
+) -> Result<Vec<Applied>, ApplyError> {
+    let mut applied: Vec<Applied> = Vec::with_capacity(ts.len());
+    for t in ts {
+        let from = applied.last().map_or(known, |a| &a.job);
+        applied.push(store.apply_known(from, t).await?);
+    }
+    Ok(applied)
 }
 
 /// The multiplexed feed: every job's events in one order, for

@@ -187,13 +187,7 @@ impl JobStore for PgStore {
                 return Ok(applied);
             }
         }
-        let mut applied: Vec<Applied> = Vec::with_capacity(ts.len());
-        for t in ts {
-            let from = applied.last().map_or(known, |a| &a.job);
-            let step = self.apply_known_then(from, t).await?;
-            applied.push(step);
-        }
-        Ok(applied)
+        crate::store::traits::apply_known_in_turn(self, known, ts).await
     }
 
     async fn request_cancel(&self, id: JobId, reason: &str) -> Result<CancelOutcome, StoreError> {
